@@ -230,11 +230,13 @@ class NearDupIndex:
     "MinHash LSH over shingle sets; `match` returns an indexed key whose set has Jaccard similarity >= `threshold`."
     def __init__(self,
                  threshold:float=0.8, # Jaccard similarity at or above which two sets are near-duplicates
-                 num_perm:int=64,     # MinHash permutations: more is more accurate and slower
+                 num_perm:int=128,    # MinHash permutations: more is more accurate and slower
                  seed:int=1,          # Seed of the MinHash permutations
                 ):
         self.threshold, self.num_perm, self.seed = threshold, num_perm, seed
-        self.lsh, self.sets, self.rank = MinHashLSH(threshold=threshold, num_perm=num_perm), {}, {}
+        # candidates are confirmed exactly, so a false positive costs little and a miss a duplicate: weigh misses 9 to 1
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
+        self.sets, self.rank = {}, {}
 
     def minhash(self, s:set[str]) -> MinHash:
         "The MinHash of a shingle set."
@@ -253,7 +255,7 @@ class NearDupIndex:
         self.lsh.insert(key, m or self.minhash(s))
         self.sets[key], self.rank[key] = s, len(self.rank)
 
-# %% ../nbs/02_clean.ipynb #c5eb3ef0
+# %% ../nbs/02_clean.ipynb #86b9e1d1
 def split_of(
     conv_id:str,        # A conversation's id
     val_fraction:float, # Share of conversations that go to validation
@@ -267,7 +269,7 @@ def _unit(conv_id:str, seed:int) -> float:
     h = hashlib.blake2b(f'{seed}:{conv_id}'.encode('utf-8'), digest_size=8).digest()
     return int.from_bytes(h, 'big') / 2**64
 
-# %% ../nbs/02_clean.ipynb #81fcfab6
+# %% ../nbs/02_clean.ipynb #1183f302
 def split_conversations(
     convs:list[dict],       # Deduplicated conversations
     val_fraction:float=0.05,# Share that goes to validation
@@ -296,7 +298,7 @@ def split_conversations(
                      val_turns=n_turns('val'), val_fraction=val_fraction, seed=seed,
                      near_dups_across_split_found=found, moved_to_train=moved, near_dups_across_split=0)
 
-# %% ../nbs/02_clean.ipynb #1bf5676e
+# %% ../nbs/02_clean.ipynb #3928a6a4
 ROLES = ('system', 'user', 'assistant')
 _SURROGATE = re.compile('[\ud800-\udfff]')
 
@@ -365,7 +367,7 @@ class StepLog:
             raise AssertionError(f"step {self.name} does not add up: {s}")
         return dict(s, reasons=dict(self.reasons), turn_reasons=dict(self.turn_reasons), **self.extra)
 
-# %% ../nbs/02_clean.ipynb #3928a6a4
+# %% ../nbs/02_clean.ipynb #9c29d9b0
 def _each(convs:list, fn:Callable, log:StepLog) -> list:
     "`fn` applied to each conversation (None drops it: `fn` must have logged why), counting the changed ones."
     out = []
@@ -406,7 +408,7 @@ def _drop_turns(c:dict, bad:dict, log:StepLog, replies:bool=True) -> dict|None:
         else: out.append(t); gap = False
     return {**c, 'turns': out}
 
-# %% ../nbs/02_clean.ipynb #6ea88666
+# %% ../nbs/02_clean.ipynb #0207aa3e
 @dataclass
 class CleanConfig:
     "Every choice of the clean stage; the defaults suit English chat such as the chitchat corpus."
@@ -423,7 +425,7 @@ class CleanConfig:
     spam_ratio:float=0.3            # Drop turns of 100+ characters that compress below this share of their size (0: off)
     max_text_chars:int=1_000_000    # Drop turns longer than this before any other work, to bound time and memory
     near_dup_threshold:float=0.8    # Word 3-gram Jaccard similarity that makes two conversations near-duplicates (1: off)
-    num_perm:int=64                 # MinHash permutations of the near-duplicate search
+    num_perm:int=128                # MinHash permutations of the near-duplicate search
     val_fraction:float=0.05         # Share of conversations held out for validation
     seed:int=42                     # Seed of the train/val split
 
@@ -445,7 +447,7 @@ class CleanConfig:
         "`remove_categories` as a set."
         return frozenset(c.strip() for c in self.remove_categories.split(',') if c.strip())
 
-# %% ../nbs/02_clean.ipynb #68731d1e
+# %% ../nbs/02_clean.ipynb #ab98bc18
 def conversation_problem(
     c, # Anything
 ) -> tuple[str, str]|None:
@@ -553,7 +555,7 @@ def _steps(cfg:CleanConfig) -> list[tuple[str, Callable, bool]]:
             ('exact', _exact, True),
             ('near', _near, cfg.near_dup_threshold < 1)]
 
-# %% ../nbs/02_clean.ipynb #ab98bc18
+# %% ../nbs/02_clean.ipynb #d73b9a9c
 def clean_conversations(
     dataset:Iterable[dict],          # Conversations in the collect stage's schema
     config:CleanConfig|None=None,    # The choices (default: `CleanConfig()`)
@@ -581,7 +583,7 @@ def clean_conversations(
              split['val'], report['seconds'])
     return convs, report
 
-# %% ../nbs/02_clean.ipynb #9073ac79
+# %% ../nbs/02_clean.ipynb #7401ad0b
 def run_clean(
     run:str,                          # The run folder (reads collect/, writes clean/)
     lowercase:bool=False,             # Lowercase all text (the model then never writes a capital letter)
@@ -597,7 +599,7 @@ def run_clean(
     spam_ratio:float=0.3,             # Drop turns of 100+ characters that compress below this share of their size (0: off)
     max_text_chars:int=1_000_000,     # Drop turns longer than this before any other work, to bound time and memory
     near_dup_threshold:float=0.8,     # Word 3-gram Jaccard similarity that makes two conversations near-duplicates (1: off)
-    num_perm:int=64,                  # MinHash permutations of the near-duplicate search
+    num_perm:int=128,                 # MinHash permutations of the near-duplicate search
     val_fraction:float=0.05,          # Share of conversations held out for validation
     seed:int=42,                      # Seed of the train/val split
 ) -> dict:
