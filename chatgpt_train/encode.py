@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import UserError, atomic_path, get_logger, load_json, read_jsonl, require, save_args, save_json, stage_dir
-from .tokenizer import ChatTokenizer, ROLES, SPECIAL_TOKENS, load_tokenizer, turn_text
+from .tokenizer import ChatTokenizer, SPECIAL_TOKENS, load_tokenizer, turn_text
 
 # %% auto #0
 __all__ = ['token_dtype', 'encode_conversations', 'write_tokens', 'load_tokens', 'run_encode', 'BlockSampler', 'encode_sft',
@@ -145,7 +145,7 @@ class BlockSampler:
                 raise UserError(f"cannot resume the data order: it was saved with {k}={state[k]}, this run has {k}={getattr(self, k)}")
         self.seed, self.epoch, self.step = state['seed'], state['epoch'], state['step']
 
-# %% ../nbs/04_encode.ipynb #bf729c96
+# %% ../nbs/04_encode.ipynb #6225bb5c
 def _turns(conversation) -> list[dict]:
     return conversation['turns'] if isinstance(conversation, dict) else conversation
 
@@ -176,7 +176,7 @@ def encode_sft(
     end = _fit(segs, 0, max_len)
     return _sft_example(turns[:end], segs[:end], tok.eot_id)
 
-# %% ../nbs/04_encode.ipynb #0780d973
+# %% ../nbs/04_encode.ipynb #23d49f9d
 def encode_sft_windows(
     conversation:dict|list, # A conversation (with "turns") or its list of turns
     tok:ChatTokenizer,      # The trained tokenizer
@@ -195,7 +195,7 @@ def encode_sft_windows(
         start = end - 1 if again else end
     return out
 
-# %% ../nbs/04_encode.ipynb #23d49f9d
+# %% ../nbs/04_encode.ipynb #f5e5234e
 def pad_collate(
     examples:list[dict], # Dicts with `input_ids` and `labels` lists (and `position_ids` for packed rows)
     pad_id:int,          # The token for padded positions, e.g. `tok.pad_id`
@@ -210,7 +210,7 @@ def pad_collate(
     else: batch['attention_mask'] = torch.tensor([[1] * len(e['input_ids']) + [0] * (T - len(e['input_ids'])) for e in examples])
     return batch
 
-# %% ../nbs/04_encode.ipynb #796474fd
+# %% ../nbs/04_encode.ipynb #17c326f3
 def first_fit(
     lengths:list[int], # Item sizes
     capacity:int,      # Bin size
@@ -241,7 +241,7 @@ def pack_sft(
         rows.append(row)
     return rows
 
-# %% ../nbs/04_encode.ipynb #17c326f3
+# %% ../nbs/04_encode.ipynb #5574a591
 def padding_stats(
     lengths:list[int],  # Example lengths in tokens (longer than `block_size` are truncated)
     block_size:int=512, # The fixed length / packed row length

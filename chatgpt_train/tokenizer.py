@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_tokenizer.ipynb #4bf6d2bf
 from __future__ import annotations
-import functools, json, os, shutil, tempfile, time
+import functools, os, tempfile, time
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -149,7 +149,7 @@ class SimpleBPE:
         "The text of `ids` (invalid UTF-8, from a partial sequence, becomes U+FFFD)."
         return b''.join(self.vocab[i] for i in ids).decode('utf-8', errors='replace')
 
-# %% ../nbs/03_tokenizer.ipynb #91f3dfab
+# %% ../nbs/03_tokenizer.ipynb #d6a2df3c
 SPECIAL_TOKENS = {  # name: token; the ids follow this order, 0 to 4
     'eot': '<|endoftext|>',        # starts every conversation (document separator); also padding
     'system': '<|system|>',        # opens a system turn
@@ -172,7 +172,7 @@ def train_bpe(
     tok.train_from_iterator(texts, trainer)
     return tok
 
-# %% ../nbs/03_tokenizer.ipynb #d6a2df3c
+# %% ../nbs/03_tokenizer.ipynb #666c6585
 @functools.cache
 def bytes_to_unicode() -> dict[int, str]:
     "GPT-2's map from each byte to a printable character, the alphabet byte-level BPE vocabularies are written in."
@@ -188,7 +188,7 @@ def token_bytes(
     inverse = {c: b for b, c in bytes_to_unicode().items()}
     return bytes(inverse[c] for c in token)
 
-# %% ../nbs/03_tokenizer.ipynb #c2964243
+# %% ../nbs/03_tokenizer.ipynb #9c33e31a
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -223,7 +223,7 @@ def render_chat(
     parts = [s['eot']] + [s[check_role(t['role'])] + turn_text(t) + s['end'] for t in turns]
     return ''.join(parts) + (s['assistant'] if add_generation_prompt else '')
 
-# %% ../nbs/03_tokenizer.ipynb #9c33e31a
+# %% ../nbs/03_tokenizer.ipynb #b5bfd200
 def save_tokenizer(
     tok:Tokenizer,     # A tokenizer from `train_bpe`
     folder:str|Path,   # Where to write it
@@ -240,7 +240,7 @@ def save_tokenizer(
         for f in Path(tmp).iterdir(): os.replace(f, folder/f.name)  # each file appears whole, never half written
     return folder
 
-# %% ../nbs/03_tokenizer.ipynb #b0da44fe
+# %% ../nbs/03_tokenizer.ipynb #3012f8ab
 def tiktoken_encoding(
     tok:Tokenizer,        # A byte-level BPE from `train_bpe` (or loaded from `tokenizer.json`)
     name:str='chatgpt_train', # A name for the encoding
@@ -253,7 +253,7 @@ def tiktoken_encoding(
     if missing: raise ValueError(f"not a byte-level BPE: {len(missing)} single bytes have no token")
     return tiktoken.Encoding(name, pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens=special)
 
-# %% ../nbs/03_tokenizer.ipynb #3012f8ab
+# %% ../nbs/03_tokenizer.ipynb #59ce3582
 class ChatTokenizer:
     "Our trained tokenizer: fast tiktoken encoding, chat rendering to ids, and the `transformers` tokenizer on demand."
     def __init__(self,
@@ -307,7 +307,7 @@ def load_tokenizer(
     require(path/'tokenizer.json', f'chatgpt-train tokenizer --run {path.parent}')
     return ChatTokenizer(path)
 
-# %% ../nbs/03_tokenizer.ipynb #cc6324c1
+# %% ../nbs/03_tokenizer.ipynb #cf18b774
 def tokenization_stats(
     texts:list[str],   # The texts to measure on
     tokens:list[list], # Their tokens (ids or strings), one list per text
@@ -317,7 +317,7 @@ def tokenization_stats(
     return dict(tokens=n, chars_per_token=sum(map(len, texts))/max(1, n),
                 bytes_per_token=sum(len(t.encode('utf-8')) for t in texts)/max(1, n))
 
-# %% ../nbs/03_tokenizer.ipynb #2d513f0f
+# %% ../nbs/03_tokenizer.ipynb #9d7c472a
 def token_byte_lengths(
     tok:ChatTokenizer, # A loaded tokenizer
 ) -> np.ndarray:
@@ -326,7 +326,7 @@ def token_byte_lengths(
     out[list(tok.special.values())] = 0
     return out
 
-# %% ../nbs/03_tokenizer.ipynb #cf18b774
+# %% ../nbs/03_tokenizer.ipynb #117a7901
 def split_turn_texts(
     path:str|Path, # A conversations file (`clean/conversations.jsonl`)
     split:str,     # "train" or "val"
@@ -350,11 +350,14 @@ def run_tokenizer(
     tok = train_bpe(train, vocab_size)
     secs = time.time() - t0
     log.info('trained %d tokens on %d turns (%.1f MB) in %.1f s', tok.get_vocab_size(), len(train), sum(map(len, train))/1e6, secs)
+    if tok.get_vocab_size() < vocab_size: log.warning('the training text has no pairs left to merge after %d tokens (asked for %d)', tok.get_vocab_size(), vocab_size)
     save_tokenizer(tok, out)
     ct = load_tokenizer(out)
     check = val or train[:1000]
     ids = ct.encode_batch(check)
-    if ids[:2000] != [e.ids for e in ct.tok.encode_batch(check[:2000], add_special_tokens=False)]:
+    ref = Tokenizer.from_file(str(out/'tokenizer.json'))
+    ref.encode_special_tokens = True  # read "<|end|>" in a message as text, as tiktoken's encode_ordinary does
+    if ids[:2000] != [e.ids for e in ref.encode_batch(check[:2000], add_special_tokens=False)]:
         raise RuntimeError('tiktoken and the Hugging Face tokenizer disagree: a bug in tiktoken_encoding')
     bad = sum(ct.decode(i) != t for i, t in zip(ids, check))
     if bad: raise RuntimeError(f'{bad} texts do not survive decode(encode(text)): a bug in the tokenizer settings')
