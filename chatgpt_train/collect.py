@@ -99,11 +99,12 @@ def speaker_turns(
 ) -> list[Turn]:
     "Turns from speakers: role names map to their role; people alternate user/assistant, consecutive messages of one merged."
     pairs = list(pairs)
-    if pairs and all(_alias(s) for s, _ in pairs): return [Turn(role=_alias(s), text=t) for s, t in pairs]
+    roles = {s: _alias(s) for s in {s for s, _ in pairs if isinstance(s, str)}}  # each name looked up once
+    if pairs and all(roles.get(s) if isinstance(s, str) else False for s, _ in pairs): return [Turn(role=roles[s], text=t) for s, t in pairs]
     turns, prev, n_people = [], None, 0
     for s, t in pairs:
         if turns and s is not None and s == prev: turns[-1]['text'] += sep + t; continue
-        if _alias(s) == 'system': turns.append(Turn(role='system', text=t))
+        if isinstance(s, str) and roles[s] == 'system': turns.append(Turn(role='system', text=t))
         else:
             turns.append(Turn(role=('user', 'assistant')[n_people % 2], text=t))
             n_people += 1
@@ -169,12 +170,13 @@ def _chitchat_turns(groups) -> tuple[list[Turn], int]:
     pairs, empty = [], 0
     for g, group in enumerate(groups, 1):
         for j, m in enumerate(_check_list(group, f'message group {g}'), 1):
-            what = f'message group {g}, message {j}'
-            _check_dict(m, what)
-            text, sender = m.get('text'), m.get('sender')
-            if sender is None: raise BadRecord('missing-field', f'{what}: no sender')
-            if isinstance(text, str) and not text.strip(): empty += 1; continue  # an empty send in the chat app, not a turn
-            pairs.append((sender, check_text(text, what, None)))
+            if not (isinstance(m, dict) and isinstance(m.get('text'), str) and m.get('sender') is not None):  # the fast path skips this
+                what = f'message group {g}, message {j}'
+                if _check_dict(m, what).get('sender') is None: raise BadRecord('missing-field', f'{what}: no sender')
+                check_text(m.get('text'), what, None)  # the text is missing or not a string: this raises
+            text = m['text']
+            if not text.strip(): empty += 1; continue  # an empty send in the chat app, not a turn
+            pairs.append((m['sender'], text))  # the merged turns' text is checked by `check_conversation`
     return speaker_turns(pairs), empty
 
 # %% ../nbs/01_collect.ipynb #e74a2bdb
@@ -341,6 +343,11 @@ def json_elements(
     if pos < n: raise json.JSONDecodeError('Extra data', text, pos)
 
 # %% ../nbs/01_collect.ipynb #e0512556
+def _one_line(e:BaseException) -> str:
+    "The first line of an exception's message: the command line shows errors on one line."
+    msg = str(e).strip()
+    return msg.splitlines()[0] if msg else type(e).__name__
+
 def read_text(
     path:str|Path, # A file
 ) -> str:
@@ -528,7 +535,8 @@ def table_items(
     max_turn_chars:int|None=MAX_TURN_CHARS, # The longest turn allowed
 ) -> Iterator[Item]:
     "Items from table rows: a conversation a row, or rows grouped into conversations by a conversation id column."
-    names = {f: (columns or {}).get(f, str(f).strip().lower()) for f in fields}
+    columns = columns or {}
+    names = {f: columns.get(f, columns.get(str(f).strip().lower(), str(f).strip().lower())) for f in fields}
     ours = set(names.values())
     def norm(row): return {names.get(k, k): v for k, v in row.items()}
     def row_id(where): return f"{display}:{where['line']}" if 'line' in where else f"{display}:{where['row']}"
@@ -614,13 +622,13 @@ def parquet_items(
     display = display or str(path); source = source or display
     if not Path(path).exists(): raise UserError(f'{path} not found')
     try: pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as e: raise UserError(f'cannot read {display}: not a Parquet file ({e})') from None
+    except (OSError, pa.ArrowException) as e: raise UserError(f'cannot read {display}: not a Parquet file ({_one_line(e)})') from None
     def rows():
         i = 0
         try:
             for batch in pf.iter_batches(batch_size=4096):
                 for row in batch.to_pylist(): yield {'file': display, 'row': i}, row, None; i += 1
-        except (OSError, pa.ArrowException) as e: raise UserError(f'cannot read {display} at row {i}: {e}') from None
+        except (OSError, pa.ArrowException) as e: raise UserError(f'cannot read {display} at row {i}: {_one_line(e)}') from None
     yield from table_items(pf.schema_arrow.names, rows(), source, display, columns, max_turn_chars)
 
 # %% ../nbs/01_collect.ipynb #b9d023e5
@@ -760,8 +768,7 @@ def hf_items(
     import datasets
     try: ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
     except Exception as e:  # the hub, the network and the builders raise many kinds; the user needs one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load Hugging Face dataset {name!r} (split {split!r}): {msg}") from None
+        raise UserError(f"cannot load Hugging Face dataset {name!r} (split {split!r}): {_one_line(e)}") from None
     source = f'hf:{name}' + (f'/{config}' if config else '')
     rows = iter(ds)
     first = next(rows, None)
