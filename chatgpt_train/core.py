@@ -68,6 +68,8 @@ def atomic_path(
     try:
         yield tmp
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the result the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -180,9 +182,16 @@ def autocast_dtype(
     return torch.bfloat16
 
 # %% ../nbs/00_core.ipynb #514283aa
+class _StderrHandler(logging.StreamHandler):
+    "A stream handler that writes to the current `sys.stderr`, not the one present when it was made."
+    @property
+    def stream(self, _sys=sys): return _sys.stderr  # bound early: module globals may be gone when logging flushes at exit
+    @stream.setter
+    def stream(self, _): pass
+
 def get_logger(
     name:str='chatgpt_train', # Logger name, usually the stage
-    folder:str|Path|None=None, # Also append to `log.txt` in this folder
+    folder:str|Path|None=None, # Also append to `log.txt` in this folder (replacing any earlier folder)
     level:int=logging.INFO,    # The least severe level shown
 ) -> logging.Logger:
     "A logger that prints `time stage: message` to stderr and, optionally, to `folder/log.txt`."
@@ -190,11 +199,13 @@ def get_logger(
     log.setLevel(level)
     log.propagate = False
     fmt = logging.Formatter('%(asctime)s %(name)s: %(message)s', '%H:%M:%S')
-    if not any(type(h) is logging.StreamHandler for h in log.handlers):
-        h = logging.StreamHandler(sys.stderr); h.setFormatter(fmt); log.addHandler(h)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        h = _StderrHandler(); h.setFormatter(fmt); log.addHandler(h)
     if folder is not None:
         path = str((Path(folder)/'log.txt').resolve())
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in log.handlers):
+        for h in [h for h in log.handlers if isinstance(h, logging.FileHandler) and h.baseFilename != path]:
+            log.removeHandler(h); h.close()
+        if not any(isinstance(h, logging.FileHandler) for h in log.handlers):
             Path(folder).mkdir(parents=True, exist_ok=True)
             h = logging.FileHandler(path, encoding='utf-8'); h.setFormatter(fmt); log.addHandler(h)
     return log
