@@ -16,12 +16,14 @@ from torch import nn
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import (UserError, atomic_path, autocast_dtype, get_device, get_logger, load_json, require, save_args,
-                                save_json, set_seed, stage_dir)
+from .core import (UserError, atomic_path, autocast_dtype, get_device, get_logger, load_args, load_json, require,
+                                save_args, save_json, set_seed, stage_dir)
+from .encode import BlockSampler, load_tokens
+from .model import context_length, get_preset, make_model
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'lm_loss', 'TrainConfig', 'lr_at', 'make_optimizer', 'Shard', 'init_distributed', 'rng_state',
-           'set_rng_state', 'NonFiniteLoss', 'Trainer', 'plot_metrics']
+__all__ = ['IGNORE_INDEX', 'lm_loss', 'TrainConfig', 'lr_at', 'make_optimizer', 'as_batch', 'NextTokenBlocks', 'init_distributed',
+           'rng_state', 'set_rng_state', 'NonFiniteLoss', 'Trainer', 'plot_metrics', 'run_pretrain']
 
 # %% ../nbs/06_train.ipynb #ab6a8a4b
 IGNORE_INDEX = -100  # labels with this value are not scored (padding, prompts); PyTorch's and Hugging Face's convention
@@ -98,21 +100,29 @@ def make_optimizer(
     except (RuntimeError, TypeError): return torch.optim.AdamW(groups, foreach=True, **kw)
 
 # %% ../nbs/06_train.ipynb #73625f88
-class Shard:
-    "This rank's rows of each global batch from `source`; `state_dict` passes through."
+def as_batch(
+    b:tuple|dict, # (input_ids, labels), or a dict with at least those keys
+) -> dict:
+    "A batch as a dict of tensors with `input_ids` and `labels`."
+    if isinstance(b, dict): return b
+    x, y = b
+    return dict(input_ids=x, labels=y)
+
+# %% ../nbs/06_train.ipynb #6cd85842
+class NextTokenBlocks:
+    "Whole blocks from a `BlockSampler`, as (input_ids, labels) with labels = input_ids; `state_dict` passes through."
     def __init__(self,
-        source:Iterator,  # Yields global (input_ids, labels) batches; same seed on every rank
-        rank:int,         # This process's rank
-        world:int,        # Number of processes
-    ): self.source, self.rank, self.world = source, rank, world
+        sampler:BlockSampler, # Yields (x, y) with y = x shifted by one token
+    ): self.sampler = sampler
     def __iter__(self): return self
     def __next__(self):
-        x, y = next(self.source)
-        return x[self.rank::self.world], y[self.rank::self.world]
-    def state_dict(self): return self.source.state_dict()
-    def load_state_dict(self, d): self.source.load_state_dict(d)
+        x, y = next(self.sampler)
+        ids = torch.cat([x, y[:, -1:]], 1)  # x plus the one token y has beyond it: the block of block_size + 1
+        return ids, ids
+    def state_dict(self): return self.sampler.state_dict()
+    def load_state_dict(self, d): self.sampler.load_state_dict(d)
 
-# %% ../nbs/06_train.ipynb #f166ebc4
+# %% ../nbs/06_train.ipynb #8a1a872e
 def init_distributed(
     device:torch.device, # The device this process trains on
 ) -> tuple[int, int]:
@@ -131,7 +141,7 @@ def _device_for_rank(device:str) -> torch.device:
         torch.cuda.set_device(dev)
     return dev
 
-# %% ../nbs/06_train.ipynb #ecb020f3
+# %% ../nbs/06_train.ipynb #b12ef93e
 def rng_state() -> dict:
     "Every random generator's state, in types `torch.load(weights_only=True)` accepts."
     st = np.random.get_state()
@@ -147,7 +157,7 @@ def set_rng_state(
     torch.set_rng_state(s['torch'])
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-# %% ../nbs/06_train.ipynb #2f8bae01
+# %% ../nbs/06_train.ipynb #ec1505f4
 class NonFiniteLoss(UserError):
     "The loss became NaN or infinite: training stopped and the last good checkpoint was kept."
 
@@ -163,7 +173,7 @@ def _hf_quiet():
             if was: hf_logging.enable_progress_bar()
     return ctx()
 
-# %% ../nbs/06_train.ipynb #ec1505f4
+# %% ../nbs/06_train.ipynb #d8a66f88
 class Trainer:
     "Train `model` on batches from `train_batches` with `cfg`, writing metrics, checkpoints and a model folder to `out`."
     def __init__(self,
@@ -204,7 +214,7 @@ class Trainer:
             model = DDP(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         return model
 
-# %% ../nbs/06_train.ipynb #8affc468
+# %% ../nbs/06_train.ipynb #2e8375a3
 def _blocks(model:nn.Module) -> list[nn.Module]:
     "The transformer blocks of a Hugging Face causal LM (GPT-2, GPT-Neo, GPT-1, Llama-style)."
     for path in ('transformer.h', 'model.layers', 'transformer.layers', 'gpt_neox.layers'):
@@ -215,7 +225,7 @@ def _blocks(model:nn.Module) -> list[nn.Module]:
         except AttributeError: continue
     raise UserError(f"FSDP: cannot find the transformer blocks of {type(model).__name__}")
 
-# %% ../nbs/06_train.ipynb #4446478e
+# %% ../nbs/06_train.ipynb #f3dbc9a6
 @patch
 def _autocast(self:Trainer):
     if self.amp_dtype is None: return contextlib.nullcontext()
@@ -250,16 +260,17 @@ def train_step(self:Trainer) -> dict:
     lr = lr_at(self.step, self.max_steps, cfg.lr, self.warmup, cfg.min_lr_ratio)
     for g in self.opt.param_groups: g['lr'] = lr
     self._rng_at_start = rng_state()  # what a checkpoint taken on Ctrl-C in the middle of this step must restore
-    first = next(self.train_batches)
-    micro = [first] + [next(self.train_batches) for _ in range(self.accum_steps(first[0].shape[1]) - 1)]
-    scored = self._all_reduce(torch.tensor(float(sum((y[:, 1:] != IGNORE_INDEX).sum() for _, y in micro)), device=self.device))
+    first = as_batch(next(self.train_batches))
+    micro = [first] + [as_batch(next(self.train_batches)) for _ in range(self.accum_steps(first['input_ids'].shape[1]) - 1)]
+    scored = self._all_reduce(torch.tensor(float(sum((b['labels'][:, 1:] != IGNORE_INDEX).sum() for b in micro)), device=self.device))
     if scored.item() == 0: raise UserError(f"step {self.step}: no token of the batch has a label to learn (all are {IGNORE_INDEX})")
     if self.cfg.fsdp and self.world > 1: self.model.set_requires_gradient_sync(True)
     total = torch.zeros((), device=self.device)
-    for i, (x, y) in enumerate(micro):
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    for i, b in enumerate(micro):
+        b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+        y = b.pop('labels')
         with self._no_sync(i == len(micro) - 1):
-            with self._autocast(): logits = self.model(input_ids=x, use_cache=False).logits
+            with self._autocast(): logits = self.model(**b, use_cache=False).logits
             # DDP averages gradients over ranks; multiplying by `world` turns that average back into the global sum / scored
             loss = lm_loss(logits, y, reduction='sum') * (self.world / scored)
             self.scaler.scale(loss).backward()
@@ -275,7 +286,7 @@ def train_step(self:Trainer) -> dict:
     self.opt.zero_grad(set_to_none=True)
     self.step += 1
     self._data_state = self._source_state()
-    n_in = sum(x.numel() for x, _ in micro) * self.world
+    n_in = sum(b['input_ids'].numel() for b in micro) * self.world
     self.tokens += n_in
     return dict(loss=total.item(), lr=lr, grad_norm=float(norm), tokens=n_in, scored=int(scored.item()))
 
@@ -293,7 +304,7 @@ def _stop_non_finite(self:Trainer, what:str, value:torch.Tensor):
     raise NonFiniteLoss(f"the {what} became {value.item()} at step {self.step + 1} of {self.max_steps}; training stopped and {kept}. "
                         f"Lower --lr (now {self.cfg.lr:g}) or keep --grad-clip on, then resume or restart")
 
-# %% ../nbs/06_train.ipynb #ccb99d1a
+# %% ../nbs/06_train.ipynb #ffc3c28c
 @patch
 @torch.no_grad()
 def evaluate(self:Trainer) -> float|None:
@@ -302,15 +313,16 @@ def evaluate(self:Trainer) -> float|None:
     self.model.eval()
     tot, n = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
     try:
-        for x, y in self.val_batches():
-            x, y = x[self.rank::self.world].to(self.device), y[self.rank::self.world].to(self.device)
-            with self._autocast(): logits = self.raw_model(input_ids=x, use_cache=False).logits  # no DDP wrapper: no gradients to sync
+        for b in self.val_batches():
+            b = {k: v[self.rank::self.world].to(self.device) for k, v in as_batch(b).items()}
+            y = b.pop('labels')
+            with self._autocast(): logits = self.raw_model(**b, use_cache=False).logits  # no DDP wrapper: no gradients to sync
             tot += lm_loss(logits, y, reduction='sum'); n += (y[:, 1:] != IGNORE_INDEX).sum()
     finally: self.model.train()
     tot, n = self._all_reduce(tot), self._all_reduce(n)
     return (tot / n).item() if n > 0 else None
 
-# %% ../nbs/06_train.ipynb #b36df9e5
+# %% ../nbs/06_train.ipynb #edaa995d
 def _state_dicts(model, opt, full=True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
     return get_state_dict(model, opt, options=StateDictOptions(full_state_dict=full, cpu_offload=True))
@@ -363,7 +375,7 @@ def load_checkpoint(self:Trainer) -> int:
     else: self.log.warning(f"resuming on {self.world} processes from a checkpoint made on {s['world']}: random streams are reseeded")
     return self.step
 
-# %% ../nbs/06_train.ipynb #51facfe4
+# %% ../nbs/06_train.ipynb #74ef63d1
 @patch
 def save_model(self:Trainer, state_dict:dict|None=None):
     "Write the Hugging Face model folder into `out` (rank 0), each file replaced atomically."
@@ -377,7 +389,7 @@ def save_model(self:Trainer, state_dict:dict|None=None):
             for f in Path(tmp).iterdir(): os.replace(f, self.out/f.name)
     self._barrier()
 
-# %% ../nbs/06_train.ipynb #27c021eb
+# %% ../nbs/06_train.ipynb #6b144ff7
 @patch
 def _log_metrics(self:Trainer, rec:dict):
     self.history.append(rec)
@@ -411,7 +423,7 @@ def _open_logs(self:Trainer, resume:bool):
         except ImportError: raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
         self.tb = SummaryWriter(str(self.out/'tensorboard'), purge_step=self.step if resume else None)
 
-# %% ../nbs/06_train.ipynb #f1439d61
+# %% ../nbs/06_train.ipynb #86d7aa03
 def plot_metrics(
     records:list[dict],        # Lines of `metrics.jsonl`
     path:str|Path|None=None,   # Write a PNG here
@@ -436,7 +448,7 @@ def _plot_live(self:Trainer):
     if getattr(self, '_display', None) is None: self._display = display(fig, display_id=True)
     else: self._display.update(fig)
 
-# %% ../nbs/06_train.ipynb #4a924def
+# %% ../nbs/06_train.ipynb #ca442277
 @patch
 def _probe_step_time(self:Trainer, T:int) -> float:
     "Seconds one micro-batch's forward and backward take (second of two timed passes)."
@@ -465,7 +477,7 @@ def _plan(self:Trainer, T:int):
     if self.warmup is None:
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * self.max_steps))
 
-# %% ../nbs/06_train.ipynb #2d21ac3c
+# %% ../nbs/06_train.ipynb #9faaeb21
 @patch
 def _peek(self:Trainer) -> tuple:
     "The first batch of the source, without consuming it."
@@ -483,7 +495,7 @@ class _Prepend:
         if self.first is not None: b, self.first = self.first, None; return b
         return next(self.rest)
 
-# %% ../nbs/06_train.ipynb #9faaeb21
+# %% ../nbs/06_train.ipynb #e74a1202
 @patch
 def fit(self:Trainer,
     resume:bool=False, # Continue from `checkpoints/last.pt`
@@ -496,7 +508,7 @@ def fit(self:Trainer,
         self.log.warning(f"starting afresh: {self.ckpt_path} will be replaced (resume to continue it instead)")
     if self.rank == 0: save_json(asdict(cfg), self.out/'train_config.json')
     self.model.train()
-    T = self._peek()[0].shape[1]
+    T = as_batch(self._peek())['input_ids'].shape[1]
     self._data_state = self._source_state()
     self._plan(T)
     self._open_logs(resume)
@@ -552,3 +564,100 @@ def fit(self:Trainer,
     self.save_model()
     if self.rank == 0: plot_metrics(self.history, self.out/'loss.png')
     return dict(last, step=self.step, max_steps=self.max_steps, elapsed=round(self.elapsed, 2))
+
+# %% ../nbs/06_train.ipynb #eb48368d
+def _resolve_args(base:Path, given:dict, defaults:dict, log) -> dict:
+    "On resume: the saved arguments, with a warning for each different one given now."
+    saved = load_args(base) if (base/'args.json').exists() else given
+    for k, v in given.items():
+        if k not in ('run', 'resume') and k in saved and v != saved[k] and v != defaults.get(k):
+            log.warning(f"resume keeps the saved {k}={saved[k]!r}; ignoring {k}={v!r}")
+    return {**saved, 'run': given['run'], 'resume': True}
+
+def _val_batches(tokens:np.ndarray, T:int, batch_size:int, n:int) -> Callable[[], list]|None:
+    "The first `n` held-out batches of whole `T`-token blocks in file order (None if the held-out split is too small)."
+    blocks = (len(tokens) - 1) // (T - 1)
+    if blocks < 1: return None
+    s = NextTokenBlocks(BlockSampler(tokens, T - 1, min(batch_size, blocks), shuffle=False))
+    batches = [next(s) for _ in range(min(n, s.sampler.steps_in_epoch()))]
+    return lambda: batches
+
+# %% ../nbs/06_train.ipynb #dfd6f824
+def run_pretrain(
+    run:str,                       # The run folder: reads encode/ and tokenizer/, writes base/
+    preset:str='tiny',             # Model size: a preset of the model stage (micro, tiny, mini, gpt2, ...) or dN
+    max_steps:int|None=None,       # Optimizer steps (default: one pass over encode/train.bin, or what --minutes allows)
+    minutes:float|None=None,       # Time budget in minutes: the steps are set from the speed measured at the start
+    batch_size:int=16,             # Sequences per micro-batch on each process (lower it if memory runs out)
+    block_size:int|None=None,      # Tokens per sequence (default: the model's context length)
+    tokens_per_step:int|None=None, # Tokens per optimizer step over all processes, by accumulating micro-batches (default: the preset's)
+    lr:float|None=None,            # Peak learning rate (default: the preset's)
+    warmup_steps:int|None=None,    # Steps of linear warmup (default: 5% of the steps)
+    weight_decay:float=0.1,        # AdamW weight decay on weight matrices
+    grad_clip:float=1.0,           # Clip the gradient norm to this (0: off)
+    precision:Literal['auto','bf16','fp16','fp32']='auto', # Number format: auto is bf16 autocast where supported, fp16 on older GPUs
+    compile:bool=False,            # torch.compile the model (pays about 20 s up front on CPU)
+    device:str='auto',             # auto, cpu, cuda, cuda:1 or mps
+    eval_every:int=50,             # Held-out loss every this many steps
+    eval_batches:int=20,           # Held-out batches per evaluation
+    save_every:int=100,            # Resumable checkpoint every this many steps
+    log_every:int=10,              # Metrics line every this many steps
+    seed:int=42,                   # Seed for the initial weights, the data order and dropout
+    tensorboard:bool=False,        # Also log to base/tensorboard (needs `pip install tensorboard`)
+    fsdp:bool=False,               # Under torchrun: shard the model, gradients and optimizer over processes (FSDP) instead of DDP
+    resume:bool=False,             # Continue from base/checkpoints/last.pt with the saved settings
+) -> dict:
+    "Pretrain a model from a preset on the run's encoded tokens; write the model, checkpoints and metrics to base/."
+    args = {k: v for k, v in locals().items()}
+    base = stage_dir(run, 'base')
+    dev = _device_for_rank(device)
+    rank, world = init_distributed(dev)
+    log = get_logger('pretrain', base if rank == 0 else None)
+    try:
+        if resume:
+            require(base/'checkpoints'/'last.pt', f"chatgpt-train pretrain --run {run} (without --resume: there is nothing to resume)")
+            import inspect
+            defaults = {k: p.default for k, p in inspect.signature(run_pretrain).parameters.items()}
+            args = _resolve_args(base, args, defaults, log)
+            preset, max_steps, minutes, batch_size, block_size, tokens_per_step, lr = (args[k] for k in
+                ('preset', 'max_steps', 'minutes', 'batch_size', 'block_size', 'tokens_per_step', 'lr'))
+        enc, tok_dir = stage_dir(run, 'encode'), stage_dir(run, 'tokenizer')
+        meta = load_json(require(enc/'meta.json', f'chatgpt-train encode --run {run}'))
+        require(tok_dir/'tokenizer.json', f'chatgpt-train tokenizer --run {run}')
+        shape = get_preset(preset)
+        train, val = load_tokens(enc, 'train'), load_tokens(enc, 'val')
+        T = block_size or shape.n_positions
+        if not 2 <= T <= shape.n_positions: raise UserError(f"--block-size must be between 2 and the context length of {preset}, {shape.n_positions}; not {T}")
+        set_seed(args['seed'])  # the same initial weights on every rank
+        model = make_model(shape, meta['vocab_size'], bos_token_id=meta['eot_id'], eos_token_id=meta['end_id'],
+                           pad_token_id=meta['pad_id'])
+        set_seed(args['seed'] + rank)  # each rank its own dropout
+        sampler = BlockSampler(train, T - 1, batch_size, seed=args['seed'], rank=rank, world_size=world)
+        tps = tokens_per_step or shape.batch_tokens
+        if max_steps is None and minutes is None:
+            per_step = max(1, round(tps / (batch_size * T * world))) * batch_size * T * world
+            max_steps = max(1, len(train) // per_step)
+        cfg = TrainConfig(max_steps=max_steps, minutes=minutes, batch_size=batch_size, tokens_per_step=tps,
+                          lr=lr or shape.lr, warmup_steps=args['warmup_steps'], weight_decay=args['weight_decay'],
+                          grad_clip=args['grad_clip'], precision=args['precision'], compile=args['compile'], device=str(dev),
+                          seed=args['seed'], log_every=args['log_every'], eval_every=args['eval_every'],
+                          eval_batches=args['eval_batches'], save_every=args['save_every'], tensorboard=args['tensorboard'],
+                          fsdp=args['fsdp'])
+        if rank == 0:
+            base.mkdir(parents=True, exist_ok=True)
+            save_args(base, 'pretrain', args)
+            n = sum(p.numel() for p in model.parameters())
+            log.info(f"{preset}: {n/1e6:.1f}M parameters, blocks of {T} tokens, {len(train):,} training tokens, "
+                     f"{world} process{'es' if world > 1 else ''} on {dev}")
+        val_fn = _val_batches(val, T, batch_size, cfg.eval_batches)
+        if val_fn is None: log.warning(f"{enc/'val.bin'} is too small for one block of {T} tokens: no held-out loss")
+        trainer = Trainer(model, NextTokenBlocks(sampler), cfg, base, val_batches=val_fn, tokenizer_dir=tok_dir, logger=log)
+        res = trainer.fit(resume=resume)
+        if rank == 0:
+            log.info(f"done: {res['step']} steps, loss {res.get('loss', float('nan')):.3f}, held-out {res.get('val_loss', float('nan')):.3f}, "
+                     f"{res['elapsed']:.0f} s; wrote {base}")
+        return res
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+            if dist.is_initialized(): dist.destroy_process_group()
