@@ -11,7 +11,7 @@ trainer against the Rust trainer. The machine is shared, so read ratios, not abs
 
 Results are printed and written to benchmarks/results/bench_tokenize.json.
 """
-import argparse, json, random, shutil, tempfile, time
+import argparse, json, os, random, shutil, tempfile, time
 from pathlib import Path
 
 from chatgpt_train.core import read_jsonl, stage_dir, write_jsonl
@@ -56,7 +56,8 @@ def main():
         convs = list(read_jsonl(stage_dir(run, 'clean')/'conversations.jsonl'))
         texts = [t['text'] for c in convs for t in c['turns']]
         n_bytes = sum(len(t.encode()) for t in texts)
-        r = dict(conversations=len(convs), turns=len(texts), megabytes=round(n_bytes/1e6, 2))
+        r = dict(conversations=len(convs), turns=len(texts), megabytes=round(n_bytes/1e6, 2), cpus=os.cpu_count(),
+                 load_average_at_start=os.getloadavg()[0])  # other processes on the machine slow every number below
 
         _, r['tokenizer_stage_s'] = timed(run_tokenizer, str(run))
         _, r['encode_stage_s'] = timed(run_encode, str(run))
