@@ -45,7 +45,7 @@ def stage_parser(
 ) -> argparse.ArgumentParser:
     "An argument parser for `func`, with a dashed flag for each documented parameter."
     doc = inspect.getdoc(func) or ''
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=doc)
     for name, d in docments(func, full=True, returns=False, eval_str=True).items():
         flag, anno, default = '--' + name.replace('_', '-'), _base_type(d.anno), d.default
         required = default is inspect.Parameter.empty
@@ -57,7 +57,9 @@ def stage_parser(
         if get_origin(anno) is Literal: kw.update(choices=list(get_args(anno)), type=type(get_args(anno)[0]))
         elif anno in (int, float): kw.update(type=anno)
         if required: kw.update(required=True)
-        else: kw.update(default=default)
+        else:
+            kw.update(default=default)
+            if default is not None: kw['help'] += f' (default: {default})'
         p.add_argument(flag, **kw)
     return p
 
