@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_clean.ipynb #ff30f022
 from __future__ import annotations
-import codecs, dataclasses, functools, hashlib, re, time, unicodedata, zlib
+import codecs, dataclasses, functools, hashlib, logging, re, time, unicodedata, zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +58,7 @@ PLACEHOLDERS = dict(email='<email>', url='<url>', phone='<phone>')
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
 _URL = re.compile(r"\b(?:https?://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|org|net|edu|gov|io|co|uk|ly|me|tv|us)/\S*", re.I)
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,4}|\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4})(?!\w)")
+_PHONE = re.compile(r"(?<![\w+])(?<!\d[.,])(?:\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,4}|\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4})(?!\w|[.,]\d)")
 _3DIGITS = re.compile(r'\d\d\d')
 _TRAILING = '.,;:!?)]}\'"'
 
@@ -177,7 +177,7 @@ def profanity_classifier() -> Callable|None:
         from profanity_check import predict_prob
         return predict_prob
     except Exception as e:  # a missing package, or one pickled for another scikit-learn
-        get_logger('clean').warning("alt-profanity-check is not available (%s): flagging with the built-in blocklist only; "
+        logging.getLogger('clean').warning("alt-profanity-check is not available (%s): flagging with the built-in blocklist only; "
                                     "`pip install 'chatgpt-train[profanity]'` adds the classifier", e)
         return None
 
@@ -424,12 +424,12 @@ def _drop_turns(c:dict, bad:dict, log:StepLog, replies:bool=True) -> dict|None:
 class CleanConfig:
     "Every choice of the clean stage; the defaults suit English chat such as the chitchat corpus."
     lowercase:bool=False            # Lowercase all text (the model then never writes a capital letter)
-    mask_personal:bool=True         # Replace emails, URLs and phone numbers with <email>, <url>, <phone>
+    mask_personal:bool=True         # Mask emails, URLs and phone numbers as <email>, <url>, <phone> (--no-mask-personal keeps them)
     remove_chars:str=''             # Characters to delete wherever they appear, e.g. "*#~"
     remove_categories:str='Co,Cn'   # Unicode categories to delete, comma-separated ("So" would delete emoji)
     spelling:bool=False             # Correct misspellings, conservatively, with symspellpy
     spelling_min_count:int=5        # Words seen this often in the corpus count as spelt right
-    profanity:Literal['turn', 'conversation', 'off']='turn' # On a flagged turn drop it and its reply, or the whole conversation
+    profanity:Literal['turn', 'conversation', 'off']='turn' # What a flagged turn costs: itself and its reply, the whole conversation, or nothing (off: no scoring)
     profanity_threshold:float=0.95  # Score at or above which a turn is flagged (a blocklisted word scores 1)
     min_turns:int=2                 # Drop conversations with fewer turns
     max_turn_chars:int=2000         # Drop turns longer than this (and their replies)
@@ -573,7 +573,7 @@ def clean_conversations(
     removed:list|None=None,          # If given, every removed conversation or turn is appended here, with step and reason
 ) -> tuple[list[dict], dict]:
     "The cleaned, deduplicated conversations, each with its `split`, and a report that accounts for every record."
-    cfg, log = config or CleanConfig(), get_logger('clean')
+    cfg, log = config or CleanConfig(), logging.getLogger('clean')  # set up by `run_clean`; a library caller may set its own
     convs, steps, start = list(dataset), [], time.perf_counter()
     removed = [] if removed is None else removed
     for name, fn, on in _steps(cfg):
@@ -598,12 +598,12 @@ def clean_conversations(
 def run_clean(
     run:str,                          # The run folder (reads collect/, writes clean/)
     lowercase:bool=False,             # Lowercase all text (the model then never writes a capital letter)
-    mask_personal:bool=True,          # Replace emails, URLs and phone numbers with <email>, <url>, <phone>
+    mask_personal:bool=True,          # Mask emails, URLs and phone numbers as <email>, <url>, <phone> (--no-mask-personal keeps them)
     remove_chars:str='',              # Characters to delete wherever they appear, e.g. "*#~"
     remove_categories:str='Co,Cn',    # Unicode categories to delete, comma-separated ("So" would delete emoji)
     spelling:bool=False,              # Correct misspellings, conservatively, with symspellpy
     spelling_min_count:int=5,         # Words seen this often in the corpus count as spelt right
-    profanity:Literal['turn', 'conversation', 'off']='turn', # On a flagged turn drop it and its reply, or the whole conversation
+    profanity:Literal['turn', 'conversation', 'off']='turn', # What a flagged turn costs: itself and its reply, the whole conversation, or nothing (off: no scoring)
     profanity_threshold:float=0.95,   # Score at or above which a turn is flagged (a blocklisted word scores 1)
     min_turns:int=2,                  # Drop conversations with fewer turns
     max_turn_chars:int=2000,          # Drop turns longer than this (and their replies)
