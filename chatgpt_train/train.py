@@ -380,6 +380,13 @@ def load_checkpoint(self:Trainer) -> int:
 def save_model(self:Trainer, state_dict:dict|None=None):
     "Write the Hugging Face model folder into `out` (rank 0), each file replaced atomically."
     if state_dict is None: state_dict = _state_dicts(self.raw_model, self.opt)[0]
+    # tied weights (the output layer is the token embedding) are one tensor: under FSDP the gathered copies no longer share
+    # storage, so drop the second name, as save_pretrained does for a plain model
+    seen, tied = set(), set()
+    for name, p in self.raw_model.named_parameters(remove_duplicate=False):
+        if id(p) in seen: tied.add(name)
+        seen.add(id(p))
+    state_dict = {k: v for k, v in state_dict.items() if k not in tied}
     if self.rank == 0:
         with tempfile.TemporaryDirectory(dir=self.out, prefix='.model-') as tmp, _hf_quiet():
             self.raw_model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
@@ -615,7 +622,8 @@ def run_pretrain(
     log = get_logger('pretrain', base if rank == 0 else None)
     try:
         if resume:
-            require(base/'checkpoints'/'last.pt', f"chatgpt-train pretrain --run {run} (without --resume: there is nothing to resume)")
+            if not (base/'checkpoints'/'last.pt').exists():
+                raise UserError(f"{base/'checkpoints'/'last.pt'} not found: there is nothing to resume; start without --resume")
             import inspect
             defaults = {k: p.default for k, p in inspect.signature(run_pretrain).parameters.items()}
             args = _resolve_args(base, args, defaults, log)
@@ -632,24 +640,23 @@ def run_pretrain(
         model = make_model(shape, meta['vocab_size'], bos_token_id=meta['eot_id'], eos_token_id=meta['end_id'],
                            pad_token_id=meta['pad_id'])
         set_seed(args['seed'] + rank)  # each rank its own dropout
-        sampler = BlockSampler(train, T - 1, batch_size, seed=args['seed'], rank=rank, world_size=world)
-        tps = tokens_per_step or shape.batch_tokens
-        if max_steps is None and minutes is None:
-            per_step = max(1, round(tps / (batch_size * T * world))) * batch_size * T * world
-            max_steps = max(1, len(train) // per_step)
-        cfg = TrainConfig(max_steps=max_steps, minutes=minutes, batch_size=batch_size, tokens_per_step=tps,
+        cfg = TrainConfig(max_steps=max_steps, minutes=minutes, batch_size=batch_size, tokens_per_step=tokens_per_step or shape.batch_tokens,
                           lr=lr or shape.lr, warmup_steps=args['warmup_steps'], weight_decay=args['weight_decay'],
                           grad_clip=args['grad_clip'], precision=args['precision'], compile=args['compile'], device=str(dev),
                           seed=args['seed'], log_every=args['log_every'], eval_every=args['eval_every'],
                           eval_batches=args['eval_batches'], save_every=args['save_every'], tensorboard=args['tensorboard'],
                           fsdp=args['fsdp'])
+        sampler = BlockSampler(train, T - 1, batch_size, seed=args['seed'], rank=rank, world_size=world)
+        if max_steps is None and minutes is None:  # one pass over the training tokens
+            per_micro = batch_size * T * world
+            cfg.max_steps = max(1, len(train) // (max(1, round(cfg.tokens_per_step / per_micro)) * per_micro))
         if rank == 0:
             base.mkdir(parents=True, exist_ok=True)
             save_args(base, 'pretrain', args)
             n = sum(p.numel() for p in model.parameters())
             log.info(f"{preset}: {n/1e6:.1f}M parameters, blocks of {T} tokens, {len(train):,} training tokens, "
                      f"{world} process{'es' if world > 1 else ''} on {dev}")
-        val_fn = _val_batches(val, T, batch_size, cfg.eval_batches)
+        val_fn = _val_batches(val, T, batch_size * world, cfg.eval_batches)  # global batches: each rank scores its rows
         if val_fn is None: log.warning(f"{enc/'val.bin'} is too small for one block of {T} tokens: no held-out loss")
         trainer = Trainer(model, NextTokenBlocks(sampler), cfg, base, val_batches=val_fn, tokenizer_dir=tok_dir, logger=log)
         res = trainer.fit(resume=resume)

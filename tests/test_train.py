@@ -1,0 +1,223 @@
+"The pretrain stage from the command line: kill and resume, torchrun (DDP, FSDP) against one process, bad input, non-finite loss."
+import json, os, random, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chatgpt_train.cli import main
+from chatgpt_train.core import UserError, load_json, stage_dir, write_jsonl
+from chatgpt_train.encode import BlockSampler, load_tokens, run_encode
+from chatgpt_train.model import make_model
+from chatgpt_train.tokenizer import run_tokenizer
+from chatgpt_train.train import NextTokenBlocks, TrainConfig, Trainer, lm_loss
+
+BIN = Path(sys.executable).parent
+# A tiny model on short blocks: steps take milliseconds, so the test's time goes to starting processes.
+FAST = ['--preset', 'micro', '--block-size', '32', '--batch-size', '4', '--tokens-per-step', '128', '--precision', 'fp32',
+        '--eval-batches', '2']
+# One thread a process: bit-for-bit repeatable, and fair to the other work on a small shared machine.
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'CHATGPT_TRAIN_HOME': ''}
+
+
+def make_run(folder: Path, n=300, seed=0) -> Path:
+    "A run folder with clean/, tokenizer/ and encode/ from `n` synthetic conversations."
+    g = random.Random(seed)
+    words = 'hello how are you today fine thanks what do like music films the weather is nice cold I we they'.split()
+    say = lambda: ' '.join(g.choice(words) for _ in range(g.randint(3, 12))).capitalize() + g.choice('.?!')
+    convs = [dict(id=f'c{i}', source='toy', split='val' if i % 10 == 0 else 'train',
+                  turns=[dict(role=r, text=say()) for r in ('user', 'assistant') * g.randint(1, 3)]) for i in range(n)]
+    write_jsonl(convs, stage_dir(folder, 'clean', create=True)/'conversations.jsonl')
+    run_tokenizer(str(folder), vocab_size=300)
+    run_encode(str(folder))
+    return folder
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory) -> Path:
+    "A prepared run folder; tests copy it, never write into it."
+    return make_run(tmp_path_factory.mktemp('toy'))
+
+
+@pytest.fixture
+def run(toy, tmp_path) -> Path:
+    "A fresh copy of the toy run with no base/."
+    dst = tmp_path/'run'
+    shutil.copytree(toy, dst)
+    return dst
+
+
+def weights(run: Path) -> dict:
+    return load_file(run/'base'/'model.safetensors')
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run/'base'/'metrics.jsonl').read_text().splitlines()]
+
+
+def ckpt_step(run: Path) -> int:
+    return torch.load(run/'base'/'checkpoints'/'last.pt', weights_only=True, map_location='cpu')['step']
+
+
+def cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN/'chatgpt-train'), *args], env=ENV, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_cli_writes_a_model_folder(run, capsys):
+    assert main(['pretrain', '--run', str(run), *FAST, '--max-steps', '6', '--eval-every', '3', '--save-every', '4',
+                 '--log-every', '2']) == 0
+    base = run/'base'
+    names = {p.name for p in base.iterdir()}
+    assert {'config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json',
+            'metrics.jsonl', 'loss.png', 'args.json', 'train_config.json', 'checkpoints', 'log.txt'} <= names
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model, tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+    assert len(tok) == model.config.vocab_size == 300
+    assert model.generation_config.eos_token_id == load_json(run/'encode'/'meta.json')['end_id']
+    state = torch.load(base/'checkpoints'/'last.pt', weights_only=True)  # plain tensors and containers only
+    assert state['step'] == 6 and {'model', 'optimizer', 'rng', 'data'} <= set(state)
+    recs = metrics(run)
+    train = [r for r in recs if 'loss' in r]
+    assert [r['step'] for r in train] == [2, 4, 6]
+    assert {'step', 'loss', 'lr', 'grad_norm', 'tokens_per_s', 'tokens', 'elapsed'} <= set(train[0])
+    assert [r['step'] for r in recs if 'val_loss' in r] == [0, 3, 6]
+    assert load_json(base/'args.json')['args']['max_steps'] == 6
+
+
+def test_kill_and_resume_is_exact(toy, tmp_path):
+    "A run killed with SIGKILL and resumed ends with the same weights as a run never interrupted."
+    whole, parts = tmp_path/'whole', tmp_path/'parts'
+    shutil.copytree(toy, whole); shutil.copytree(toy, parts)
+    args = [*FAST, '--max-steps', '150', '--save-every', '5', '--eval-every', '50', '--log-every', '5']
+    proc = subprocess.Popen([str(BIN/'chatgpt-train'), 'pretrain', '--run', str(parts), *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = parts/'base'/'checkpoints'/'last.pt'
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:  # kill once a checkpoint past step 5 exists: mid-run
+            if ck.exists() and ckpt_step(parts) >= 10: break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill(); proc.wait()
+    killed_at = ckpt_step(parts)
+    assert 10 <= killed_at < 150
+    done = cli('pretrain', '--run', str(whole), *args)
+    assert done.returncode == 0, done.stderr
+    resumed = cli('pretrain', '--run', str(parts), '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert f'after step {killed_at}' in resumed.stderr
+    a, b = weights(whole), weights(parts)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r['step'] for r in metrics(parts) if 'loss' in r]
+    assert steps == list(range(5, 151, 5))  # lines the killed run wrote after its checkpoint are gone, none twice
+    assert [r['loss'] for r in metrics(parts) if 'loss' in r] == [r['loss'] for r in metrics(whole) if 'loss' in r]
+
+
+def torchrun(run: Path, *args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '--no-python', '--',
+           str(BIN/'chatgpt-train'), 'pretrain', '--run', str(run), *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_matches_one_process(toy, tmp_path):
+    "2 processes (gloo) with 2 rows each, DDP and FSDP, make the same updates as 1 process with 4 rows."
+    runs = {k: tmp_path/k for k in ('one', 'ddp', 'fsdp')}
+    for d in runs.values(): shutil.copytree(toy, d)
+    common = ['--preset', 'micro', '--block-size', '32', '--tokens-per-step', '128', '--precision', 'fp32', '--max-steps', '4',
+              '--eval-every', '2', '--eval-batches', '2', '--log-every', '1']
+    one = cli('pretrain', '--run', str(runs['one']), *common, '--batch-size', '4')
+    assert one.returncode == 0, one.stderr
+    for k, extra in (('ddp', []), ('fsdp', ['--fsdp'])):
+        r = torchrun(runs[k], *common, '--batch-size', '2', *extra)
+        assert r.returncode == 0, r.stderr[-3000:]
+        a, b = weights(runs['one']), weights(runs[k])
+        assert a.keys() == b.keys()
+        for n in a: torch.testing.assert_close(b[n], a[n], rtol=1e-4, atol=1e-5, msg=f'{k}: {n}')
+        m1, m2 = metrics(runs['one']), metrics(runs[k])
+        assert [r['step'] for r in m2] == [r['step'] for r in m1]  # rank 0 alone wrote, each line once
+        for r1, r2 in zip(m1, m2):
+            for key in ('loss', 'val_loss'):
+                if key in r1: assert r2[key] == pytest.approx(r1[key], abs=1e-4)
+        assert ckpt_step(runs[k]) == 4
+
+
+def test_accumulation_matches_a_bigger_batch(toy, tmp_path):
+    "Two micro-batches of 2 rows accumulated make the update of one batch of 4."
+    def train(bs, folder):
+        sampler = BlockSampler(load_tokens(toy, 'train'), 31, 4, seed=0)
+        torch.manual_seed(0)
+        model = make_model('micro', 300)
+        if bs == 2:  # the same 4 rows, as two halves
+            class Halves:
+                def __init__(self, s): self.s, self.rest = NextTokenBlocks(s), None
+                def __iter__(self): return self
+                def __next__(self):
+                    if self.rest is not None: b, self.rest = self.rest, None; return b
+                    x, y = next(self.s); self.rest = (x[2:], y[2:]); return x[:2], y[:2]
+            batches = Halves(sampler)
+        else: batches = NextTokenBlocks(sampler)
+        cfg = TrainConfig(max_steps=3, batch_size=bs, tokens_per_step=128, precision='fp32', eval_every=100, save_every=100)
+        Trainer(model, batches, cfg, folder).fit()
+        return model.state_dict()
+    a, b = train(4, tmp_path/'a'), train(2, tmp_path/'b')
+    for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)  # Adam magnifies rounding on near-zero gradients
+
+
+def test_non_finite_loss_stops_and_keeps_the_checkpoint(run):
+    r = cli('pretrain', '--run', str(run), *FAST, '--max-steps', '10', '--lr', '1e30', '--warmup-steps', '1', '--save-every', '1')
+    assert r.returncode == 2
+    assert 'the loss became nan at step 2 of 10' in r.stderr and 'after step 1, is kept' in r.stderr
+    assert 'Traceback' not in r.stderr
+    assert ckpt_step(run) == 1
+
+
+def test_out_of_memory_suggests_a_smaller_batch(run, tmp_path):
+    model = make_model('micro', 300)
+    def boom(*a, **kw): raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    model.forward = boom
+    sampler = BlockSampler(load_tokens(run, 'train'), 31, 8)
+    t = Trainer(model, NextTokenBlocks(sampler), TrainConfig(max_steps=2, batch_size=8), tmp_path/'base')
+    with pytest.raises(UserError, match=r'out of memory .* micro-batches of 8 x 32 tokens: try --batch-size 4'): t.fit()
+
+
+def test_time_budget(run):
+    assert main(['pretrain', '--run', str(run), *FAST, '--minutes', '0.05', '--eval-every', '1000']) == 0
+    cfg, state = load_json(run/'base'/'train_config.json'), torch.load(run/'base'/'checkpoints'/'last.pt', weights_only=True)
+    assert cfg['max_steps'] is None and cfg['minutes'] == 0.05
+    assert state['max_steps'] >= 1 and 1 <= state['step'] <= state['max_steps']  # planned from the measured speed
+    assert (run/'base'/'model.safetensors').exists()
+
+
+def test_bad_input(run, tmp_path, capsys):
+    def err(*args):
+        assert main(['pretrain', *args]) == 2
+        return capsys.readouterr().err
+    assert 'encode/meta.json not found' in err('--run', str(tmp_path/'nothing'))
+    assert 'chatgpt-train encode --run' in err('--run', str(tmp_path/'nothing'))
+    assert "unknown model preset 'huge'" in err('--run', str(run), '--preset', 'huge')
+    assert 'nothing to resume' in err('--run', str(run), '--resume')
+    assert '--block-size must be between 2 and the context length of micro, 256' in err('--run', str(run), '--preset', 'micro', '--block-size', '1000')
+    assert 'batch_size must be at least 1' in err('--run', str(run), *FAST, '--batch-size', '0')
+    assert 'fewer than one batch' in err('--run', str(run), '--preset', 'micro', '--batch-size', '4096')
+
+
+def test_tensorboard_is_optional(run, capsys):
+    try: import tensorboard  # noqa: F401
+    except ImportError:
+        assert main(['pretrain', '--run', str(run), *FAST, '--max-steps', '2', '--tensorboard']) == 2
+        assert 'pip install tensorboard' in capsys.readouterr().err
+        return
+    assert main(['pretrain', '--run', str(run), *FAST, '--max-steps', '2', '--tensorboard']) == 0
+    assert any((run/'base'/'tensorboard').iterdir())
+
+
+def test_loss_shifts_and_ignores():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    labels[1, 3:] = -100
+    keep = labels[:, 1:] != -100
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
+    torch.testing.assert_close(lm_loss(logits, labels), ref)
