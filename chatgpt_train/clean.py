@@ -490,8 +490,8 @@ def _check(convs, cfg, log):
     return _each(convs, one, log)
 
 def _text_step(fn):
-    "A step that applies `fn(text, cfg, log)` to every turn."
-    return lambda convs, cfg, log: _each(convs, lambda c: _map_texts(c, lambda t: fn(t, cfg, log), log), log)
+    "A step that applies `fn(text)` to every turn's text."
+    return lambda convs, cfg, log: _each(convs, lambda c: _map_texts(c, fn, log), log)
 
 def _personal(convs, cfg, log):
     counts = Counter()
@@ -554,12 +554,12 @@ def _near(convs, cfg, log):
 
 def _steps(cfg:CleanConfig) -> list[tuple[str, Callable, bool]]:
     "The steps in order: (name, function, whether it runs under `cfg`)."
+    chars, cats = cfg.remove_chars, cfg.categories
     return [('check', _check, True),
-            ('unicode', _text_step(lambda t, cfg, log: fix_unicode(t)), True),
-            ('lowercase', _text_step(lambda t, cfg, log: lowercase(t)), cfg.lowercase),
+            ('unicode', _text_step(fix_unicode), True),
+            ('lowercase', _text_step(lowercase), cfg.lowercase),
             ('personal', _personal, cfg.mask_personal),
-            ('characters', _text_step(lambda t, cfg, log: remove_unwanted(t, cfg.remove_chars, cfg.categories)),
-             bool(cfg.remove_chars or cfg.categories)),
+            ('characters', _text_step(lambda t: remove_unwanted(t, chars, cats)), bool(chars or cats)),
             ('spelling', _spelling, cfg.spelling),
             ('profanity', _profanity, cfg.profanity != 'off'),
             ('quality', _quality, True),
