@@ -47,11 +47,12 @@ def stage_parser(
     doc = inspect.getdoc(func) or ''
     p = argparse.ArgumentParser(prog=prog, description=doc)
     for name, d in docments(func, full=True, returns=False, eval_str=True).items():
-        flag, anno, default = '--' + name.replace('_', '-'), _base_type(d.anno), d.default
+        dashed = name.removesuffix('_').replace('_', '-')  # `from_` (a keyword cannot be a parameter name) -> --from
+        flag, anno, default = '--' + dashed, _base_type(d.anno), d.default
         required = default is inspect.Parameter.empty
         kw = dict(dest=name, help=d.docment or '')
         if anno is bool:
-            if default is True: p.add_argument('--no-' + name.replace('_', '-'), action='store_false', **kw)
+            if default is True: p.add_argument('--no-' + dashed, action='store_false', **kw)
             else: p.add_argument(flag, action='store_true', **kw)
             continue
         if get_origin(anno) is Literal: kw.update(choices=list(get_args(anno)), type=type(get_args(anno)[0]))
