@@ -34,6 +34,15 @@ def make_run(folder: Path, n=300, seed=0) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    "The in-process tests train tiny models too: one thread, restored afterwards."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory) -> Path:
     "A prepared run folder; tests copy it, never write into it."
