@@ -300,7 +300,7 @@ def samples_table(
     import pandas as pd
     return pd.DataFrame(samples, columns=['prompt', 'greedy', 'sampled'])
 
-# %% ../nbs/07_evaluate.ipynb #4cd57b22
+# %% ../nbs/07_evaluate.ipynb #77bb2d75
 def model_folder(
     run:str|Path, # The run folder
     model:str,    # "base", "sft", or the path of a Hugging Face model folder
@@ -337,7 +337,7 @@ def trained_context(
             if isinstance(args.get(k), int): return min(args[k], n)
     return n
 
-# %% ../nbs/07_evaluate.ipynb #047d1603
+# %% ../nbs/07_evaluate.ipynb #21296112
 def load_model_and_format(
     folder:Path,         # A model folder
     tok:ChatTokenizer,   # The run's tokenizer
@@ -359,7 +359,7 @@ def load_model_and_format(
         raise UserError(f"{folder} has {model.config.vocab_size} token embeddings, fewer than the {len(tok)} tokens of {tok.folder}")
     return model, ChatFormat(tok.hf if ours else hf, tok if ours else None), (folder if has_tok else tok.folder)
 
-# %% ../nbs/07_evaluate.ipynb #f46ea0ab
+# %% ../nbs/07_evaluate.ipynb #ce7882c9
 def held_out(
     run:str|Path,        # The run folder
     max_tokens:int|None, # Keep the first conversations up to this many tokens of `encode/val.bin` (None or 0: all)
@@ -377,7 +377,7 @@ def held_out(
     k = len(convs) if not max_tokens else max(1, int(np.searchsorted(ends, max_tokens, side='right')))
     return convs[:k], np.asarray(val[:ends[k - 1]]), len(convs)
 
-# %% ../nbs/07_evaluate.ipynb #c7c84e17
+# %% ../nbs/07_evaluate.ipynb #783602cd
 EVAL_KEYS = {
     'model':       "the model evaluated: name (base, sft or the folder's name), path, architecture, parameters, context (tokens it was trained with)",
     'tokenizer':   "the model's tokenizer: path, vocab_size, format ('ours': the run's tokenizer and chat template; 'template': its own chat template; 'plain': User:/Assistant: lines)",
@@ -402,7 +402,7 @@ def results_table(
     if result.get('assistant'): rows['model, assistant turns'] = result['assistant']
     return pd.DataFrame({k: {c: r[c] for c in ('perplexity', 'bits_per_byte', 'loss', 'tokens')} for k, r in rows.items()}).T
 
-# %% ../nbs/07_evaluate.ipynb #783602cd
+# %% ../nbs/07_evaluate.ipynb #30924b2f
 def run_evaluate(
     run:str,                      # The run folder: reads clean/, tokenizer/, encode/ and the model; writes eval/NAME.json
     model:str='base',             # base, sft, or the path of any Hugging Face model folder
@@ -412,7 +412,7 @@ def run_evaluate(
     batch_size:int=8,             # Windows per forward pass (the results do not depend on it)
     precision:Literal['fp32','bf16','fp16','auto']='fp32', # fp32 is exact; bf16 autocast is faster on GPUs and a little less exact
     device:str='auto',            # auto, cpu, cuda, cuda:1 or mps
-    samples:bool=True,            # Answer the fixed prompts (greedy and sampled)
+    samples:bool=True,            # Answer the fixed prompts, greedy and sampled (--no-samples skips them)
     max_new_tokens:int=48,        # Longest sample reply, in tokens
     seed:int=0,                   # Seed of the sampled replies
 ) -> dict:

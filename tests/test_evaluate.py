@@ -211,7 +211,8 @@ def foreign_folder(path, texts, template=None):
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     hf = PreTrainedTokenizerFast(tokenizer_object=t, bos_token='<s>', eos_token='</s>', chat_template=template)
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(hf), n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(hf), n_positions=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=hf.bos_token_id,
+                               eos_token_id=hf.eos_token_id)).save_pretrained(path)
     hf.save_pretrained(path)
     return path
 
