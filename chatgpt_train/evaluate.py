@@ -11,8 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .core import (UserError, autocast_dtype, get_device, get_logger, load_json, read_jsonl, require, save_args,
-                                save_json, stage_dir)
+from .core import UserError, autocast_dtype, get_device, get_logger, load_json, read_jsonl, require, save_args, save_json, stage_dir
 from .tokenizer import ChatTokenizer, load_tokenizer, turn_text
 from .encode import encode_sft_windows, load_tokens, pad_collate
 from .train import IGNORE_INDEX, lm_loss
@@ -64,7 +63,7 @@ def token_nlls(
     full, last = [s for s in spans if s[1] - s[0] == C], [s for s in spans if s[1] - s[0] < C]
     groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in last]
     dev = next(model.parameters()).device
-    out = np.zeros(n - 1)
+    out = np.zeros(max(n - 1, 0))
     model.eval()
     for group in tqdm(groups, desc='windows', unit='batch', disable=not progress, leave=False):
         x = torch.stack([ids[b:e] for b, e, _ in group]).to(dev)
@@ -73,7 +72,7 @@ def token_nlls(
         for r, (b, e, first) in enumerate(group): out[first - 1:e - 1] = nll[r, first - b - 1:e - b - 1]
     return out
 
-# %% ../nbs/07_evaluate.ipynb #c9c31f51
+# %% ../nbs/07_evaluate.ipynb #56d8cebe
 def lm_metrics(
     nlls:np.ndarray, # NLL in nats of each scored token
     text_bytes:int,  # UTF-8 bytes of the text those tokens stand for
@@ -86,7 +85,7 @@ def lm_metrics(
                 bits_per_byte=total / math.log(2) / text_bytes if text_bytes else None,
                 tokens=len(nlls), text_bytes=int(text_bytes), bytes_per_token=text_bytes / len(nlls))
 
-# %% ../nbs/07_evaluate.ipynb #6a2f729b
+# %% ../nbs/07_evaluate.ipynb #14df802b
 class UnigramLM:
     "Each token as likely as it is frequent in the training ids, add-`alpha` smoothed so no token has probability 0."
     def __init__(self,
@@ -135,7 +134,7 @@ class BigramLM:
         ids = np.asarray(ids, dtype=np.int64)
         return -np.log(self.prob(ids[:-1], ids[1:]))
 
-# %% ../nbs/07_evaluate.ipynb #4986f6d4
+# %% ../nbs/07_evaluate.ipynb #8486042f
 def plain_chat(
     turns:list[dict], # The turns, in order
 ) -> str:
@@ -208,7 +207,7 @@ class ChatFormat:
             if any(mask): out.append(dict(input_ids=ids, labels=[i if m else IGNORE_INDEX for i, m in zip(ids, mask)]))
         return out
 
-# %% ../nbs/07_evaluate.ipynb #6f6b0f3c
+# %% ../nbs/07_evaluate.ipynb #70e6f4cd
 @torch.no_grad()
 def masked_nll(
     model,                 # A causal language model
@@ -248,7 +247,7 @@ def assistant_metrics(
     return dict(loss=total / n, perplexity=math.exp(total / n), bits_per_byte=total / math.log(2) / text_bytes if text_bytes else None,
                 tokens=n, text_bytes=text_bytes, examples=len(examples), conversations=len(convs))
 
-# %% ../nbs/07_evaluate.ipynb #12823ddb
+# %% ../nbs/07_evaluate.ipynb #8710f041
 @contextlib.contextmanager
 def _hf_errors_only():
     "Silence transformers' warnings for a while: `generate` drops our all-ones attention mask when it prefills, then warns that one may be missing."
@@ -300,7 +299,7 @@ def samples_table(
     import pandas as pd
     return pd.DataFrame(samples, columns=['prompt', 'greedy', 'sampled'])
 
-# %% ../nbs/07_evaluate.ipynb #77bb2d75
+# %% ../nbs/07_evaluate.ipynb #047d1603
 def model_folder(
     run:str|Path, # The run folder
     model:str,    # "base", "sft", or the path of a Hugging Face model folder
@@ -337,7 +336,7 @@ def trained_context(
             if isinstance(args.get(k), int): return min(args[k], n)
     return n
 
-# %% ../nbs/07_evaluate.ipynb #21296112
+# %% ../nbs/07_evaluate.ipynb #f46ea0ab
 def load_model_and_format(
     folder:Path,         # A model folder
     tok:ChatTokenizer,   # The run's tokenizer
@@ -359,7 +358,7 @@ def load_model_and_format(
         raise UserError(f"{folder} has {model.config.vocab_size} token embeddings, fewer than the {len(tok)} tokens of {tok.folder}")
     return model, ChatFormat(tok.hf if ours else hf, tok if ours else None), (folder if has_tok else tok.folder)
 
-# %% ../nbs/07_evaluate.ipynb #ce7882c9
+# %% ../nbs/07_evaluate.ipynb #fff72f4e
 def held_out(
     run:str|Path,        # The run folder
     max_tokens:int|None, # Keep the first conversations up to this many tokens of `encode/val.bin` (None or 0: all)
@@ -377,7 +376,7 @@ def held_out(
     k = len(convs) if not max_tokens else max(1, int(np.searchsorted(ends, max_tokens, side='right')))
     return convs[:k], np.asarray(val[:ends[k - 1]]), len(convs)
 
-# %% ../nbs/07_evaluate.ipynb #783602cd
+# %% ../nbs/07_evaluate.ipynb #30924b2f
 EVAL_KEYS = {
     'model':       "the model evaluated: name (base, sft or the folder's name), path, architecture, parameters, context (tokens it was trained with)",
     'tokenizer':   "the model's tokenizer: path, vocab_size, format ('ours': the run's tokenizer and chat template; 'template': its own chat template; 'plain': User:/Assistant: lines)",
@@ -402,7 +401,7 @@ def results_table(
     if result.get('assistant'): rows['model, assistant turns'] = result['assistant']
     return pd.DataFrame({k: {c: r[c] for c in ('perplexity', 'bits_per_byte', 'loss', 'tokens')} for k, r in rows.items()}).T
 
-# %% ../nbs/07_evaluate.ipynb #30924b2f
+# %% ../nbs/07_evaluate.ipynb #a2060d75
 def run_evaluate(
     run:str,                      # The run folder: reads clean/, tokenizer/, encode/ and the model; writes eval/NAME.json
     model:str='base',             # base, sft, or the path of any Hugging Face model folder
