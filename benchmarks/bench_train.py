@@ -18,6 +18,7 @@ Usage:
     python benchmarks/bench_train.py                       # tiny preset, random tokens, synthetic example lengths
     python benchmarks/bench_train.py --run runs/demo       # tokens and turn lengths from a run's encode/
     python benchmarks/bench_train.py --preset micro --steps 3 --rounds 1   # a quick look
+    python benchmarks/bench_train.py --threads 1           # steadier when other jobs share the cores
 
 Results are printed and written to benchmarks/results/bench_train.json.
 """
@@ -120,10 +121,12 @@ def main():
     p.add_argument('--preset', default='tiny', help='model preset (default: tiny, 4 layers x 256, context 256)')
     p.add_argument('--batch-size', type=int, default=16, help='rows of packed blocks a step (ours and plain)')
     p.add_argument('--seed-batch-size', type=int, default=8, help='examples a step for the seed recipe')
-    p.add_argument('--steps', type=int, default=4, help='timed steps per variant and round')
-    p.add_argument('--rounds', type=int, default=3, help='rounds; the fastest round of each variant counts')
+    p.add_argument('--steps', type=int, default=3, help='timed steps per variant and round')
+    p.add_argument('--rounds', type=int, default=5, help='rounds; the fastest round of each variant counts')
     p.add_argument('--compile', action='store_true', help='also time ours with torch.compile (about 20 s more)')
+    p.add_argument('--threads', type=int, help="torch threads (default: torch's; 1 is steadier on a busy shared machine)")
     a = p.parse_args()
+    if a.threads: torch.set_num_threads(a.threads)
 
     shape = get_preset(a.preset)
     toks, lengths, vocab = tokens_and_lengths(a.run, shape.vocab_size)
@@ -150,7 +153,7 @@ def main():
     print(f"\n{a.preset}: {res['params']/1e6:.1f}M parameters, blocks of {T}, batch {a.batch_size}; seed recipe: batch "
           f"{a.seed_batch_size} examples of {res['mean_example_tokens']} tokens on average, padded to 512; "
           f"{res['threads']} threads, load {res['load']:.1f}\n")
-    print(f"| variant | tokens/s (seed: useful) | ours vs it |\n|---|---|---|")
+    print("| variant | tokens/s (seed: useful) | ours vs it |\n|---|---|---|")
     for r in rows: print(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r['ours_vs']:.2f}x |")
     print(f"\nmatmul 2048^3: fp32 {mm32/1e9:.1f} GFLOP/s, bf16 {mm16/1e9:.1f} GFLOP/s; training FLOPs/token {fpt/1e6:.1f}M; "
           f"ours achieves {res['achieved_flops']/1e9:.1f} GFLOP/s = {res['mfu_vs_fp32_matmul']:.0%} of the fp32 matmul, "

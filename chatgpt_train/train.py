@@ -4,10 +4,10 @@
 
 # %% ../nbs/06_train.ipynb #ffb481a9
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, random, shutil, sys, tempfile, time
-from dataclasses import dataclass, field, asdict
+import contextlib, json, math, os, random, shutil, tempfile, time
+from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 from .core import (UserError, atomic_path, autocast_dtype, get_device, get_logger, load_args, load_json, require,
                                 save_args, save_json, set_seed, stage_dir)
 from .encode import BlockSampler, load_tokens
-from .model import context_length, get_preset, make_model
+from .model import get_preset, make_model
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'lm_loss', 'TrainConfig', 'lr_at', 'make_optimizer', 'as_batch', 'NextTokenBlocks', 'init_distributed',
            'rng_state', 'set_rng_state', 'NonFiniteLoss', 'Trainer', 'plot_metrics', 'run_pretrain']
 
-# %% ../nbs/06_train.ipynb #1fd6c5c6
+# %% ../nbs/06_train.ipynb #b1560cd6
 IGNORE_INDEX = -100  # labels with this value are not scored (padding, prompts); PyTorch's and Hugging Face's convention
 
 def lm_loss(
@@ -40,7 +40,7 @@ def lm_loss(
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),  # fp32 softmax, also under autocast
                            ignore_index=IGNORE_INDEX, reduction=reduction)
 
-# %% ../nbs/06_train.ipynb #edf0262c
+# %% ../nbs/06_train.ipynb #46167202
 @dataclass
 class TrainConfig:
     "The training loop's settings, saved with every run."
@@ -74,7 +74,7 @@ class TrainConfig:
         if not self.lr > 0: raise UserError(f"lr must be positive, not {self.lr}")
         autocast_dtype('cpu', self.precision)  # checks the name
 
-# %% ../nbs/06_train.ipynb #b2588f8c
+# %% ../nbs/06_train.ipynb #46e7f564
 def lr_at(
     step:int,              # The optimizer step about to be taken, from 0
     max_steps:int,         # Steps in the whole run
@@ -88,7 +88,7 @@ def lr_at(
     progress = min(1., (step - warmup_steps) / span)
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
-# %% ../nbs/06_train.ipynb #4bf15c78
+# %% ../nbs/06_train.ipynb #026ea21b
 def make_optimizer(
     model:nn.Module,   # The model to train
     cfg:TrainConfig,   # Its `lr`, `weight_decay`, `beta1`, `beta2`
@@ -101,7 +101,7 @@ def make_optimizer(
     try: return torch.optim.AdamW(groups, fused=True, **kw)
     except (RuntimeError, TypeError): return torch.optim.AdamW(groups, foreach=True, **kw)
 
-# %% ../nbs/06_train.ipynb #c956ef53
+# %% ../nbs/06_train.ipynb #790b4748
 def as_batch(
     b:tuple|dict, # (input_ids, labels), or a dict with at least those keys
 ) -> dict:
@@ -110,7 +110,7 @@ def as_batch(
     x, y = b
     return dict(input_ids=x, labels=y)
 
-# %% ../nbs/06_train.ipynb #f166ebc4
+# %% ../nbs/06_train.ipynb #eefe2b0e
 class NextTokenBlocks:
     "Whole blocks from a `BlockSampler`, as (input_ids, labels) with labels = input_ids; `state_dict` passes through."
     def __init__(self,
@@ -124,7 +124,7 @@ class NextTokenBlocks:
     def state_dict(self): return self.sampler.state_dict()
     def load_state_dict(self, d): self.sampler.load_state_dict(d)
 
-# %% ../nbs/06_train.ipynb #ecb020f3
+# %% ../nbs/06_train.ipynb #7654847f
 def init_distributed(
     device:torch.device, # The device this process trains on
 ) -> tuple[int, int]:
@@ -143,7 +143,7 @@ def _device_for_rank(device:str) -> torch.device:
         torch.cuda.set_device(dev)
     return dev
 
-# %% ../nbs/06_train.ipynb #224dc297
+# %% ../nbs/06_train.ipynb #ec1505f4
 def rng_state() -> dict:
     "Every random generator's state, in types `torch.load(weights_only=True)` accepts."
     st = np.random.get_state()
@@ -159,7 +159,7 @@ def set_rng_state(
     torch.set_rng_state(s['torch'])
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-# %% ../nbs/06_train.ipynb #8affc468
+# %% ../nbs/06_train.ipynb #06240074
 class NonFiniteLoss(UserError):
     "The loss became NaN or infinite: training stopped and the last good checkpoint was kept."
 
@@ -173,7 +173,7 @@ def _hf_quiet():
     finally:
         if was: hf_logging.enable_progress_bar()
 
-# %% ../nbs/06_train.ipynb #2e8375a3
+# %% ../nbs/06_train.ipynb #4446478e
 class Trainer:
     "Train `model` on batches from `train_batches` with `cfg`, writing metrics, checkpoints and a model folder to `out`."
     def __init__(self,
@@ -214,7 +214,7 @@ class Trainer:
             model = DDP(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         return model
 
-# %% ../nbs/06_train.ipynb #4446478e
+# %% ../nbs/06_train.ipynb #ccb99d1a
 def _blocks(model:nn.Module) -> list[nn.Module]:
     "The transformer blocks of a Hugging Face causal LM (GPT-2, GPT-Neo, GPT-1, Llama-style)."
     for path in ('transformer.h', 'model.layers', 'transformer.layers', 'gpt_neox.layers'):
@@ -225,7 +225,7 @@ def _blocks(model:nn.Module) -> list[nn.Module]:
         except AttributeError: continue
     raise UserError(f"FSDP: cannot find the transformer blocks of {type(model).__name__}")
 
-# %% ../nbs/06_train.ipynb #ffc3c28c
+# %% ../nbs/06_train.ipynb #edaa995d
 @patch
 def _autocast(self:Trainer):
     if self.amp_dtype is None: return contextlib.nullcontext()
@@ -304,7 +304,7 @@ def _stop_non_finite(self:Trainer, what:str, value:torch.Tensor):
     raise NonFiniteLoss(f"the {what} became {value.item()} at step {self.step + 1} of {self.max_steps}; training stopped and {kept}. "
                         f"Lower --lr (now {self.cfg.lr:g}) or keep --grad-clip on, then resume or restart")
 
-# %% ../nbs/06_train.ipynb #edaa995d
+# %% ../nbs/06_train.ipynb #74ef63d1
 @patch
 @torch.no_grad()
 def evaluate(self:Trainer) -> float|None:
@@ -322,7 +322,7 @@ def evaluate(self:Trainer) -> float|None:
     tot, n = self._all_reduce(tot), self._all_reduce(n)
     return (tot / n).item() if n > 0 else None
 
-# %% ../nbs/06_train.ipynb #74ef63d1
+# %% ../nbs/06_train.ipynb #6b144ff7
 def _state_dicts(model, opt, full=True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
     return get_state_dict(model, opt, options=StateDictOptions(full_state_dict=full, cpu_offload=True))
@@ -375,7 +375,7 @@ def load_checkpoint(self:Trainer) -> int:
     else: self.log.warning(f"resuming on {self.world} processes from a checkpoint made on {s['world']}: random streams are reseeded")
     return self.step
 
-# %% ../nbs/06_train.ipynb #6b144ff7
+# %% ../nbs/06_train.ipynb #86d7aa03
 @patch
 def save_model(self:Trainer, state_dict:dict|None=None):
     "Write the Hugging Face model folder into `out` (rank 0), each file replaced atomically."
@@ -396,7 +396,7 @@ def save_model(self:Trainer, state_dict:dict|None=None):
             for f in Path(tmp).iterdir(): os.replace(f, self.out/f.name)
     self._barrier()
 
-# %% ../nbs/06_train.ipynb #86d7aa03
+# %% ../nbs/06_train.ipynb #ca442277
 @patch
 def _log_metrics(self:Trainer, rec:dict):
     self.history.append(rec)
@@ -430,7 +430,7 @@ def _open_logs(self:Trainer, resume:bool):
         except ImportError: raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
         self.tb = SummaryWriter(str(self.out/'tensorboard'), purge_step=self.step if resume else None)
 
-# %% ../nbs/06_train.ipynb #ca442277
+# %% ../nbs/06_train.ipynb #9faaeb21
 def plot_metrics(
     records:list[dict],        # Lines of `metrics.jsonl`
     path:str|Path|None=None,   # Write a PNG here
@@ -455,7 +455,7 @@ def _plot_live(self:Trainer):
     if getattr(self, '_display', None) is None: self._display = display(fig, display_id=True)
     else: self._display.update(fig)
 
-# %% ../nbs/06_train.ipynb #9faaeb21
+# %% ../nbs/06_train.ipynb #f568bc95
 @patch
 def _probe_step_time(self:Trainer, T:int) -> float:
     "Seconds one micro-batch's forward and backward take (second of two timed passes)."
@@ -486,7 +486,7 @@ def _plan(self:Trainer, T:int):
     if self.warmup is None:
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * self.max_steps))
 
-# %% ../nbs/06_train.ipynb #f568bc95
+# %% ../nbs/06_train.ipynb #00eeb91f
 @patch
 def _peek(self:Trainer) -> tuple:
     "The first batch of the source, without consuming it."
@@ -504,7 +504,7 @@ class _Prepend:
         if self.first is not None: b, self.first = self.first, None; return b
         return next(self.rest)
 
-# %% ../nbs/06_train.ipynb #c857241e
+# %% ../nbs/06_train.ipynb #cd6776a1
 @patch
 def fit(self:Trainer,
     resume:bool=False, # Continue from `checkpoints/last.pt`
@@ -574,7 +574,7 @@ def fit(self:Trainer,
     if self.rank == 0: plot_metrics(self.history, self.out/'loss.png')
     return dict(last, step=self.step, max_steps=self.max_steps, elapsed=round(self.elapsed, 2))
 
-# %% ../nbs/06_train.ipynb #dc422cc0
+# %% ../nbs/06_train.ipynb #72267bcf
 def _resolve_args(base:Path, given:dict, defaults:dict, log) -> dict:
     "On resume: the saved arguments, with a warning for each different one given now."
     saved = load_args(base) if (base/'args.json').exists() else given
@@ -591,7 +591,7 @@ def _val_batches(tokens:np.ndarray, T:int, batch_size:int, n:int) -> Callable[[]
     batches = [next(s) for _ in range(min(n, s.sampler.steps_in_epoch()))]
     return lambda: batches
 
-# %% ../nbs/06_train.ipynb #d7f17113
+# %% ../nbs/06_train.ipynb #dd338ac8
 def run_pretrain(
     run:str,                       # The run folder: reads encode/ and tokenizer/, writes base/
     preset:str='tiny',             # Model size: a preset of the model stage (micro, tiny, mini, gpt2, ...) or dN
