@@ -5,7 +5,7 @@
 # %% ../nbs/10_cli.ipynb #82c47580
 from __future__ import annotations
 import argparse, datetime, html, importlib, importlib.util, inspect, json, math, shutil, sys, time, types, typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
@@ -14,9 +14,9 @@ from fastcore.docments import docments
 from .core import UserError, atomic_path, get_logger, load_args, load_json, run_path, save_json
 
 # %% auto #0
-__all__ = ['COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'PIPELINE_FILE', 'CHAT_PROMPTS',
-           'available_commands', 'StageParser', 'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps',
-           'step_state', 'sample_chat', 'summary_lines', 'run_all', 'md_table', 'write_report']
+__all__ = ['COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'PRETRAIN_EVAL_BATCHES', 'PIPELINE_FILE',
+           'CHAT_PROMPTS', 'available_commands', 'StageParser', 'stage_parser', 'missing_package', 'main', 'Step',
+           'pipeline_steps', 'step_state', 'sample_chat', 'summary_lines', 'run_all', 'md_table', 'write_report']
 
 # %% ../nbs/10_cli.ipynb #c67544b5
 COMMANDS = {  # subcommand: (module in chatgpt_train, function)
@@ -132,6 +132,7 @@ def main(
 
 # %% ../nbs/10_cli.ipynb #1fcf8544
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.65, 0.10  # of `--minutes`; data preparation and the evaluations take the rest
+PRETRAIN_EVAL_BATCHES = 8  # held-out batches per evaluation during pretraining: enough for the curve, a few % of the time
 
 @dataclass
 class Step:
@@ -144,6 +145,7 @@ class Step:
     output:str           # The file, relative to the run folder, that holds its result
     deps:tuple=()        # The steps whose output it reads
     resumable:bool=False # It can continue from `folder/checkpoints/last.pt`
+    keeps:dict=field(default_factory=dict) # Files it writes that a later step replaces, and where to copy them first
 
     @property
     def owns_folder(self) -> bool:
@@ -163,11 +165,13 @@ def pipeline_steps(
         Step('encode', 'encode', 'run_encode', {}, 'encode', 'encode/meta.json', ('clean', 'tokenizer')),
         Step('pretrain', 'train', 'run_pretrain',
              dict(preset=a['preset'], max_steps=a['max_steps'], minutes=round(PRETRAIN_SHARE * m, 2), batch_size=a['batch_size'],
-                  device=a['device'], seed=a['seed']), 'base', 'base/model.safetensors', ('encode',), resumable=True),
+                  eval_batches=PRETRAIN_EVAL_BATCHES, device=a['device'], seed=a['seed']),
+             'base', 'base/model.safetensors', ('encode',), resumable=True),
         Step('evaluate base', 'evaluate', 'run_evaluate', dict(model='base', **ev), 'eval', 'eval/base.json', ('pretrain',)),
         Step('finetune', 'finetune', 'run_finetune',
              dict(from_='base', data=a['sft_data'], lora=a['lora'], max_steps=a['sft_steps'], minutes=round(FINETUNE_SHARE * m, 2),
-                  device=a['device'], seed=a['seed']), 'sft', 'sft/model.safetensors', ('pretrain',), resumable=True),
+                  device=a['device'], seed=a['seed']), 'sft', 'sft/model.safetensors', ('pretrain',), resumable=True,
+             keeps={'eval/sft.json': 'eval/finetune.json'}),
         Step('evaluate sft', 'evaluate', 'run_evaluate', dict(model='sft', **ev), 'eval', 'eval/sft.json', ('finetune',)),
     ]
 
@@ -222,9 +226,15 @@ def _clear(step:Step, root:Path):
     "Remove what an earlier, different or unfinished run of `step` left, so that nothing stale survives a fresh start."
     if step.owns_folder: shutil.rmtree(root/step.folder, ignore_errors=True)
     else: (root/step.output).unlink(missing_ok=True)
+    for src, dst in step.keeps.items(): (root/src).unlink(missing_ok=True); (root/dst).unlink(missing_ok=True)
+
+def _keep(step:Step, root:Path):
+    "Copy the files `step` wrote that a later step replaces to where they are kept."
+    for src, dst in step.keeps.items():
+        if (root/src).exists(): shutil.copy2(root/src, root/dst)
 
 def _eval_line(name:str, r:dict) -> str:
-    return f"  {name:<8}{r['perplexity']:>10,.2f}{r['bits_per_byte']:>10.3f}"
+    return f"  {name:<15}{r['perplexity']:>10,.2f}{r['bits_per_byte']:>10.3f}"
 
 def summary_lines(
     run:str|Path,  # The run folder
@@ -233,15 +243,16 @@ def summary_lines(
     "The summary `run_all` prints: what each step did and took, and the held-out numbers beside the baselines."
     root = run_path(run)
     stamps = load_json(root/PIPELINE_FILE)
-    lines = [f"  {'step':<13}{'status':<9}{'minutes':>8}"]
+    lines = [f"  {'step':<15}{'status':<9}{'minutes':>8}"]
     for name, state in states.items():
         s = stamps.get(name, {})
-        lines.append(f"  {name:<13}{state:<9}{s.get('seconds', 0) / 60:>8.1f}" + ('' if state != 'skipped' else '  (up to date)'))
+        lines.append(f"  {name:<15}{state:<9}{s.get('seconds', 0) / 60:>8.1f}" + ('' if state != 'skipped' else '  (up to date)'))
     ev = {k: load_json(p) for k in ('base', 'sft') if (p := root/'eval'/f'{k}.json').exists()}
     ev = {k: v for k, v in ev.items() if 'held_out' in v}
     if ev:
         first = next(iter(ev.values()))
-        lines.append(f"held-out conversations ({first['data']['tokens']:,} tokens):{'perplexity':>12}{'bits/byte':>10}")
+        lines.append(f"held-out conversations, {first['data']['tokens']:,} tokens:")
+        lines.append(f"  {'model':<15}{'perplexity':>10}{'bits/byte':>10}")
         lines += [_eval_line(k, v['held_out']) for k, v in ev.items()]
         lines += [_eval_line(k, v) for k, v in first['baselines'].items() if k != 'uniform']
     return lines
@@ -258,7 +269,7 @@ def run_all(
     sft_steps:int|None=None,   # Fine-tuning steps (default: three epochs, or fewer if the time runs out)
     batch_size:int=16,         # Sequences per pretraining micro-batch (raise it on a GPU)
     lora:bool=False,           # Fine-tune LoRA adapters instead of every weight
-    eval_tokens:int=65536,     # Held-out tokens each evaluation scores (0: the whole split)
+    eval_tokens:int=32768,     # Held-out tokens each evaluation scores (0: the whole split)
     device:str='auto',         # auto, cpu, cuda, cuda:1 or mps
     seed:int=42,               # Seed of the split, the initial weights, the data order and the samples
     chats:int=3,               # Messages of the sample chat printed at the end (0: none)
@@ -288,6 +299,7 @@ def run_all(
         func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
         t0 = time.time()
         func(run=str(run), **step.kwargs, **({'resume': True} if state == 'resume' else {}))
+        _keep(step, root)
         stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1), resumed=state == 'resume')
         save_json(stamps, stamps_path)
         states[step.name] = 'resumed' if state == 'resume' else 'ran'
@@ -298,11 +310,11 @@ def run_all(
     if chats:
         folder = root/'sft'
         print(f"\na chat with {folder} (talk to it yourself: chatgpt-train chat --run {run}):")
-        for msg, reply in sample_chat(folder, chats, seed, device): print(f"  you:   {msg}\n  model: {reply}")
+        for msg, reply in sample_chat(folder, chats, seed, device): print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
     log.info(f"done in {total:.0f} s")
     return dict(run=str(root), states=states, seconds=round(total, 1), report=str(report))
 
-# %% ../nbs/10_cli.ipynb #1602b8c1
+# %% ../nbs/10_cli.ipynb #7a61453f
 def _cell(x) -> str:
     "A value as markdown table text: numbers with separators, text on one line with `|` and `<` escaped."
     if isinstance(x, bool) or x is None: return '' if x is None else str(x)
@@ -319,7 +331,7 @@ def md_table(
     return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
                      + ['| ' + ' | '.join(_cell(r.get(c)) for c in cols) + ' |' for r in rows])
 
-# %% ../nbs/10_cli.ipynb #784c911c
+# %% ../nbs/10_cli.ipynb #6919ec53
 def _load(root:Path, rel:str):
     "The JSON file `rel` of the run, or None if the stage has not written it."
     return load_json(root/rel) if (root/rel).exists() else None
@@ -417,26 +429,30 @@ def _eval_section(root:Path) -> str:
     rows += [dict(model=f'{k} baseline', perplexity=v['perplexity'], **{'bits per byte': v['bits_per_byte'], 'assistant-turn perplexity': None})
              for k, v in sorted(base['baselines'].items(), key=lambda kv: kv[1]['perplexity'])]
     out.append(md_table(rows))
-    if sft is not None and sft.get('before') and sft.get('assistant'):  # the fine-tune stage's own before/after measurement
+    ft = _load(root, 'eval/finetune.json') or (sft if sft is not None and 'before' in sft else None)
+    if ft and ft.get('before') and ft.get('assistant'):  # the fine-tune stage's own before/after measurement
+        sft = ft
         out.append(f"On held-out conversations of the fine-tuning data (`{sft['data']['source']}`, {sft['data']['val_conversations']:,} "
                    f"conversations), the assistant-turn perplexity went from {sft['before']['perplexity']:.2f} before fine-tuning to "
                    f"{sft['assistant']['perplexity']:.2f} after.")
     return '\n\n'.join(out)
 
 def _samples_section(root:Path) -> str:
-    base, sft = _load(root, 'eval/base.json'), _load(root, 'eval/sft.json')
-    out = ['## Sample chats']
-    if sft is not None and sft.get('samples') and 'base' in sft['samples'][0]:  # the fine-tune stage's side-by-side replies
-        rows = [{'message': s['prompt'], 'before fine-tuning': s['base'], 'after': s['sft'], 'after (sampled)': s['sft_sampled']} for s in sft['samples']]
-    elif base is not None and base.get('samples'):
-        after = {s['prompt']: s for s in (sft or {}).get('samples') or []}
-        rows = [{'message': s['prompt'], 'before fine-tuning': s['greedy'], **({'after': after[s['prompt']]['greedy'],
-                 'after (sampled)': after[s['prompt']]['sampled']} if s['prompt'] in after else {'before (sampled)': s['sampled']})}
-                for s in base['samples']]
-    else: return '\n\n'.join(out + ['*No samples yet: they come with the evaluate stage.*'])
-    out.append("Replies to fixed messages, greedy unless marked sampled, each a fresh one-message conversation. Talk to the model "
-               f"yourself with `chatgpt-train chat --run {root}`.")
-    out.append(md_table(rows))
+    base, sft, ft = _load(root, 'eval/base.json'), _load(root, 'eval/sft.json'), _load(root, 'eval/finetune.json')
+    out = ['## Sample chats', "Replies to fixed messages, greedy unless marked sampled, each a fresh one-message conversation. "
+           f"Talk to the model yourself with `chatgpt-train chat --run {root}`."]
+    if base is not None and base.get('samples'):
+        after = {s['prompt']: s for s in (sft or {}).get('samples') or [] if 'greedy' in s}
+        out.append("On messages like those of the pretraining data:")
+        out.append(md_table([{'message': s['prompt'], 'before fine-tuning': s['greedy'], **({'after': after[s['prompt']]['greedy'],
+                              'after (sampled)': after[s['prompt']]['sampled']} if s['prompt'] in after else {'sampled': s['sampled']})}
+                             for s in base['samples']]))
+    ft = ft or (sft if sft and sft.get('samples') and 'base' in sft['samples'][0] else None)
+    if ft and ft.get('samples'):  # the fine-tune stage's side-by-side replies, on messages its data suits
+        out.append(f"On messages like those of the fine-tuning data (`{ft['data']['source']}`):")
+        out.append(md_table([{'message': s['prompt'], 'before fine-tuning': s['base'], 'after': s['sft'], 'after (sampled)': s['sft_sampled']}
+                             for s in ft['samples']]))
+    if len(out) == 2: return '\n\n'.join(out[:1] + ['*No samples yet: they come with the evaluate stage.*'])
     return '\n\n'.join(out)
 
 def _time_section(root:Path) -> str:
@@ -446,7 +462,7 @@ def _time_section(root:Path) -> str:
     rows.append(dict(step='total', seconds=round(sum(v['seconds'] for v in stamps.values())), resumed=''))
     return '## Time\n\nWhat each step of `chatgpt-train run` took (the last time it ran):\n\n' + md_table(rows)
 
-# %% ../nbs/10_cli.ipynb #7a61453f
+# %% ../nbs/10_cli.ipynb #6bd6afe8
 def write_report(
     run:str|Path, # The run folder
 ) -> Path:
