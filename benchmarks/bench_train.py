@@ -11,7 +11,7 @@ Targets from issue 6, all measured in one run, on the same model shape, tokens a
   of the FLOP/s of a large matrix multiply measured here, in fp32 and in bf16.
 
 The machine is shared, so the variants are timed in turns (round robin) and the fastest round of each counts; read the
-ratios. An example for (a) is a message and its reply: lengths come from a run's encode/ (pairs of turns, split at `<|end|>`)
+ratios; the matrix products are timed in the same rounds, so that the utilisation compares like with like. An example for (a) is a message and its reply: lengths come from a run's encode/ (pairs of turns, split at `<|end|>`)
 when `--run` is given, else from a log-normal with mean about 60 tokens, the size FINDINGS measured on the default corpus.
 Usage:
 
@@ -35,16 +35,14 @@ from chatgpt_train.model import flops_per_token, get_preset, make_model, model_c
 from chatgpt_train.train import NextTokenBlocks, TrainConfig, Trainer
 
 
-def matmul_flops(dtype, n=2048, repeats=5) -> float:
-    "FLOP/s of an n x n matrix product in `dtype` (fastest of `repeats`)."
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_time(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best
-
-
-def _time(fn) -> float:
-    t0 = time.perf_counter(); fn(); return time.perf_counter() - t0
+class Matmul:
+    "A large square matrix product, the machine's best case; `step` returns FLOPs, so its rate is FLOP/s."
+    def __init__(self, dtype, n=2048):
+        self.a, self.b, self.n = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype), n
+        self.name = f"matmul {n}^3 {str(dtype).split('.')[-1]}"
+    def step(self):
+        self.a @ self.b
+        return 2 * self.n**3
 
 
 def tokens_and_lengths(run, vocab):
@@ -134,13 +132,14 @@ def main():
     variants = [Ours(a.preset, vocab, toks, T, a.batch_size), Plain(a.preset, vocab, toks, T, a.batch_size, bf16=False),
                 Plain(a.preset, vocab, toks, T, a.batch_size, bf16=True), Seed(a.preset, vocab, toks, lengths, a.seed_batch_size)]
     if a.compile: variants.insert(1, Ours(a.preset, vocab, toks, T, a.batch_size, compile=True))
-    for v in variants: v.step(); v.step()  # warm up: allocation, oneDNN kernels, compilation
-    best = {v.name: 0. for v in variants}
+    mms = [Matmul(torch.float32), Matmul(torch.bfloat16)]
+    for v in variants + mms: v.step(); v.step()  # warm up: allocation, oneDNN kernels, compilation
+    best = {v.name: 0. for v in variants + mms}
     for _ in range(a.rounds):
-        for v in variants:
+        for v in variants + mms:
             t0, n = time.perf_counter(), sum(v.step() for _ in range(a.steps))
             best[v.name] = max(best[v.name], n / (time.perf_counter() - t0))
-    mm32, mm16 = matmul_flops(torch.float32), matmul_flops(torch.bfloat16)
+    mm32, mm16 = (best.pop(m.name) for m in mms)
     fpt = flops_per_token(model_config(variants[0].model), T)
     ours = best[Ours.name]
     rows = [dict(variant=k, tokens_per_s=round(v, 1), ours_vs=round(ours / v, 2)) for k, v in best.items()]
