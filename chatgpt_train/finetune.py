@@ -5,7 +5,6 @@
 # %% ../nbs/08_finetune.ipynb #d4e63dd0
 from __future__ import annotations
 import math, os, shutil, tempfile, time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -111,7 +110,7 @@ def load_model(
         try: model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as e: raise UserError(f"{folder}: not a causal language model folder that transformers can load ({e})") from None
     n = model.get_input_embeddings().num_embeddings
-    if len(fmt.hf) > n: model.resize_token_embeddings(len(fmt.hf), mean_resizing=True)  # new rows at the mean of the old: an unremarkable start
+    if len(fmt.hf) > n: model.resize_token_embeddings(len(fmt.hf), mean_resizing=True)  # new rows like the old ones, on average
     for cfg in (model.config, model.generation_config):
         cfg.eos_token_id, cfg.pad_token_id = fmt.stop[0], fmt.pad_id
         cfg.bos_token_id = fmt.hf.bos_token_id

@@ -178,10 +178,11 @@ def test_bad_input(run, tmp_path, capsys):
     assert '--from FROM' in capsys.readouterr().out
 
 
-def test_resume_after_interrupt_is_exact(toy, tmp_path, monkeypatch):
+@pytest.mark.parametrize('lora', [False, True])
+def test_resume_after_interrupt_is_exact(toy, tmp_path, monkeypatch, lora):
     "Ctrl-C in the middle, then --resume: the same weights as a run that was never interrupted."
     data = str(toy.parent/'tock.jsonl')
-    args = ['--data', data, *FAST, '--max-steps', '6', '--save-every', '100', '--lr', '3e-3']
+    args = ['--data', data, *FAST, '--max-steps', '6', '--save-every', '100', '--lr', '3e-3', *(['--lora'] if lora else [])]
     whole, parts = tmp_path/'whole', tmp_path/'parts'
     for d in (whole, parts): shutil.copytree(toy, d)
     assert main(['finetune', '--run', str(whole), *args]) == 0
