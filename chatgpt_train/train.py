@@ -244,7 +244,7 @@ def _no_sync(self:Trainer, sync:bool):
 def _all_reduce(self:Trainer, t:torch.Tensor, op='sum') -> torch.Tensor:
     if self.world > 1:
         import torch.distributed as dist
-        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == 'sum' else dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=dict(sum=dist.ReduceOp.SUM, max=dist.ReduceOp.MAX, min=dist.ReduceOp.MIN)[op])
     return t
 
 @patch
@@ -475,6 +475,7 @@ def _probe_step_time(self:Trainer, T:int) -> float:
 def _plan(self:Trainer, T:int):
     "Fix `max_steps` (from the time budget if needed) and the warmup."
     cfg = self.cfg
+    self._step_secs = self._eval_secs = None  # measured as the run goes, for `_replan`
     if self.max_steps is None:
         if cfg.minutes is None: raise UserError("give max_steps or minutes")
         t = self._probe_step_time(T)
@@ -482,11 +483,25 @@ def _plan(self:Trainer, T:int):
         # an evaluation's forward passes cost about a third of as many forward-and-backward passes
         ev = (cfg.eval_batches * t / 3) if self.val_batches is not None else 0.
         self.max_steps = max(1, int((0.92 * cfg.minutes * 60 - 2 * ev) / (self.accum_steps(T) * t + ev / cfg.eval_every)))
+        self._step_secs, self._eval_secs = self.accum_steps(T) * t, ev
         self.log.info(f"time budget {cfg.minutes:g} min at {t:.2f} s a micro-batch: {self.max_steps} steps")
     if self.warmup is None:
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * self.max_steps))
 
 # %% ../nbs/06_train.ipynb #00eeb91f
+@patch
+def _replan(self:Trainer, budget:float):
+    "Under a time budget: fewer steps if the steps got slower than planned, so the schedule still ends in time."
+    if not self._step_secs: return
+    evals_left = (self.max_steps - self.step) // self.cfg.eval_every + 1
+    left = 0.95 * budget - self.elapsed - evals_left * (self._eval_secs or 0.)
+    can = torch.tensor(float(self.step + max(1, int(left / self._step_secs))), device=self.device)
+    can = int(self._all_reduce(can, op='min').item())  # every rank keeps the same plan
+    if can < 0.98 * self.max_steps:
+        self.log.info(f"slower than planned: {self.max_steps} steps cut to {can} to end within the time budget")
+        self.max_steps = can
+
+# %% ../nbs/06_train.ipynb #2c8b6ff8
 @patch
 def _peek(self:Trainer) -> tuple:
     "The first batch of the source, without consuming it."
@@ -504,7 +519,7 @@ class _Prepend:
         if self.first is not None: b, self.first = self.first, None; return b
         return next(self.rest)
 
-# %% ../nbs/06_train.ipynb #cd6776a1
+# %% ../nbs/06_train.ipynb #5d44d85b
 @patch
 def fit(self:Trainer,
     resume:bool=False, # Continue from `checkpoints/last.pt`
@@ -524,7 +539,9 @@ def fit(self:Trainer,
     bar = tqdm(total=self.max_steps, initial=self.step, unit='step', disable=self.rank != 0, dynamic_ncols=True, desc=self.out.name)
     budget, post = cfg.minutes * 60 if cfg.minutes else None, {}
     last, t_log, tok_log = {}, time.perf_counter(), 0
+    t1 = time.perf_counter()
     if self.step == 0 and (val := self.evaluate()) is not None:  # where the curve starts: about ln(vocab) for a fresh model
+        self._eval_secs = time.perf_counter() - t1
         self._log_metrics(dict(step=0, val_loss=round(val, 5), elapsed=0.))
         post.update(val=f"{val:.3f}")
     try:
@@ -534,7 +551,9 @@ def fit(self:Trainer,
             except torch.OutOfMemoryError:
                 raise UserError(f"out of memory on {self.device} with micro-batches of {cfg.batch_size} x {T} tokens: try "
                                 f"--batch-size {max(1, cfg.batch_size // 2)} (and --tokens-per-step to keep the tokens a step)") from None
-            self.elapsed += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            self._step_secs = dt if self._step_secs is None else 0.7 * self._step_secs + 0.3 * dt  # recent speed
             tok_log += stats['tokens']
             if self.step % cfg.log_every == 0 or self.step == self.max_steps:
                 now = time.perf_counter()
@@ -543,13 +562,17 @@ def fit(self:Trainer,
                 self._log_metrics(last)
                 post.update(loss=f"{stats['loss']:.3f}", tok_s=f"{last['tokens_per_s']:,.0f}")
                 t_log, tok_log = now, 0
+                if budget is not None:
+                    self._replan(budget)
+                    bar.total = self.max_steps
             out_of_time = budget is not None and self._all_reduce(
                 torch.tensor(float(self.elapsed >= budget), device=self.device), op='max').item() > 0
             final = self.step == self.max_steps or out_of_time
             if self.step % cfg.eval_every == 0 or final:
                 t1 = time.perf_counter()
                 val = self.evaluate()
-                self.elapsed += time.perf_counter() - t1
+                self._eval_secs = time.perf_counter() - t1
+                self.elapsed += self._eval_secs
                 if val is not None:
                     last = {**last, 'val_loss': round(val, 5)}
                     self._log_metrics(dict(step=self.step, val_loss=round(val, 5), elapsed=round(self.elapsed, 2)))
@@ -574,7 +597,7 @@ def fit(self:Trainer,
     if self.rank == 0: plot_metrics(self.history, self.out/'loss.png')
     return dict(last, step=self.step, max_steps=self.max_steps, elapsed=round(self.elapsed, 2))
 
-# %% ../nbs/06_train.ipynb #72267bcf
+# %% ../nbs/06_train.ipynb #15f2fee5
 def _resolve_args(base:Path, given:dict, defaults:dict, log) -> dict:
     "On resume: the saved arguments, with a warning for each different one given now."
     saved = load_args(base) if (base/'args.json').exists() else given
@@ -591,7 +614,7 @@ def _val_batches(tokens:np.ndarray, T:int, batch_size:int, n:int) -> Callable[[]
     batches = [next(s) for _ in range(min(n, s.sampler.steps_in_epoch()))]
     return lambda: batches
 
-# %% ../nbs/06_train.ipynb #dd338ac8
+# %% ../nbs/06_train.ipynb #00fa3d8a
 def run_pretrain(
     run:str,                       # The run folder: reads encode/ and tokenizer/, writes base/
     preset:str='tiny',             # Model size: a preset of the model stage (micro, tiny, mini, gpt2, ...) or dN
