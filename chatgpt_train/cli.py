@@ -314,7 +314,7 @@ def run_all(
     log.info(f"done in {total:.0f} s")
     return dict(run=str(root), states=states, seconds=round(total, 1), report=str(report))
 
-# %% ../nbs/10_cli.ipynb #7a61453f
+# %% ../nbs/10_cli.ipynb #1602b8c1
 def _cell(x) -> str:
     "A value as markdown table text: numbers with separators, text on one line with `|` and `<` escaped."
     if isinstance(x, bool) or x is None: return '' if x is None else str(x)
@@ -331,7 +331,7 @@ def md_table(
     return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
                      + ['| ' + ' | '.join(_cell(r.get(c)) for c in cols) + ' |' for r in rows])
 
-# %% ../nbs/10_cli.ipynb #6919ec53
+# %% ../nbs/10_cli.ipynb #784c911c
 def _load(root:Path, rel:str):
     "The JSON file `rel` of the run, or None if the stage has not written it."
     return load_json(root/rel) if (root/rel).exists() else None
@@ -462,7 +462,7 @@ def _time_section(root:Path) -> str:
     rows.append(dict(step='total', seconds=round(sum(v['seconds'] for v in stamps.values())), resumed=''))
     return '## Time\n\nWhat each step of `chatgpt-train run` took (the last time it ran):\n\n' + md_table(rows)
 
-# %% ../nbs/10_cli.ipynb #6bd6afe8
+# %% ../nbs/10_cli.ipynb #7a61453f
 def write_report(
     run:str|Path, # The run folder
 ) -> Path:
