@@ -491,14 +491,15 @@ def _plan(self:Trainer, T:int):
 # %% ../nbs/06_train.ipynb #00eeb91f
 @patch
 def _replan(self:Trainer, budget:float):
-    "Under a time budget: fewer steps if the steps got slower than planned, so the schedule still ends in time."
+    "Under a time budget: fit `max_steps` to the recent speed, so the schedule ends in time (grows only in the first half)."
     if not self._step_secs: return
     evals_left = (self.max_steps - self.step) // self.cfg.eval_every + 1
     left = 0.95 * budget - self.elapsed - evals_left * (self._eval_secs or 0.)
     can = torch.tensor(float(self.step + max(1, int(left / self._step_secs))), device=self.device)
     can = int(self._all_reduce(can, op='min').item())  # every rank keeps the same plan
-    if can < 0.98 * self.max_steps:
-        self.log.info(f"slower than planned: {self.max_steps} steps cut to {can} to end within the time budget")
+    if can < 0.98 * self.max_steps or (can > 1.02 * self.max_steps and self.step < self.max_steps / 2):
+        self.log.info(f"{'slower' if can < self.max_steps else 'faster'} than planned: {self.max_steps} steps become {can} "
+                      f"to end within the time budget")
         self.max_steps = can
 
 # %% ../nbs/06_train.ipynb #2c8b6ff8
