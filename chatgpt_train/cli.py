@@ -14,9 +14,9 @@ from fastcore.docments import docments
 from .core import UserError, atomic_path, get_logger, load_args, load_json, run_path, save_json
 
 # %% auto #0
-__all__ = ['COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'PRETRAIN_EVAL_BATCHES', 'PIPELINE_FILE',
-           'CHAT_PROMPTS', 'available_commands', 'StageParser', 'stage_parser', 'missing_package', 'main', 'Step',
-           'pipeline_steps', 'step_state', 'sample_chat', 'summary_lines', 'run_all', 'md_table', 'write_report']
+__all__ = ['COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'PRETRAIN_EVAL_BATCHES', 'PIPELINE_FILE', 'CHAT_PROMPTS',
+           'available_commands', 'StageParser', 'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps',
+           'step_state', 'sample_chat', 'summary_lines', 'run_all', 'md_table', 'write_report']
 
 # %% ../nbs/10_cli.ipynb #c67544b5
 COMMANDS = {  # subcommand: (module in chatgpt_train, function)
@@ -131,7 +131,7 @@ def main(
     return 0
 
 # %% ../nbs/10_cli.ipynb #1fcf8544
-PRETRAIN_SHARE, FINETUNE_SHARE = 0.65, 0.10  # of `--minutes`; data preparation and the evaluations take the rest
+PRETRAIN_SHARE = 0.8  # of `--minutes`, for pretraining; data preparation, fine-tuning and the evaluations take the rest
 PRETRAIN_EVAL_BATCHES = 8  # held-out batches per evaluation during pretraining: enough for the curve, a few % of the time
 
 @dataclass
@@ -164,13 +164,14 @@ def pipeline_steps(
         Step('tokenizer', 'tokenizer', 'run_tokenizer', dict(vocab_size=a['vocab_size']), 'tokenizer', 'tokenizer/tokenizer.json', ('clean',)),
         Step('encode', 'encode', 'run_encode', {}, 'encode', 'encode/meta.json', ('clean', 'tokenizer')),
         Step('pretrain', 'train', 'run_pretrain',
-             dict(preset=a['preset'], max_steps=a['max_steps'], minutes=round(PRETRAIN_SHARE * m, 2), batch_size=a['batch_size'],
+             dict(preset=a['preset'], max_steps=a['max_steps'], minutes=None if a['max_steps'] else round(PRETRAIN_SHARE * m, 2),
+                  batch_size=a['batch_size'],
                   eval_batches=PRETRAIN_EVAL_BATCHES, device=a['device'], seed=a['seed']),
              'base', 'base/model.safetensors', ('encode',), resumable=True),
         Step('evaluate base', 'evaluate', 'run_evaluate', dict(model='base', **ev), 'eval', 'eval/base.json', ('pretrain',)),
         Step('finetune', 'finetune', 'run_finetune',
-             dict(from_='base', data=a['sft_data'], lora=a['lora'], max_steps=a['sft_steps'], minutes=round(FINETUNE_SHARE * m, 2),
-                  device=a['device'], seed=a['seed']), 'sft', 'sft/model.safetensors', ('pretrain',), resumable=True,
+             dict(from_='base', data=a['sft_data'], lora=a['lora'], max_steps=a['sft_steps'], minutes=0, device=a['device'],
+                  seed=a['seed']), 'sft', 'sft/model.safetensors', ('pretrain',), resumable=True,
              keeps={'eval/sft.json': 'eval/finetune.json'}),
         Step('evaluate sft', 'evaluate', 'run_evaluate', dict(model='sft', **ev), 'eval', 'eval/sft.json', ('finetune',)),
     ]
@@ -260,13 +261,13 @@ def summary_lines(
 def run_all(
     run:str,                   # The run folder (or a name under $CHATGPT_TRAIN_HOME): every stage writes its folder in it
     preset:str='tiny',         # Model size: a preset of the model stage (micro, tiny, mini, gpt2, ...) or dN
-    minutes:float=13.,         # Time for the whole run: pretraining gets 65% of it, fine-tuning 10%, data and evaluation the rest
+    minutes:float=15.,         # Time for the whole run: pretraining gets 80% of it, data, fine-tuning and evaluation the rest
     source:str='chitchat',     # Pretraining conversations: chitchat (embedded), chatterbot, hf:NAME, or a file or folder
     sft_data:str='chatterbot', # Fine-tuning conversations, in any form --source takes
     limit:int|None=None,       # Read at most this many records of --source (a quick first try)
     vocab_size:int=8192,       # Tokens in the vocabulary
-    max_steps:int|None=None,   # Pretraining steps (default: as many as the time allows)
-    sft_steps:int|None=None,   # Fine-tuning steps (default: three epochs, or fewer if the time runs out)
+    max_steps:int|None=None,   # Pretraining steps, instead of the time budget (default: as many as the time allows)
+    sft_steps:int|None=None,   # Fine-tuning steps (default: the fine-tune stage's passes over its data)
     batch_size:int=16,         # Sequences per pretraining micro-batch (raise it on a GPU)
     lora:bool=False,           # Fine-tune LoRA adapters instead of every weight
     eval_tokens:int=32768,     # Held-out tokens each evaluation scores (0: the whole split)
