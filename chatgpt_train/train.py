@@ -476,6 +476,7 @@ def _plan(self:Trainer, T:int):
     "Fix `max_steps` (from the time budget if needed) and the warmup."
     cfg = self.cfg
     self._step_secs = self._eval_secs = None  # measured as the run goes, for `_replan`
+    self._from_budget = self.max_steps is None  # only a plan made from the time budget is re-fitted as the run goes
     if self.max_steps is None:
         if cfg.minutes is None: raise UserError("give max_steps or minutes")
         t = self._probe_step_time(T)
@@ -492,7 +493,7 @@ def _plan(self:Trainer, T:int):
 @patch
 def _replan(self:Trainer, budget:float):
     "Under a time budget: fit `max_steps` to the recent speed, so the schedule ends in time (grows only in the first half)."
-    if not self._step_secs: return
+    if not (self._from_budget and self._step_secs): return  # steps the user asked for are kept, whatever the speed
     evals_left = (self.max_steps - self.step) // self.cfg.eval_every + 1
     left = 0.95 * budget - self.elapsed - evals_left * (self._eval_secs or 0.)
     can = torch.tensor(float(self.step + max(1, int(left / self._step_secs))), device=self.device)

@@ -10,7 +10,7 @@ processed notebook with nbconvert, honouring the Quarto cell options nbdev sets 
 import re, shutil, sys
 from pathlib import Path
 
-import nbformat
+import nbformat, yaml
 from nbconvert import HTMLExporter
 from nbdev.config import get_config
 from nbdev.doclinks import _build_modidx
@@ -33,9 +33,9 @@ def _quarto_like(nb):
     cells = []
     for c in nb.cells:
         if c.cell_type == 'raw' and c.source.startswith('---'):
-            meta = dict(re.findall(r'^(title|description):\s*(.+)$', c.source, re.M))
-            text = (f"# {meta['title'].strip(chr(39)+chr(34))}\n\n" if 'title' in meta else '')
-            if 'description' in meta: text += f"> {meta['description'].strip(chr(39)+chr(34))}\n"
+            meta = yaml.safe_load(c.source.strip().strip('-')) or {}  # a long subtitle is folded over several lines
+            text = f"# {meta['title']}\n\n" if meta.get('title') else ''
+            if meta.get('description'): text += f"> {' '.join(str(meta['description']).split())}\n"
             if text: cells.append(nbformat.v4.new_markdown_cell(text))
             continue
         if c.cell_type == 'code':
