@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .core import UserError, get_device, get_logger, require, run_path, stage_dir
 from .clean import profanity_scores
-from .model import context_length, make_model
+from .model import context_length, load_causal_lm, make_model
 from .tokenizer import SPECIAL_TOKENS, save_tokenizer, train_bpe
 
 # %% auto #0
@@ -78,13 +78,13 @@ def load_chat_model(
     device:str='auto',  # auto, cpu, cuda, cuda:1 or mps
 ) -> tuple:
     "The model (in eval mode, on `device`) and tokenizer of a model folder, read from local files only."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     folder = require(Path(folder)/'config.json').parent
     if not (folder/'tokenizer_config.json').exists():
         raise UserError(f"{folder} has no tokenizer files: copy them from the run's tokenizer/ folder into it")
     with _quiet_transformers():
         tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+        model = load_causal_lm(folder)  # safetensors only: a pickle in a downloaded folder could run code
     return model.to(get_device(device)).eval(), tok
 
 # %% ../nbs/09_chat.ipynb #3088b284

@@ -11,7 +11,7 @@ from typing import Literal, get_args, get_origin
 
 from fastcore.docments import docments
 
-from .core import UserError, atomic_path, get_logger, load_args, load_json, run_path, save_json
+from .core import INCOMPLETE, UserError, atomic_path, get_logger, load_args, load_json, run_lock, run_path, save_json
 
 # %% auto #0
 __all__ = ['COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'PRETRAIN_EVAL_BATCHES', 'PIPELINE_FILE', 'CHAT_PROMPTS',
@@ -199,7 +199,8 @@ def step_state(
     folder = root/step.folder
     dep_times = [stamps.get(d, {}).get('finished', math.inf) for d in step.deps]
     if (st is not None and st['args'] == _norm(step.kwargs) and (root/step.output).exists()
-        and all(t <= st['finished'] for t in dep_times) and (not step.owns_folder or _same_args(folder, step.kwargs))):
+        and all(t <= st['finished'] for t in dep_times) and (not step.owns_folder or _same_args(folder, step.kwargs))
+        and not (folder/INCOMPLETE).exists()):  # a later stand-alone run of the stage may have been interrupted
         return 'done'
     if (step.resumable and (folder/'checkpoints'/'last.pt').exists() and _same_args(folder, step.kwargs)
         and all(t <= (folder/'args.json').stat().st_mtime for t in dep_times)):
@@ -282,38 +283,39 @@ def run_all(
     if not 0 <= chats <= len(CHAT_PROMPTS): raise UserError(f"--chats must be between 0 and {len(CHAT_PROMPTS)}, not {chats}")
     from chatgpt_train.model import get_preset
     get_preset(preset)  # an unknown preset fails now, not after minutes of data preparation
-    root = run_path(run)
-    root.mkdir(parents=True, exist_ok=True)
-    log = get_logger('run', root)
-    stamps_path = root/PIPELINE_FILE
-    stamps = load_json(stamps_path) if stamps_path.exists() else {}
-    t_start, states = time.time(), {}
-    for step in pipeline_steps(args):
-        state = 'run' if force else step_state(step, run, stamps)
-        if state == 'done':
-            log.info(f"{step.name}: up to date, skipped")
-            states[step.name] = 'skipped'
-            continue
-        log.info(f"{step.name}: {'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}")
-        stamps.pop(step.name, None); save_json(stamps, stamps_path)
-        if state == 'run': _clear(step, root)
-        func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
-        t0 = time.time()
-        func(run=str(run), **step.kwargs, **({'resume': True} if state == 'resume' else {}))
-        _keep(step, root)
-        stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1), resumed=state == 'resume')
-        save_json(stamps, stamps_path)
-        states[step.name] = 'resumed' if state == 'resume' else 'ran'
-    report = write_report(run)
-    total = time.time() - t_start
-    print(f"{root}: done in {total / 60:.1f} min; report: {report}")
-    print('\n'.join(summary_lines(run, states)))
-    if chats:
-        folder = root/'sft'
-        print(f"\na chat with {folder} (talk to it yourself: chatgpt-train chat --run {run}):")
-        for msg, reply in sample_chat(folder, chats, seed, device): print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
-    log.info(f"done in {total:.0f} s")
-    return dict(run=str(root), states=states, seconds=round(total, 1), report=str(report))
+    with run_lock(run, 'the whole pipeline (chatgpt-train run)'):
+        root = run_path(run)
+        root.mkdir(parents=True, exist_ok=True)
+        log = get_logger('run', root)
+        stamps_path = root/PIPELINE_FILE
+        stamps = load_json(stamps_path) if stamps_path.exists() else {}
+        t_start, states = time.time(), {}
+        for step in pipeline_steps(args):
+            state = 'run' if force else step_state(step, run, stamps)
+            if state == 'done':
+                log.info(f"{step.name}: up to date, skipped")
+                states[step.name] = 'skipped'
+                continue
+            log.info(f"{step.name}: {'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}")
+            stamps.pop(step.name, None); save_json(stamps, stamps_path)
+            if state == 'run': _clear(step, root)
+            func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
+            t0 = time.time()
+            func(run=str(run), **step.kwargs, **({'resume': True} if state == 'resume' else {}))
+            _keep(step, root)
+            stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1), resumed=state == 'resume')
+            save_json(stamps, stamps_path)
+            states[step.name] = 'resumed' if state == 'resume' else 'ran'
+        report = write_report(run)
+        total = time.time() - t_start
+        print(f"{root}: done in {total / 60:.1f} min; report: {report}")
+        print('\n'.join(summary_lines(run, states)))
+        if chats:
+            folder = root/'sft'
+            print(f"\na chat with {folder} (talk to it yourself: chatgpt-train chat --run {run}):")
+            for msg, reply in sample_chat(folder, chats, seed, device): print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
+        log.info(f"done in {total:.0f} s")
+        return dict(run=str(root), states=states, seconds=round(total, 1), report=str(report))
 
 # %% ../nbs/10_cli.ipynb #1602b8c1
 def _cell(x) -> str:

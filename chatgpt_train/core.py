@@ -4,16 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #1b571209
 from __future__ import annotations
-import contextlib, datetime, json, logging, os, random, sys, tempfile
+import contextlib, datetime, json, logging, os, random, shutil, socket, sys, tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['STAGE_DIRS', 'PRECISIONS', 'UserError', 'run_path', 'stage_dir', 'require', 'atomic_path', 'save_json', 'load_json',
-           'write_jsonl', 'read_jsonl', 'save_args', 'load_args', 'set_seed', 'get_device', 'autocast_dtype',
-           'get_logger']
+__all__ = ['STAGE_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LOCK', 'UserError', 'run_path', 'stage_dir', 'require', 'atomic_path',
+           'save_json', 'load_json', 'write_jsonl', 'read_jsonl', 'save_args', 'load_args', 'set_seed', 'get_device',
+           'autocast_dtype', 'get_logger', 'run_lock', 'writing_stage']
 
 # %% ../nbs/00_core.ipynb #936c4cd1
 class UserError(Exception):
@@ -44,12 +44,19 @@ def stage_dir(
     return d
 
 # %% ../nbs/00_core.ipynb #bcfeb1f2
+INCOMPLETE = 'INCOMPLETE'  # a stage's folder holds this file from its first write to its last
+_writing = set()  # the stage folders this process is writing (see `writing_stage`)
+
 def require(
     path:str|Path, # A file or folder this stage reads
     hint:str='',   # What to run to make it, e.g. "chatgpt-train collect --run runs/demo"
+    finished:bool=True, # Also refuse it if its folder is marked unfinished
 ) -> Path:
     "`path` if it exists, else a `UserError` naming it and how to make it."
     path = Path(path)
+    mark = (path if path.is_dir() else path.parent)/INCOMPLETE
+    if finished and mark.exists() and mark.parent.resolve() not in _writing:  # a stage may read back what it is writing
+        raise UserError(f"{path} is not usable: {mark.read_text(encoding='utf-8', errors='replace').strip()}")
     if not path.exists():
         raise UserError(f"{path} not found" + (f": run `{hint}` first" if hint else ""))
     return path
@@ -92,10 +99,11 @@ def save_json(
     return Path(path)
 
 def load_json(
-    path:str|Path, # A JSON file
+    path:str|Path,      # A JSON file
+    finished:bool=True, # Refuse it if its folder is marked unfinished (see `require`)
 ) -> Any:
     "Read a JSON file; a missing or broken file is a `UserError` naming it."
-    path = require(path)
+    path = require(path, finished=finished)
     try: return json.loads(Path(path).read_text(encoding='utf-8'))
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise UserError(f"{path} is not valid JSON ({e}); delete it and rerun the stage that wrote it") from None
 
@@ -139,7 +147,7 @@ def load_args(
     folder:str|Path, # A stage's folder
 ) -> dict:
     "The arguments saved by `save_args` in `folder`."
-    return load_json(Path(folder)/'args.json')['args']
+    return load_json(Path(folder)/'args.json', finished=False)['args']  # an unfinished stage's too: resuming needs them
 
 # %% ../nbs/00_core.ipynb #350f017b
 def set_seed(
@@ -209,3 +217,79 @@ def get_logger(
             Path(folder).mkdir(parents=True, exist_ok=True)
             h = logging.FileHandler(path, encoding='utf-8'); h.setFormatter(fmt); log.addHandler(h)
     return log
+
+# %% ../nbs/00_core.ipynb #9701b8c5
+LOCK = '.lock'  # in the run folder: held by the process writing to the run, and naming it
+_held = {}      # lock file -> [open file, depth] for the locks this process holds
+
+def _rank0() -> bool: return os.environ.get('RANK', '0') == '0'  # torchrun sets RANK; a plain process is rank 0
+
+def _owner(f) -> dict:
+    "Who wrote the lock file `f` (empty if nobody, or if it is unreadable)."
+    f.seek(0)
+    try: return json.loads(f.read() or '{}')
+    except json.JSONDecodeError: return {}
+
+def _who(o:dict) -> str: return f"process {o.get('pid', '?')} on {o.get('host', '?')}, writing {o.get('what') or 'it'} since {o.get('started', '?')}"
+
+@contextlib.contextmanager
+def run_lock(
+    run:str|Path,   # The run folder
+    what:str='',    # What is being written, shown to anyone refused (e.g. "encode/")
+) -> Iterator[Path]:
+    "Hold `run`'s lock while writing to it: a second writer gets a `UserError`; a lock left by a dead process is taken over."
+    import fcntl
+    root = run_path(run)
+    root.mkdir(parents=True, exist_ok=True)
+    path = (root/LOCK).resolve()
+    if path in _held or not _rank0():
+        if path in _held: _held[path][1] += 1
+        try: yield root
+        finally:
+            if path in _held: _held[path][1] -= 1
+        return
+    while True:
+        f = open(path, 'a+', encoding='utf-8')
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            o = _owner(f); f.close()
+            raise UserError(f"{root} is in use by {_who(o)}: wait for it to finish or stop it (two writers would mix their files)") from None
+        try: same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError: same = False
+        if same: break
+        f.close()  # the owner removed the file between our open and our lock: lock the new one
+    if o := _owner(f): get_logger().warning(f"took over the lock of {root} left by {_who(o)}, which has ended")
+    f.seek(0); f.truncate()
+    f.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), what=what,
+                            started=datetime.datetime.now().isoformat(timespec='seconds'))))
+    f.flush()
+    _held[path] = [f, 0]
+    try: yield root
+    finally:
+        if _held[path][1] == 0:
+            del _held[path]
+            path.unlink(missing_ok=True)  # before unlocking: a waiting writer then finds no stale owner to report
+            f.close()
+        else: _held[path][1] -= 1
+
+# %% ../nbs/00_core.ipynb #1f3e0729
+@contextlib.contextmanager
+def writing_stage(
+    run:str|Path, # The run folder
+    stage:str,    # The folder the block writes, one of `STAGE_DIRS`
+    rerun:str='', # What to do if the block does not finish (default: rerun `chatgpt-train <stage> --run <run>`)
+) -> Iterator[Path]:
+    "Hold `run`'s lock and keep `stage`'s folder marked `INCOMPLETE` until the block ends without an error; yield the folder."
+    with run_lock(run, f'{stage}/'):
+        folder = stage_dir(run, stage, create=True)
+        mark = folder/INCOMPLETE
+        if _rank0():
+            for t in folder.rglob('.*.tmp'):  # a killed writer's temporary files and folders (see `atomic_path`)
+                shutil.rmtree(t) if t.is_dir() else t.unlink()
+            started = datetime.datetime.now().isoformat(timespec='seconds')
+            mark.write_text(f"{stage}/ is unfinished: the process that began writing it at {started} was interrupted or failed; "
+                            f"{rerun or f'rerun `chatgpt-train {stage} --run {run}`'}\n", encoding='utf-8')
+        _writing.add(folder.resolve())
+        try: yield folder
+        finally: _writing.discard(folder.resolve())
+        if _rank0(): mark.unlink(missing_ok=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import UserError, atomic_path, get_logger, load_json, read_jsonl, require, save_args, save_json, stage_dir
+from .core import (UserError, atomic_path, get_logger, load_json, read_jsonl, require, save_args, save_json, stage_dir,
+                                writing_stage)
 from .tokenizer import ChatTokenizer, SPECIAL_TOKENS, load_tokenizer, turn_text
 
 # %% auto #0
@@ -60,32 +61,32 @@ def run_encode(
     "Encode the train and val conversations into `encode/train.bin` and `encode/val.bin`, with `meta.json`."
     src = require(stage_dir(run, 'clean')/'conversations.jsonl', f'chatgpt-train clean --run {run}')
     tok = load_tokenizer(stage_dir(run, 'tokenizer'))
-    out = stage_dir(run, 'encode', create=True)
-    log = get_logger('encode', out)
-    t0 = time.time()
-    convs = list(read_jsonl(src))
-    dtype = token_dtype(len(tok))
-    meta = dict(vocab_size=len(tok), dtype=dtype.name, tokenizer=str(tok.folder),
-                tokenizer_sha256=hashlib.sha256((tok.folder/'tokenizer.json').read_bytes()).hexdigest(),
-                special_tokens={t: tok.special[n] for n, t in SPECIAL_TOKENS.items()},
-                eot_id=tok.eot_id, end_id=tok.end_id, pad_id=tok.pad_id,
-                format='each conversation rendered with the chat template (it starts with <|endoftext|>), concatenated',
-                conversations={}, tokens={}, text_tokens={}, text_bytes={}, bytes_per_token={})
-    for split in ('train', 'val'):
-        part = [c for c in convs if c.get('split') == split]
-        if not part and split == 'train': raise UserError(f"{src} has no conversations with split 'train': rerun `chatgpt-train clean --run {run}`")
-        if not part: log.warning('%s has no val conversations: val.bin is empty', src)
-        ids = encode_conversations(part, tok, dtype)
-        write_tokens(ids, out/f'{split}.bin')
-        n_special = int(np.isin(ids, list(tok.special.values())).sum())
-        text_bytes = sum(len(turn_text(t).encode('utf-8')) for c in part for t in c['turns'])
-        meta['conversations'][split], meta['tokens'][split] = len(part), len(ids)
-        meta['text_tokens'][split], meta['text_bytes'][split] = len(ids) - n_special, text_bytes
-        meta['bytes_per_token'][split] = round(text_bytes / max(1, len(ids) - n_special), 4)
-    save_json(meta, out/'meta.json')
-    save_args(out, 'encode', dict(run=str(run)))
-    log.info('encoded %d train and %d val tokens in %.1f s; wrote %s', meta['tokens']['train'], meta['tokens']['val'], time.time() - t0, out)
-    return out
+    with writing_stage(run, 'encode') as out:
+        log = get_logger('encode', out)
+        t0 = time.time()
+        convs = list(read_jsonl(src))
+        dtype = token_dtype(len(tok))
+        meta = dict(vocab_size=len(tok), dtype=dtype.name, tokenizer=str(tok.folder),
+                    tokenizer_sha256=hashlib.sha256((tok.folder/'tokenizer.json').read_bytes()).hexdigest(),
+                    special_tokens={t: tok.special[n] for n, t in SPECIAL_TOKENS.items()},
+                    eot_id=tok.eot_id, end_id=tok.end_id, pad_id=tok.pad_id,
+                    format='each conversation rendered with the chat template (it starts with <|endoftext|>), concatenated',
+                    conversations={}, tokens={}, text_tokens={}, text_bytes={}, bytes_per_token={})
+        for split in ('train', 'val'):
+            part = [c for c in convs if c.get('split') == split]
+            if not part and split == 'train': raise UserError(f"{src} has no conversations with split 'train': rerun `chatgpt-train clean --run {run}`")
+            if not part: log.warning('%s has no val conversations: val.bin is empty', src)
+            ids = encode_conversations(part, tok, dtype)
+            write_tokens(ids, out/f'{split}.bin')
+            n_special = int(np.isin(ids, list(tok.special.values())).sum())
+            text_bytes = sum(len(turn_text(t).encode('utf-8')) for c in part for t in c['turns'])
+            meta['conversations'][split], meta['tokens'][split] = len(part), len(ids)
+            meta['text_tokens'][split], meta['text_bytes'][split] = len(ids) - n_special, text_bytes
+            meta['bytes_per_token'][split] = round(text_bytes / max(1, len(ids) - n_special), 4)
+        save_json(meta, out/'meta.json')
+        save_args(out, 'encode', dict(run=str(run)))
+        log.info('encoded %d train and %d val tokens in %.1f s; wrote %s', meta['tokens']['train'], meta['tokens']['val'], time.time() - t0, out)
+        return out
 
 # %% ../nbs/04_encode.ipynb #66eca2ec
 class BlockSampler:

@@ -11,11 +11,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .core import UserError, autocast_dtype, get_device, get_logger, load_json, read_jsonl, require, save_args, save_json, stage_dir
+from .core import (UserError, autocast_dtype, get_device, get_logger, load_json, read_jsonl, require, run_lock, save_args,
+                                save_json, stage_dir)
 from .tokenizer import ChatTokenizer, load_tokenizer, turn_text
 from .encode import encode_sft_windows, load_tokens, pad_collate
 from .train import IGNORE_INDEX, lm_loss
-from .model import context_length
+from .model import context_length, load_causal_lm
 
 # %% auto #0
 __all__ = ['PROMPTS', 'MAX_DEFAULT_CONTEXT', 'EVAL_KEYS', 'window_spans', 'token_nlls', 'lm_metrics', 'UnigramLM', 'BigramLM',
@@ -343,12 +344,12 @@ def load_model_and_format(
     device:torch.device, # Where to put the model
 ):
     "The model of `folder` in eval mode on `device`, its `ChatFormat`, and the tokenizer folder used."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar for a model of a few megabytes
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device).eval()
+        model = load_causal_lm(folder).to(device).eval()  # safetensors only: a pickle in a downloaded folder could run code
         has_tok = any((folder/f).exists() for f in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json'))
         hf = AutoTokenizer.from_pretrained(folder, local_files_only=True) if has_tok else tok.hf
     finally:
@@ -423,60 +424,61 @@ def run_evaluate(
     folder = model_folder(run, model)
     tok = load_tokenizer(stage_dir(run, 'tokenizer'))
     convs, ids, n_split = held_out(run, max_tokens)
-    out = stage_dir(run, 'eval', create=True)
-    name, log = eval_name(model), get_logger('evaluate', out)
-    dev = get_device(device)
-    lm, fmt, tok_dir = load_model_and_format(folder, tok, dev)
-    C = context or trained_context(folder, lm)
-    if not 2 <= C <= context_length(lm): raise UserError(f"--context must be between 2 and the model's context length, {context_length(lm)}; not {C}")
-    S = stride or max(1, C // 2)
-    window_spans(C + 1, C, S)  # checks the stride against the context
-    stream = ids if fmt.ours else np.array([i for c in convs for i in fmt.conversation(c['turns'])], dtype=np.int64)
-    text_bytes = sum(len(turn_text(t).encode('utf-8')) for c in convs for t in c['turns'])
-    n_params = sum(p.numel() for p in lm.parameters())
-    log.info(f"{name}: {n_params:,} parameters, {fmt.kind} format; {len(convs):,} of {n_split:,} held-out conversations, "
-             f"{len(stream):,} tokens; windows of {C} every {S} on {dev}")
-    secs = {}
+    with run_lock(run, 'eval/'):  # one file, written atomically at the end: no unfinished mark needed
+        out = stage_dir(run, 'eval', create=True)
+        name, log = eval_name(model), get_logger('evaluate', out)
+        dev = get_device(device)
+        lm, fmt, tok_dir = load_model_and_format(folder, tok, dev)
+        C = context or trained_context(folder, lm)
+        if not 2 <= C <= context_length(lm): raise UserError(f"--context must be between 2 and the model's context length, {context_length(lm)}; not {C}")
+        S = stride or max(1, C // 2)
+        window_spans(C + 1, C, S)  # checks the stride against the context
+        stream = ids if fmt.ours else np.array([i for c in convs for i in fmt.conversation(c['turns'])], dtype=np.int64)
+        text_bytes = sum(len(turn_text(t).encode('utf-8')) for c in convs for t in c['turns'])
+        n_params = sum(p.numel() for p in lm.parameters())
+        log.info(f"{name}: {n_params:,} parameters, {fmt.kind} format; {len(convs):,} of {n_split:,} held-out conversations, "
+                 f"{len(stream):,} tokens; windows of {C} every {S} on {dev}")
+        secs = {}
 
-    t0 = time.time()
-    held = lm_metrics(token_nlls(lm, stream, C, S, batch_size, precision, progress=True), text_bytes)
-    secs['held_out'] = time.time() - t0
+        t0 = time.time()
+        held = lm_metrics(token_nlls(lm, stream, C, S, batch_size, precision, progress=True), text_bytes)
+        secs['held_out'] = time.time() - t0
 
-    t0 = time.time()
-    meta = load_json(stage_dir(run, 'encode')/'meta.json')
-    train, V = load_tokens(run, 'train'), meta['vocab_size']
-    base_nlls = dict(uniform=np.full(len(ids) - 1, math.log(V)), unigram=UnigramLM(train, V).nlls(ids), bigram=BigramLM(train, V).nlls(ids))
-    baselines = {k: lm_metrics(v, text_bytes) for k, v in base_nlls.items()}
-    secs['baselines'] = time.time() - t0
+        t0 = time.time()
+        meta = load_json(stage_dir(run, 'encode')/'meta.json')
+        train, V = load_tokens(run, 'train'), meta['vocab_size']
+        base_nlls = dict(uniform=np.full(len(ids) - 1, math.log(V)), unigram=UnigramLM(train, V).nlls(ids), bigram=BigramLM(train, V).nlls(ids))
+        baselines = {k: lm_metrics(v, text_bytes) for k, v in base_nlls.items()}
+        secs['baselines'] = time.time() - t0
 
-    t0 = time.time()
-    assistant = assistant_metrics(lm, fmt, convs, C, batch_size, precision)
-    if assistant is None:
-        why = (f"no scored conversation has an assistant reply that fits {C} tokens" if fmt.marks_assistant else
-               f"the model's format ({fmt.kind}) does not mark the assistant's tokens")
-        log.warning(f"no assistant-turn perplexity: {why}")
-    secs['assistant'] = time.time() - t0
+        t0 = time.time()
+        assistant = assistant_metrics(lm, fmt, convs, C, batch_size, precision)
+        if assistant is None:
+            why = (f"no scored conversation has an assistant reply that fits {C} tokens" if fmt.marks_assistant else
+                   f"the model's format ({fmt.kind}) does not mark the assistant's tokens")
+            log.warning(f"no assistant-turn perplexity: {why}")
+        secs['assistant'] = time.time() - t0
 
-    t0 = time.time()
-    replies = sample_replies(lm, fmt, PROMPTS, max_new_tokens, seed=seed, context=C) if samples else []
-    secs['samples'] = time.time() - t0
-    secs['total'] = time.time() - t_start
+        t0 = time.time()
+        replies = sample_replies(lm, fmt, PROMPTS, max_new_tokens, seed=seed, context=C) if samples else []
+        secs['samples'] = time.time() - t0
+        secs['total'] = time.time() - t_start
 
-    result = dict(
-        model=dict(name=name, path=str(folder), architecture=type(lm).__name__, parameters=n_params, context=C),
-        tokenizer=dict(path=str(tok_dir), vocab_size=len(fmt.hf), format=fmt.kind),
-        split='val',
-        data=dict(conversations=len(convs), split_conversations=n_split, tokens=len(stream), scored_tokens=len(stream) - 1,
-                  text_bytes=text_bytes, max_tokens=max_tokens),
-        settings=dict(context=C, stride=S, batch_size=batch_size, precision=precision, device=str(dev)),
-        held_out=held, baselines=baselines, assistant=assistant, samples=replies,
-        sampling=dict(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed),
-        seconds={k: round(v, 2) for k, v in secs.items()},
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
-    save_json(result, out/f'{name}.json')
-    save_args(out, 'evaluate', args)
-    a = f", assistant turns {assistant['perplexity']:.2f}" if assistant else ''
-    log.info(f"{name}: perplexity {held['perplexity']:.2f} (uniform {baselines['uniform']['perplexity']:.0f}, unigram "
-             f"{baselines['unigram']['perplexity']:.2f}, bigram {baselines['bigram']['perplexity']:.2f}){a}; "
-             f"{held['bits_per_byte']:.3f} bits per byte; {secs['total']:.0f} s; wrote {out/f'{name}.json'}")
-    return result
+        result = dict(
+            model=dict(name=name, path=str(folder), architecture=type(lm).__name__, parameters=n_params, context=C),
+            tokenizer=dict(path=str(tok_dir), vocab_size=len(fmt.hf), format=fmt.kind),
+            split='val',
+            data=dict(conversations=len(convs), split_conversations=n_split, tokens=len(stream), scored_tokens=len(stream) - 1,
+                      text_bytes=text_bytes, max_tokens=max_tokens),
+            settings=dict(context=C, stride=S, batch_size=batch_size, precision=precision, device=str(dev)),
+            held_out=held, baselines=baselines, assistant=assistant, samples=replies,
+            sampling=dict(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed),
+            seconds={k: round(v, 2) for k, v in secs.items()},
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+        save_json(result, out/f'{name}.json')
+        save_args(out, 'evaluate', args)
+        a = f", assistant turns {assistant['perplexity']:.2f}" if assistant else ''
+        log.info(f"{name}: perplexity {held['perplexity']:.2f} (uniform {baselines['uniform']['perplexity']:.0f}, unigram "
+                 f"{baselines['unigram']['perplexity']:.2f}, bigram {baselines['bigram']['perplexity']:.2f}){a}; "
+                 f"{held['bits_per_byte']:.3f} bits per byte; {secs['total']:.0f} s; wrote {out/f'{name}.json'}")
+        return result

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from .core import (UserError, get_logger, load_json, read_jsonl, require, save_args, save_json, set_seed,
-                                stage_dir, write_jsonl)
+                                stage_dir, write_jsonl, writing_stage)
 from .collect import collect, iter_source
 from .clean import CleanConfig, clean_conversations
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, ChatTokenizer
 from .encode import pack_sft, pad_collate
-from .model import context_length
+from .model import context_length, load_causal_lm
 from .train import IGNORE_INDEX, TrainConfig, Trainer, _device_for_rank, _hf_quiet, _resolve_args, init_distributed
 from .evaluate import ChatFormat, assistant_metrics, sample_replies
 
@@ -105,10 +105,7 @@ def load_model(
     fmt:ChatFormat,      # The chat format its examples use (from `prepare_tokenizer`)
 ) -> tuple:
     "The model of `folder`, with room for every token of `fmt` and generation settings that stop at the end of a turn; and the ids of its new embedding rows."
-    from transformers import AutoModelForCausalLM
-    with _hf_quiet():
-        try: model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as e: raise UserError(f"{folder}: not a causal language model folder that transformers can load ({e})") from None
+    with _hf_quiet(): model = load_causal_lm(folder)  # safetensors only, no code from the folder
     n = model.get_input_embeddings().num_embeddings
     if len(fmt.hf) > n: model.resize_token_embeddings(len(fmt.hf), mean_resizing=True)  # new rows like the old ones, on average
     for cfg in (model.config, model.generation_config):
@@ -238,7 +235,7 @@ def save_merged(
     for f in ADAPTER_FILES:
         if (folder/f).exists(): os.replace(folder/f, lora/f)
     merged = peft_model.merge_and_unload()
-    with tempfile.TemporaryDirectory(dir=folder, prefix='.model-') as tmp, _hf_quiet():
+    with tempfile.TemporaryDirectory(dir=folder, prefix='.model-', suffix='.tmp') as tmp, _hf_quiet():
         merged.save_pretrained(tmp, safe_serialization=True)
         for f in Path(tmp).iterdir(): os.replace(f, folder/f.name)
     return merged
@@ -323,108 +320,109 @@ def run_finetune(
     rank, world = init_distributed(dev)
     log = get_logger('finetune', sft if rank == 0 else None)
     t_start = time.time()
-    try:
-        if resume:
-            if not (sft/'checkpoints'/'last.pt').exists():
-                raise UserError(f"{sft/'checkpoints'/'last.pt'} not found: there is nothing to resume; start without --resume")
-            import inspect
-            defaults = {k: p.default for k, p in inspect.signature(run_finetune).parameters.items()}
-            args = _resolve_args(sft, args, defaults, log)
-        a = args
-        if a['lora_r'] < 1 or a['lora_alpha'] < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1")
-        if a['epochs'] <= 0: raise UserError(f"--epochs must be positive, not {a['epochs']}")
-        if a['minutes'] < 0: raise UserError(f"--minutes must be 0 (no budget) or more, not {a['minutes']}")
-        src = _source_model(run, a['from_'])
-        data_dir = sft/'data'
+    with writing_stage(run, 'sft', f'rerun `chatgpt-train finetune --run {run} --resume` to continue from its last checkpoint, or without --resume to start over'):
+        try:
+            if resume:
+                if not (sft/'checkpoints'/'last.pt').exists():
+                    raise UserError(f"{sft/'checkpoints'/'last.pt'} not found: there is nothing to resume; start without --resume")
+                import inspect
+                defaults = {k: p.default for k, p in inspect.signature(run_finetune).parameters.items()}
+                args = _resolve_args(sft, args, defaults, log)
+            a = args
+            if a['lora_r'] < 1 or a['lora_alpha'] < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1")
+            if a['epochs'] <= 0: raise UserError(f"--epochs must be positive, not {a['epochs']}")
+            if a['minutes'] < 0: raise UserError(f"--minutes must be 0 (no budget) or more, not {a['minutes']}")
+            src = _source_model(run, a['from_'])
+            data_dir = sft/'data'
 
-        # the data and the tokenizer: made once by rank 0, read by the others and by a resumed run
-        if rank == 0 and not resume:
-            for d in (data_dir, sft/'lora'):
-                if d.exists(): shutil.rmtree(d)
-            prepare_chat_data(a['data'], data_dir, CleanConfig(val_fraction=a['val_fraction'], seed=a['seed']))
-            prepare_tokenizer(src if _has_tokenizer(src) else require(stage_dir(run, 'tokenizer')/'tokenizer.json',
-                                                                      f'chatgpt-train tokenizer --run {run}').parent, data_dir/'tokenizer')
-        _barrier(world)
-        convs = list(read_jsonl(require(data_dir/'clean'/'conversations.jsonl', 'a run without --resume')))
-        train_convs, val_convs = [c for c in convs if c['split'] == 'train'], [c for c in convs if c['split'] == 'val']
-        fmt = chat_format(data_dir/'tokenizer')
+            # the data and the tokenizer: made once by rank 0, read by the others and by a resumed run
+            if rank == 0 and not resume:
+                for d in (data_dir, sft/'lora'):
+                    if d.exists(): shutil.rmtree(d)
+                prepare_chat_data(a['data'], data_dir, CleanConfig(val_fraction=a['val_fraction'], seed=a['seed']))
+                prepare_tokenizer(src if _has_tokenizer(src) else require(stage_dir(run, 'tokenizer')/'tokenizer.json',
+                                                                          f'chatgpt-train tokenizer --run {run}').parent, data_dir/'tokenizer')
+            _barrier(world)
+            convs = list(read_jsonl(require(data_dir/'clean'/'conversations.jsonl', 'a run without --resume')))
+            train_convs, val_convs = [c for c in convs if c['split'] == 'train'], [c for c in convs if c['split'] == 'val']
+            fmt = chat_format(data_dir/'tokenizer')
 
-        set_seed(a['seed'])
-        model, new_tokens = load_model(src, fmt)
-        T = min(a['block_size'] or min(context_length(model), 512), context_length(model))
-        if T < 8: raise UserError(f"--block-size must be at least 8, not {T}")
-        train_ex, val_ex = fmt.assistant_examples(train_convs, T), fmt.assistant_examples(val_convs, T)
-        share = check_label_share(train_ex, f"{a['data']} as encoded for {src}")
-        packed = supports_packing(model)
-        rows = pack_sft(train_ex, T, fmt.pad_id) if packed else train_ex
-        val_rows = pack_sft(val_ex, T, fmt.pad_id) if packed else val_ex
-        B = a['batch_size']
-        batches = ChatBatches(rows, B, fmt.pad_id, seed=a['seed'], rank=rank, world_size=world)
-        val_batches = [pad_collate(val_rows[i:i + B * world], fmt.pad_id) for i in range(0, len(val_rows), B * world)]
-        steps = a['max_steps'] or max(1, math.ceil(a['epochs'] * batches.steps_in_epoch()))
-        if rank == 0:
-            tokens = sum(len(e['input_ids']) for e in train_ex)
-            log.info(f"{len(train_convs):,} train and {len(val_convs):,} val conversations from {a['data']}: {len(train_ex):,} examples, "
-                     f"{tokens:,} tokens, {share:.0%} of them the assistant's; {len(rows):,} {'packed rows' if packed else 'padded rows'} "
-                     f"of up to {T} tokens")
+            set_seed(a['seed'])
+            model, new_tokens = load_model(src, fmt)
+            T = min(a['block_size'] or min(context_length(model), 512), context_length(model))
+            if T < 8: raise UserError(f"--block-size must be at least 8, not {T}")
+            train_ex, val_ex = fmt.assistant_examples(train_convs, T), fmt.assistant_examples(val_convs, T)
+            share = check_label_share(train_ex, f"{a['data']} as encoded for {src}")
+            packed = supports_packing(model)
+            rows = pack_sft(train_ex, T, fmt.pad_id) if packed else train_ex
+            val_rows = pack_sft(val_ex, T, fmt.pad_id) if packed else val_ex
+            B = a['batch_size']
+            batches = ChatBatches(rows, B, fmt.pad_id, seed=a['seed'], rank=rank, world_size=world)
+            val_batches = [pad_collate(val_rows[i:i + B * world], fmt.pad_id) for i in range(0, len(val_rows), B * world)]
+            steps = a['max_steps'] or max(1, math.ceil(a['epochs'] * batches.steps_in_epoch()))
+            if rank == 0:
+                tokens = sum(len(e['input_ids']) for e in train_ex)
+                log.info(f"{len(train_convs):,} train and {len(val_convs):,} val conversations from {a['data']}: {len(train_ex):,} examples, "
+                         f"{tokens:,} tokens, {share:.0%} of them the assistant's; {len(rows):,} {'packed rows' if packed else 'padded rows'} "
+                         f"of up to {T} tokens")
 
-        # before: the starting model on the held-out conversations (measured once; a resumed run reads it back)
-        before_path = data_dir/'before.json'
-        if rank == 0 and not before_path.exists():
+            # before: the starting model on the held-out conversations (measured once; a resumed run reads it back)
+            before_path = data_dir/'before.json'
+            if rank == 0 and not before_path.exists():
+                t0 = time.time()
+                before = dict(assistant=assistant_metrics(model.to(dev), fmt, val_convs, T),
+                              samples=sample_replies(model.to(dev), fmt, PROMPTS, a['max_new_tokens'], seed=a['seed'], context=T))
+                before['seconds'] = round(time.time() - t0, 2)
+                save_json(before, before_path)
+            _barrier(world)
+            before = load_json(before_path)
+
+            set_seed(a['seed'])  # the same adapters on every rank, however the evaluation above drew its samples
+            if a['lora']: model = add_lora(model, a['lora_r'], a['lora_alpha'], new_tokens=new_tokens)
+            n_train, n_all = trainable_params(model)
+            set_seed(a['seed'] + rank)  # each rank its own dropout
+            cfg = TrainConfig(max_steps=steps, minutes=a['minutes'] or None, batch_size=B, lr=a['lr'] or default_lr(src, a['lora']),
+                              warmup_steps=a['warmup_steps'], weight_decay=a['weight_decay'], grad_clip=a['grad_clip'],
+                              precision=a['precision'], device=str(dev), seed=a['seed'], log_every=a['log_every'],
+                              eval_every=a['eval_every'], save_every=a['save_every'])
+            if rank == 0:
+                sft.mkdir(parents=True, exist_ok=True)
+                save_args(sft, 'finetune', {**args, 'block_size': T})
+                log.info(f"{'LoRA' if a['lora'] else 'full'} fine-tuning of {src}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M parameters "
+                         f"trained, {steps} steps of {B} rows, lr {cfg.lr:g}" + (f", at most {a['minutes']:g} min" if a['minutes'] else ''))
+            trainer = Trainer(model, batches, cfg, sft, val_batches=lambda: val_batches, tokenizer_dir=data_dir/'tokenizer', logger=log)
+            res = trainer.fit(resume=resume)
+            final = trainer.raw_model
+            if rank == 0 and a['lora']: final = save_merged(final, sft)
+            _barrier(world)
+            if rank != 0: return res
+
+            # after: the fine-tuned model, on the same examples and prompts
             t0 = time.time()
-            before = dict(assistant=assistant_metrics(model.to(dev), fmt, val_convs, T),
-                          samples=sample_replies(model.to(dev), fmt, PROMPTS, a['max_new_tokens'], seed=a['seed'], context=T))
-            before['seconds'] = round(time.time() - t0, 2)
-            save_json(before, before_path)
-        _barrier(world)
-        before = load_json(before_path)
-
-        set_seed(a['seed'])  # the same adapters on every rank, however the evaluation above drew its samples
-        if a['lora']: model = add_lora(model, a['lora_r'], a['lora_alpha'], new_tokens=new_tokens)
-        n_train, n_all = trainable_params(model)
-        set_seed(a['seed'] + rank)  # each rank its own dropout
-        cfg = TrainConfig(max_steps=steps, minutes=a['minutes'] or None, batch_size=B, lr=a['lr'] or default_lr(src, a['lora']),
-                          warmup_steps=a['warmup_steps'], weight_decay=a['weight_decay'], grad_clip=a['grad_clip'],
-                          precision=a['precision'], device=str(dev), seed=a['seed'], log_every=a['log_every'],
-                          eval_every=a['eval_every'], save_every=a['save_every'])
-        if rank == 0:
-            sft.mkdir(parents=True, exist_ok=True)
-            save_args(sft, 'finetune', {**args, 'block_size': T})
-            log.info(f"{'LoRA' if a['lora'] else 'full'} fine-tuning of {src}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M parameters "
-                     f"trained, {steps} steps of {B} rows, lr {cfg.lr:g}" + (f", at most {a['minutes']:g} min" if a['minutes'] else ''))
-        trainer = Trainer(model, batches, cfg, sft, val_batches=lambda: val_batches, tokenizer_dir=data_dir/'tokenizer', logger=log)
-        res = trainer.fit(resume=resume)
-        final = trainer.raw_model
-        if rank == 0 and a['lora']: final = save_merged(final, sft)
-        _barrier(world)
-        if rank != 0: return res
-
-        # after: the fine-tuned model, on the same examples and prompts
-        t0 = time.time()
-        after = dict(assistant=assistant_metrics(final, fmt, val_convs, T),
-                     samples=sample_replies(final, fmt, PROMPTS, a['max_new_tokens'], seed=a['seed'], context=T))
-        after['seconds'] = round(time.time() - t0, 2)
-        b, f = before['assistant'], after['assistant']
-        result = dict(
-            model=dict(name='sft', path=str(sft), base=str(src), architecture=type(final).__name__,
-                       parameters=sum(p.numel() for p in final.parameters()), context=T),
-            method=dict(kind='lora' if a['lora'] else 'full', trained_parameters=n_train, lora_r=a['lora_r'] if a['lora'] else None,
-                        lora_alpha=a['lora_alpha'] if a['lora'] else None, new_tokens=len(new_tokens)),
-            data=dict(source=a['data'], folder=str(data_dir), train_conversations=len(train_convs), val_conversations=len(val_convs),
-                      train_examples=len(train_ex), val_examples=len(val_ex), label_share=round(share, 4), packed=packed, rows=len(rows)),
-            split='val',
-            training=dict(steps=res['step'], max_steps=res['max_steps'], loss=res.get('loss'), val_loss=res.get('val_loss'),
-                          lr=cfg.lr, elapsed=res['elapsed']),
-            before=b, assistant=f,
-            improvement=dict(perplexity_ratio=round(f['perplexity'] / b['perplexity'], 4)) if b and f else None,
-            samples=compare_replies(before['samples'], after['samples']),
-            seconds=dict(before=before['seconds'], after=after['seconds'], total=round(time.time() - t_start, 2)))
-        save_json(result, stage_dir(run, 'eval', create=True)/'sft.json')
-        if b and f:
-            log.info(f"assistant-turn perplexity on {len(val_convs)} held-out conversations: {b['perplexity']:.2f} before, "
-                     f"{f['perplexity']:.2f} after; {time.time() - t_start:.0f} s; wrote {sft} and eval/sft.json")
-        return result
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-            if dist.is_initialized(): dist.destroy_process_group()
+            after = dict(assistant=assistant_metrics(final, fmt, val_convs, T),
+                         samples=sample_replies(final, fmt, PROMPTS, a['max_new_tokens'], seed=a['seed'], context=T))
+            after['seconds'] = round(time.time() - t0, 2)
+            b, f = before['assistant'], after['assistant']
+            result = dict(
+                model=dict(name='sft', path=str(sft), base=str(src), architecture=type(final).__name__,
+                           parameters=sum(p.numel() for p in final.parameters()), context=T),
+                method=dict(kind='lora' if a['lora'] else 'full', trained_parameters=n_train, lora_r=a['lora_r'] if a['lora'] else None,
+                            lora_alpha=a['lora_alpha'] if a['lora'] else None, new_tokens=len(new_tokens)),
+                data=dict(source=a['data'], folder=str(data_dir), train_conversations=len(train_convs), val_conversations=len(val_convs),
+                          train_examples=len(train_ex), val_examples=len(val_ex), label_share=round(share, 4), packed=packed, rows=len(rows)),
+                split='val',
+                training=dict(steps=res['step'], max_steps=res['max_steps'], loss=res.get('loss'), val_loss=res.get('val_loss'),
+                              lr=cfg.lr, elapsed=res['elapsed']),
+                before=b, assistant=f,
+                improvement=dict(perplexity_ratio=round(f['perplexity'] / b['perplexity'], 4)) if b and f else None,
+                samples=compare_replies(before['samples'], after['samples']),
+                seconds=dict(before=before['seconds'], after=after['seconds'], total=round(time.time() - t_start, 2)))
+            save_json(result, stage_dir(run, 'eval', create=True)/'sft.json')
+            if b and f:
+                log.info(f"assistant-turn perplexity on {len(val_convs)} held-out conversations: {b['perplexity']:.2f} before, "
+                         f"{f['perplexity']:.2f} after; {time.time() - t_start:.0f} s; wrote {sft} and eval/sft.json")
+            return result
+        finally:
+            if world > 1:
+                import torch.distributed as dist
+                if dist.is_initialized(): dist.destroy_process_group()

@@ -5,6 +5,7 @@
 # %% ../nbs/05_model.ipynb #fe154ff5
 from __future__ import annotations
 import contextlib, dataclasses, math, re
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,9 +15,10 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIG
 from .core import UserError, autocast_dtype
 
 # %% auto #0
-__all__ = ['PRESETS', 'DEVICES', 'ModelConfig', 'depth_preset', 'get_preset', 'hf_config', 'make_model', 'context_length',
-           'count_params', 'matmul_params', 'flops_per_token', 'training_memory', 'measure_training_peak',
-           'kv_cache_bytes', 'training_time', 'model_config', 'model_summary', 'recommend_model']
+__all__ = ['PRESETS', 'PICKLE_WEIGHTS', 'DEVICES', 'ModelConfig', 'depth_preset', 'get_preset', 'hf_config', 'make_model',
+           'context_length', 'load_causal_lm', 'count_params', 'matmul_params', 'flops_per_token', 'training_memory',
+           'measure_training_peak', 'kv_cache_bytes', 'training_time', 'model_config', 'model_summary',
+           'recommend_model']
 
 # %% ../nbs/05_model.ipynb #468a6cf7
 @dataclass
@@ -154,6 +156,23 @@ def context_length(
     c = model_or_config
     if isinstance(c, ModelConfig): return c.n_positions
     return getattr(c, 'config', c).max_position_embeddings
+
+# %% ../nbs/05_model.ipynb #17e3cc73
+PICKLE_WEIGHTS = ('*.bin', '*.pt', '*.pth', '*.ckpt', '*.pkl')  # weight files that unpickling could turn into code
+
+def load_causal_lm(
+    folder:str|Path, # A Hugging Face causal LM folder on this machine
+) -> PreTrainedModel:
+    "The model of `folder`, its weights read from safetensors only, never executing code from the folder."
+    folder = Path(folder)
+    try: return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        pickles = sorted(p.name for pat in PICKLE_WEIGHTS for p in folder.glob(pat))
+        if pickles and not any(folder.glob('*.safetensors')):
+            raise UserError(f"{folder} has its weights only as pickles ({', '.join(pickles)}), which can run code when loaded: we read "
+                            f"safetensors only. If you trust the folder, convert it once: load it with transformers and "
+                            f"save_pretrained, which writes model.safetensors") from None
+        raise UserError(f"{folder}: not a causal language model folder that transformers can load ({e})") from None
 
 # %% ../nbs/05_model.ipynb #7e6bac94
 def count_params(

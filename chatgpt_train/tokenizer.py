@@ -15,7 +15,7 @@ import tiktoken
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import chatgpt_train
-from .core import UserError, get_logger, read_jsonl, require, save_args, save_json, stage_dir
+from .core import UserError, get_logger, read_jsonl, require, save_args, save_json, stage_dir, writing_stage
 
 # %% auto #0
 __all__ = ['NLTK_DATA', 'GPT2_SPLIT', 'SPECIAL_TOKENS', 'ROLES', 'CHAT_TEMPLATE', 'write_punkt_tab', 'use_packaged_punkt',
@@ -234,9 +234,9 @@ def save_tokenizer(
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=s['eot'], eos_token=s['end'], pad_token=s['eot'],
                                  extra_special_tokens=[s[r] for r in ROLES], chat_template=CHAT_TEMPLATE)
     folder = Path(folder)
-    with tempfile.TemporaryDirectory(dir=folder.parent if folder.parent.exists() else None) as tmp:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix='.save-', suffix='.tmp') as tmp:
         hf.save_pretrained(tmp, save_jinja_files=False)
-        folder.mkdir(parents=True, exist_ok=True)
         for f in Path(tmp).iterdir(): os.replace(f, folder/f.name)  # each file appears whole, never half written
     return folder
 
@@ -342,30 +342,30 @@ def run_tokenizer(
     src = require(stage_dir(run, 'clean')/'conversations.jsonl', f'chatgpt-train clean --run {run}')
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
         raise UserError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} (256 bytes, {len(SPECIAL_TOKENS)} special tokens and one merge), not {vocab_size}")
-    out = stage_dir(run, 'tokenizer', create=True)
-    log = get_logger('tokenizer', out)
-    train, val = split_turn_texts(src, 'train'), split_turn_texts(src, 'val')
-    if not train: raise UserError(f"{src} has no conversations with split 'train': rerun `chatgpt-train clean --run {run}`")
-    t0 = time.time()
-    tok = train_bpe(train, vocab_size)
-    secs = time.time() - t0
-    log.info('trained %d tokens on %d turns (%.1f MB) in %.1f s', tok.get_vocab_size(), len(train), sum(map(len, train))/1e6, secs)
-    if tok.get_vocab_size() < vocab_size: log.warning('the training text has no pairs left to merge after %d tokens (asked for %d)', tok.get_vocab_size(), vocab_size)
-    save_tokenizer(tok, out)
-    ct = load_tokenizer(out)
-    check = val or train[:1000]
-    ids = ct.encode_batch(check)
-    ref = Tokenizer.from_file(str(out/'tokenizer.json'))
-    ref.encode_special_tokens = True  # read "<|end|>" in a message as text, as tiktoken's encode_ordinary does
-    if ids[:2000] != [e.ids for e in ref.encode_batch(check[:2000], add_special_tokens=False)]:
-        raise RuntimeError('tiktoken and the Hugging Face tokenizer disagree: a bug in tiktoken_encoding')
-    bad = sum(ct.decode(i) != t for i, t in zip(ids, check))
-    if bad: raise RuntimeError(f'{bad} texts do not survive decode(encode(text)): a bug in the tokenizer settings')
-    report = dict(vocab_size=len(ct), requested_vocab_size=vocab_size, merges=len(ct) - 256 - len(SPECIAL_TOKENS),
-                  special_tokens={t: ct.special[n] for n, t in SPECIAL_TOKENS.items()}, train_turns=len(train),
-                  train_chars=sum(map(len, train)), train_seconds=round(secs, 2), measured_on='val' if val else 'train',
-                  **{k: round(v, 4) for k, v in tokenization_stats(check, ids).items()})
-    save_json(report, out/'report.json')
-    save_args(out, 'tokenizer', dict(run=str(run), vocab_size=vocab_size))
-    log.info('%.2f bytes per token on %s; wrote %s', report['bytes_per_token'], report['measured_on'], out)
-    return out
+    with writing_stage(run, 'tokenizer') as out:
+        log = get_logger('tokenizer', out)
+        train, val = split_turn_texts(src, 'train'), split_turn_texts(src, 'val')
+        if not train: raise UserError(f"{src} has no conversations with split 'train': rerun `chatgpt-train clean --run {run}`")
+        t0 = time.time()
+        tok = train_bpe(train, vocab_size)
+        secs = time.time() - t0
+        log.info('trained %d tokens on %d turns (%.1f MB) in %.1f s', tok.get_vocab_size(), len(train), sum(map(len, train))/1e6, secs)
+        if tok.get_vocab_size() < vocab_size: log.warning('the training text has no pairs left to merge after %d tokens (asked for %d)', tok.get_vocab_size(), vocab_size)
+        save_tokenizer(tok, out)
+        ct = load_tokenizer(out)
+        check = val or train[:1000]
+        ids = ct.encode_batch(check)
+        ref = Tokenizer.from_file(str(out/'tokenizer.json'))
+        ref.encode_special_tokens = True  # read "<|end|>" in a message as text, as tiktoken's encode_ordinary does
+        if ids[:2000] != [e.ids for e in ref.encode_batch(check[:2000], add_special_tokens=False)]:
+            raise RuntimeError('tiktoken and the Hugging Face tokenizer disagree: a bug in tiktoken_encoding')
+        bad = sum(ct.decode(i) != t for i, t in zip(ids, check))
+        if bad: raise RuntimeError(f'{bad} texts do not survive decode(encode(text)): a bug in the tokenizer settings')
+        report = dict(vocab_size=len(ct), requested_vocab_size=vocab_size, merges=len(ct) - 256 - len(SPECIAL_TOKENS),
+                      special_tokens={t: ct.special[n] for n, t in SPECIAL_TOKENS.items()}, train_turns=len(train),
+                      train_chars=sum(map(len, train)), train_seconds=round(secs, 2), measured_on='val' if val else 'train',
+                      **{k: round(v, 4) for k, v in tokenization_stats(check, ids).items()})
+        save_json(report, out/'report.json')
+        save_args(out, 'tokenizer', dict(run=str(run), vocab_size=vocab_size))
+        log.info('%.2f bytes per token on %s; wrote %s', report['bytes_per_token'], report['measured_on'], out)
+        return out

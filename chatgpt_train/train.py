@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #ffb481a9
 from __future__ import annotations
-import contextlib, json, math, os, random, shutil, tempfile, time
+import contextlib, json, math, os, pickle, random, shutil, tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import (UserError, atomic_path, autocast_dtype, get_device, get_logger, load_args, load_json, require,
-                                save_args, save_json, set_seed, stage_dir)
+                                save_args, save_json, set_seed, stage_dir, writing_stage)
 from .encode import BlockSampler, load_tokens
 from .model import get_preset, make_model
 
@@ -201,6 +201,7 @@ class Trainer:
         self.step, self.elapsed, self.tokens, self.max_steps, self.warmup = 0, 0., 0, cfg.max_steps, None
         self.history, self.tb = [], None
         self.ckpt_path = self.out/'checkpoints'/'last.pt'
+        self._saved_step = None  # the step of the last checkpoint this process wrote or read
 
     def _wrap(self, model):
         "The model as trained: compiled if asked, and wrapped for DDP or FSDP under torchrun."
@@ -347,7 +348,14 @@ def save_checkpoint(self:Trainer,
         state = dict(step=self.step, max_steps=self.max_steps, warmup=self.warmup, elapsed=self.elapsed, tokens=self.tokens,
                      model=model_sd, optimizer=opt_sd, scaler=self.scaler.state_dict(), rng=rngs, world=self.world,
                      data=self._data_state, config=asdict(self.cfg))
-        with atomic_path(self.ckpt_path) as tmp: torch.save(state, tmp)
+        try:
+            with atomic_path(self.ckpt_path) as tmp: torch.save(state, tmp)
+        except OSError as e:  # a full disk, a quota, a folder gone: the rename never happened, so the old file is whole
+            kept = (f"the previous checkpoint ({self.ckpt_path}, after step {self._saved_step}) is intact"
+                    if self.ckpt_path.exists() else "no earlier checkpoint exists")
+            raise UserError(f"cannot write the checkpoint after step {self.step} ({e.strerror or e}); {kept}. "
+                            f"Free some space in {self.ckpt_path.parent}, then resume") from None
+        self._saved_step = self.step
     self._barrier()
     return model_sd
 
@@ -362,12 +370,15 @@ def load_checkpoint(self:Trainer) -> int:
     "Restore everything from `checkpoints/last.pt`; return the step it was saved at."
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
     p = require(self.ckpt_path, f"a run without --resume (nothing to resume in {self.out})")
-    try: s = torch.load(p, weights_only=True, map_location='cpu')
+    try: s = torch.load(p, weights_only=True, map_location='cpu')  # tensors and plain containers only: nothing in it can run
+    except pickle.UnpicklingError: raise UserError(f"{p} holds objects other than tensors and plain data, which could run code if "
+                                                   f"loaded: refused. A checkpoint we write never does; delete it and restart without --resume") from None
     except Exception as e: raise UserError(f"{p} cannot be read ({type(e).__name__}: {e}); delete it and restart without --resume") from None
     set_state_dict(self.raw_model, self.opt, model_state_dict=s['model'],
                    optim_state_dict=s['optimizer'], options=StateDictOptions(full_state_dict=True))
     self.scaler.load_state_dict(s['scaler']) if s['scaler'] else None
     self.step, self.max_steps, self.warmup, self.elapsed, self.tokens = s['step'], s['max_steps'], s['warmup'], s['elapsed'], s['tokens']
+    self._saved_step = self.step
     if s['data'] is not None:
         if not hasattr(self.train_batches, 'load_state_dict'): raise UserError("the checkpoint has a data position but the batch source cannot restore one")
         self.train_batches.load_state_dict(s['data'])
@@ -388,12 +399,16 @@ def save_model(self:Trainer, state_dict:dict|None=None):
         seen.add(id(p))
     state_dict = {k: v for k, v in state_dict.items() if k not in tied}
     if self.rank == 0:
-        with tempfile.TemporaryDirectory(dir=self.out, prefix='.model-') as tmp, _hf_quiet():
-            self.raw_model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-            if self.tokenizer_dir is not None:
-                for f in Path(self.tokenizer_dir).iterdir():
-                    if f.is_file() and f.name not in ('args.json', 'log.txt', 'report.json'): shutil.copy2(f, Path(tmp)/f.name)
-            for f in Path(tmp).iterdir(): os.replace(f, self.out/f.name)
+        try:
+            with tempfile.TemporaryDirectory(dir=self.out, prefix='.model-', suffix='.tmp') as tmp, _hf_quiet():
+                self.raw_model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+                if self.tokenizer_dir is not None:
+                    for f in Path(self.tokenizer_dir).iterdir():
+                        if f.is_file() and f.name not in ('args.json', 'log.txt', 'report.json'): shutil.copy2(f, Path(tmp)/f.name)
+                for f in Path(tmp).iterdir(): os.replace(f, self.out/f.name)
+        except OSError as e:
+            raise UserError(f"cannot write the model into {self.out} ({e.strerror or e}); the checkpoint after step {self._saved_step} "
+                            f"is intact: free some space, then resume") from None
     self._barrier()
 
 # %% ../nbs/06_train.ipynb #ca442277
@@ -647,51 +662,52 @@ def run_pretrain(
     dev = _device_for_rank(device)
     rank, world = init_distributed(dev)
     log = get_logger('pretrain', base if rank == 0 else None)
-    try:
-        if resume:
-            if not (base/'checkpoints'/'last.pt').exists():
-                raise UserError(f"{base/'checkpoints'/'last.pt'} not found: there is nothing to resume; start without --resume")
-            import inspect
-            defaults = {k: p.default for k, p in inspect.signature(run_pretrain).parameters.items()}
-            args = _resolve_args(base, args, defaults, log)
-            preset, max_steps, minutes, batch_size, block_size, tokens_per_step, lr = (args[k] for k in
-                ('preset', 'max_steps', 'minutes', 'batch_size', 'block_size', 'tokens_per_step', 'lr'))
-        enc, tok_dir = stage_dir(run, 'encode'), stage_dir(run, 'tokenizer')
-        meta = load_json(require(enc/'meta.json', f'chatgpt-train encode --run {run}'))
-        require(tok_dir/'tokenizer.json', f'chatgpt-train tokenizer --run {run}')
-        shape = get_preset(preset)
-        train, val = load_tokens(enc, 'train'), load_tokens(enc, 'val')
-        T = block_size or shape.n_positions
-        if not 2 <= T <= shape.n_positions: raise UserError(f"--block-size must be between 2 and the context length of {preset}, {shape.n_positions}; not {T}")
-        set_seed(args['seed'])  # the same initial weights on every rank
-        model = make_model(shape, meta['vocab_size'], bos_token_id=meta['eot_id'], eos_token_id=meta['end_id'],
-                           pad_token_id=meta['pad_id'])
-        set_seed(args['seed'] + rank)  # each rank its own dropout
-        cfg = TrainConfig(max_steps=max_steps, minutes=minutes, batch_size=batch_size, tokens_per_step=tokens_per_step or shape.batch_tokens,
-                          lr=lr or shape.lr, warmup_steps=args['warmup_steps'], weight_decay=args['weight_decay'],
-                          grad_clip=args['grad_clip'], precision=args['precision'], compile=args['compile'], device=str(dev),
-                          seed=args['seed'], log_every=args['log_every'], eval_every=args['eval_every'],
-                          eval_batches=args['eval_batches'], save_every=args['save_every'], tensorboard=args['tensorboard'],
-                          fsdp=args['fsdp'])
-        sampler = BlockSampler(train, T - 1, batch_size, seed=args['seed'], rank=rank, world_size=world)
-        if max_steps is None and minutes is None:  # one pass over the training tokens
-            per_micro = batch_size * T * world
-            cfg.max_steps = max(1, len(train) // (max(1, round(cfg.tokens_per_step / per_micro)) * per_micro))
-        if rank == 0:
-            base.mkdir(parents=True, exist_ok=True)
-            save_args(base, 'pretrain', args)
-            n = sum(p.numel() for p in model.parameters())
-            log.info(f"{preset}: {n/1e6:.1f}M parameters, blocks of {T} tokens, {len(train):,} training tokens, "
-                     f"{world} process{'es' if world > 1 else ''} on {dev}")
-        val_fn = _val_batches(val, T, batch_size * world, cfg.eval_batches)  # global batches: each rank scores its rows
-        if val_fn is None: log.warning(f"{enc/'val.bin'} is too small for one block of {T} tokens: no held-out loss")
-        trainer = Trainer(model, NextTokenBlocks(sampler), cfg, base, val_batches=val_fn, tokenizer_dir=tok_dir, logger=log)
-        res = trainer.fit(resume=resume)
-        if rank == 0:
-            log.info(f"done: {res['step']} steps, loss {res.get('loss', float('nan')):.3f}, held-out {res.get('val_loss', float('nan')):.3f}, "
-                     f"{res['elapsed']:.0f} s; wrote {base}")
-        return res
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-            if dist.is_initialized(): dist.destroy_process_group()
+    with writing_stage(run, 'base', f'rerun `chatgpt-train pretrain --run {run} --resume` to continue from its last checkpoint, or without --resume to start over'):
+        try:
+            if resume:
+                if not (base/'checkpoints'/'last.pt').exists():
+                    raise UserError(f"{base/'checkpoints'/'last.pt'} not found: there is nothing to resume; start without --resume")
+                import inspect
+                defaults = {k: p.default for k, p in inspect.signature(run_pretrain).parameters.items()}
+                args = _resolve_args(base, args, defaults, log)
+                preset, max_steps, minutes, batch_size, block_size, tokens_per_step, lr = (args[k] for k in
+                    ('preset', 'max_steps', 'minutes', 'batch_size', 'block_size', 'tokens_per_step', 'lr'))
+            enc, tok_dir = stage_dir(run, 'encode'), stage_dir(run, 'tokenizer')
+            meta = load_json(require(enc/'meta.json', f'chatgpt-train encode --run {run}'))
+            require(tok_dir/'tokenizer.json', f'chatgpt-train tokenizer --run {run}')
+            shape = get_preset(preset)
+            train, val = load_tokens(enc, 'train'), load_tokens(enc, 'val')
+            T = block_size or shape.n_positions
+            if not 2 <= T <= shape.n_positions: raise UserError(f"--block-size must be between 2 and the context length of {preset}, {shape.n_positions}; not {T}")
+            set_seed(args['seed'])  # the same initial weights on every rank
+            model = make_model(shape, meta['vocab_size'], bos_token_id=meta['eot_id'], eos_token_id=meta['end_id'],
+                               pad_token_id=meta['pad_id'])
+            set_seed(args['seed'] + rank)  # each rank its own dropout
+            cfg = TrainConfig(max_steps=max_steps, minutes=minutes, batch_size=batch_size, tokens_per_step=tokens_per_step or shape.batch_tokens,
+                              lr=lr or shape.lr, warmup_steps=args['warmup_steps'], weight_decay=args['weight_decay'],
+                              grad_clip=args['grad_clip'], precision=args['precision'], compile=args['compile'], device=str(dev),
+                              seed=args['seed'], log_every=args['log_every'], eval_every=args['eval_every'],
+                              eval_batches=args['eval_batches'], save_every=args['save_every'], tensorboard=args['tensorboard'],
+                              fsdp=args['fsdp'])
+            sampler = BlockSampler(train, T - 1, batch_size, seed=args['seed'], rank=rank, world_size=world)
+            if max_steps is None and minutes is None:  # one pass over the training tokens
+                per_micro = batch_size * T * world
+                cfg.max_steps = max(1, len(train) // (max(1, round(cfg.tokens_per_step / per_micro)) * per_micro))
+            if rank == 0:
+                base.mkdir(parents=True, exist_ok=True)
+                save_args(base, 'pretrain', args)
+                n = sum(p.numel() for p in model.parameters())
+                log.info(f"{preset}: {n/1e6:.1f}M parameters, blocks of {T} tokens, {len(train):,} training tokens, "
+                         f"{world} process{'es' if world > 1 else ''} on {dev}")
+            val_fn = _val_batches(val, T, batch_size * world, cfg.eval_batches)  # global batches: each rank scores its rows
+            if val_fn is None: log.warning(f"{enc/'val.bin'} is too small for one block of {T} tokens: no held-out loss")
+            trainer = Trainer(model, NextTokenBlocks(sampler), cfg, base, val_batches=val_fn, tokenizer_dir=tok_dir, logger=log)
+            res = trainer.fit(resume=resume)
+            if rank == 0:
+                log.info(f"done: {res['step']} steps, loss {res.get('loss', float('nan')):.3f}, held-out {res.get('val_loss', float('nan')):.3f}, "
+                         f"{res['elapsed']:.0f} s; wrote {base}")
+            return res
+        finally:
+            if world > 1:
+                import torch.distributed as dist
+                if dist.is_initialized(): dist.destroy_process_group()

@@ -1,5 +1,5 @@
-"The pretrain stage from the command line: kill and resume, torchrun (DDP, FSDP) against one process, bad input, non-finite loss."
-import json, os, random, shutil, signal, subprocess, sys, time
+"The pretrain stage from the command line: torchrun (DDP, FSDP) against one process, accumulation, bad input, non-finite loss (kills: test_reliability)."
+import json, os, random, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -92,37 +92,6 @@ def test_cli_writes_a_model_folder(run, capsys):
     assert {'step', 'loss', 'lr', 'grad_norm', 'tokens_per_s', 'tokens', 'elapsed'} <= set(train[0])
     assert [r['step'] for r in recs if 'val_loss' in r] == [0, 3, 6]
     assert load_json(base/'args.json')['args']['max_steps'] == 6
-
-
-def test_kill_and_resume_is_exact(toy, tmp_path):
-    "A run killed with SIGKILL and resumed ends with the same weights as a run never interrupted."
-    whole, parts = tmp_path/'whole', tmp_path/'parts'
-    shutil.copytree(toy, whole); shutil.copytree(toy, parts)
-    args = [*FAST, '--max-steps', '150', '--save-every', '5', '--eval-every', '50', '--log-every', '5']
-    proc = subprocess.Popen([str(BIN/'chatgpt-train'), 'pretrain', '--run', str(parts), *args], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ck = parts/'base'/'checkpoints'/'last.pt'
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:  # kill once a checkpoint past step 5 exists: mid-run
-            if ck.exists() and ckpt_step(parts) >= 10: break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill(); proc.wait()
-    killed_at = ckpt_step(parts)
-    assert 10 <= killed_at < 150
-    done = cli('pretrain', '--run', str(whole), *args)
-    assert done.returncode == 0, done.stderr
-    resumed = cli('pretrain', '--run', str(parts), '--resume')
-    assert resumed.returncode == 0, resumed.stderr
-    assert f'after step {killed_at}' in resumed.stderr
-    a, b = weights(whole), weights(parts)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    steps = [r['step'] for r in metrics(parts) if 'loss' in r]
-    assert steps == list(range(5, 151, 5))  # lines the killed run wrote after its checkpoint are gone, none twice
-    assert [r['loss'] for r in metrics(parts) if 'loss' in r] == [r['loss'] for r in metrics(whole) if 'loss' in r]
 
 
 def torchrun(run: Path, *args) -> subprocess.CompletedProcess:
