@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_clean.ipynb #ff30f022
 from __future__ import annotations
-import codecs, dataclasses, functools, hashlib, logging, re, time, unicodedata, zlib
+import codecs, dataclasses, functools, hashlib, logging, re, reprlib, time, unicodedata, zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +14,10 @@ import ftfy
 from datasketch import MinHash, MinHashLSH
 
 from .core import UserError, stage_dir, require, save_json, write_jsonl, read_jsonl, save_args, get_logger
+from .collect import _too_deep
 
 # %% auto #0
-__all__ = ['ZERO_WIDTH', 'PLACEHOLDERS', 'UNICODE_CATEGORIES', 'CHAT_WORDS', 'BLOCKLIST', 'ROLES', 'tidy_whitespace',
+__all__ = ['ZERO_WIDTH', 'PLACEHOLDERS', 'UNICODE_CATEGORIES', 'CHAT_WORDS', 'BLOCKLIST', 'ROLES', 'MAX_DEPTH', 'tidy_whitespace',
            'fix_unicode', 'lowercase', 'mask_personal', 'remove_unwanted', 'load_symspell', 'word_counts', 'SpellFixer',
            'blocklisted', 'profanity_classifier', 'profanity_scores', 'compression_ratio', 'turn_problem', 'dedup_key',
            'shingles', 'jaccard', 'NearDupIndex', 'split_of', 'split_conversations', 'decode_text', 'StepLog',
@@ -343,6 +344,8 @@ def _fix_strings(x):
 def _n_turns(c) -> int:
     return len(c['turns']) if isinstance(c, dict) and isinstance(c.get('turns'), list) else 0
 
+MAX_DEPTH = 200  # a record nested deeper is removed unread: copying or writing it recurses (collect keeps meta to 100 levels)
+
 class StepLog:
     "The counts of one cleaning step, and the records it removed."
     def __init__(self,
@@ -357,8 +360,10 @@ class StepLog:
 
     def drop(self, conv, reason:str, detail:str='') -> None:
         "Record that conversation `conv` is removed (returns None, so a step can `return log.drop(...)`)."
-        self.removed.append(_fix_strings(dict(step=self.name, reason=reason, detail=detail,
-                                              id=conv.get('id') if isinstance(conv, dict) else None, conversation=conv)))
+        cid, shown = conv.get('id') if isinstance(conv, dict) else None, conv
+        if _too_deep(conv, MAX_DEPTH):  # logged as a note: copying it would recurse past the stack
+            shown, cid = f'<{type(conv).__name__} nested deeper than {MAX_DEPTH} levels>', cid if isinstance(cid, str) else None
+        self.removed.append(_fix_strings(dict(step=self.name, reason=reason, detail=detail, id=cid, conversation=shown)))
         self.stats['removed'] += 1
         self.stats['turns_removed'] += _n_turns(conv)
         self.reasons[reason] += 1
@@ -464,11 +469,12 @@ def conversation_problem(
 ) -> tuple[str, str]|None:
     "Why `c` is not a conversation, as (reason, detail), or None if it is one."
     if not isinstance(c, dict): return 'not a conversation', f'a {type(c).__name__}, not an object'
-    if not isinstance(c.get('id'), str) or not c['id']: return 'bad id', f"id is {c.get('id')!r}, not a non-empty string"
+    if _too_deep(c, MAX_DEPTH): return 'too deep', f'lists and objects nested more than {MAX_DEPTH} levels deep'
+    if not isinstance(c.get('id'), str) or not c['id']: return 'bad id', f"id is {reprlib.repr(c.get('id'))}, not a non-empty string"
     if not isinstance(c.get('turns'), list): return 'bad turns', f"turns is {type(c.get('turns')).__name__}, not a list"
     for i, t in enumerate(c['turns']):
         if not isinstance(t, dict): return 'bad turn', f'turn {i} is a {type(t).__name__}, not an object'
-        if t.get('role') not in ROLES: return 'bad role', f"turn {i} has role {t.get('role')!r}, not one of {', '.join(ROLES)}"
+        if t.get('role') not in ROLES: return 'bad role', f"turn {i} has role {reprlib.repr(t.get('role'))}, not one of {', '.join(ROLES)}"
     return None
 
 def _check(convs, cfg, log):

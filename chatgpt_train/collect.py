@@ -4,8 +4,9 @@
 
 # %% ../nbs/01_collect.ipynb #7c3b7d69
 from __future__ import annotations
-import csv, importlib.util, io, json, logging, re, sys, threading, time
+import csv, importlib.util, io, json, logging, re, reprlib, sys, threading, time
 from collections import Counter
+from decimal import Decimal
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
@@ -18,7 +19,7 @@ from .core import UserError, atomic_path, get_logger, read_jsonl, require, save_
 # %% auto #0
 __all__ = ['ROLES', 'MAX_TURN_CHARS', 'ROLE_ALIASES', 'CONVERSATION_KEYS', 'USER_KEYS', 'ASSISTANT_KEYS', 'KNOWN_FIELDS',
            'DEEP_LIMIT', 'RECORD_KEYS', 'THREAD_KEYS', 'CHITCHAT', 'ID_COLUMNS', 'TEXT_COLUMNS', 'SPEAKER_COLUMNS',
-           'CHATTERBOT_LANGS', 'LOADERS', 'RAW_CHARS', 'Turn', 'Conversation', 'BadRecord', 'check_text',
+           'CHATTERBOT_LANGS', 'LOADERS', 'RAW_CHARS', 'META_DEPTH', 'Turn', 'Conversation', 'BadRecord', 'check_text',
            'check_conversation', 'speaker_turns', 'rename', 'record_to_conversation', 'parse_columns', 'Item',
            'map_record', 'json_elements', 'read_text', 'json_items', 'package_file', 'chitchat_items',
            'conversation_stats', 'thread_items', 'table_items', 'csv_items', 'parquet_items', 'yaml_items',
@@ -57,7 +58,12 @@ def _tname(x) -> str:
     "The JSON name of `x`'s type, for messages."
     if x is None: return 'null'
     if isinstance(x, bool): return 'a boolean'
-    return {dict: 'an object', list: 'a list', str: 'a string', int: 'a number', float: 'a number'}.get(type(x), type(x).__name__)
+    return {dict: 'an object', list: 'a list', str: 'a string', int: 'a number', float: 'a number',
+            Decimal: f'a number of over {sys.get_int_max_str_digits():,} digits'}.get(type(x), type(x).__name__)
+
+def _show(x) -> str:
+    "A short `repr` of `x` for messages: a few levels and items deep, so a value nested thousands of levels deep shows too."
+    return reprlib.repr(x)
 
 def check_text(
     text,                            # The text of a turn or comment
@@ -80,7 +86,7 @@ def check_conversation(
     "`conv` if it has turns, each with a known role and good text, else `BadRecord`."
     if not conv['turns']: raise BadRecord('empty-text', 'no turns')
     for i, t in enumerate(conv['turns'], 1):
-        if t['role'] not in ROLES: raise BadRecord('unknown-role', f"turn {i}: role {t['role']!r} is not one of {', '.join(ROLES)}")
+        if t['role'] not in ROLES: raise BadRecord('unknown-role', f"turn {i}: role {_show(t['role'])} is not one of {', '.join(ROLES)}")
         check_text(t['text'], f'turn {i}', max_turn_chars)
     return conv
 
@@ -127,7 +133,7 @@ def _check_dict(x, what:str) -> dict:
 def _role(name, what:str) -> str:
     if name is None: raise BadRecord('missing-field', f'{what}: no role')
     r = _alias(name)
-    if r is None: raise BadRecord('unknown-role', f'{what}: role {name!r} is not user, assistant or system (nor a known alias)')
+    if r is None: raise BadRecord('unknown-role', f'{what}: role {_show(name)} is not user, assistant or system (nor a known alias)')
     return r
 
 def _our_turns(turns) -> list[Turn]:
@@ -137,7 +143,7 @@ def _our_turns(turns) -> list[Turn]:
         _check_dict(t, f'turn {i}')
         for k in ('role', 'text'):
             if k not in t: raise BadRecord('missing-field', f'turn {i}: no {k}')
-        if t['role'] not in ROLES: raise BadRecord('unknown-role', f"turn {i}: role {t['role']!r} is not one of {', '.join(ROLES)}")
+        if t['role'] not in ROLES: raise BadRecord('unknown-role', f"turn {i}: role {_show(t['role'])} is not one of {', '.join(ROLES)}")
         out.append(Turn(role=t['role'], text=t['text']))
     return out
 
@@ -148,7 +154,7 @@ def _content(c, what:str) -> str:
     for p in c:
         if isinstance(p, str): parts.append(p)
         elif isinstance(p, dict) and p.get('type', 'text') == 'text': parts.append(check_text(p.get('text'), what, None))
-        else: raise BadRecord('wrong-type', f"{what}: a content part of type {p.get('type') if isinstance(p, dict) else _tname(p)!r} is not text")
+        else: raise BadRecord('wrong-type', f"{what}: a content part of type {_show(p.get('type')) if isinstance(p, dict) else repr(_tname(p))} is not text")
     return '\n'.join(parts)
 
 def _openai_turns(msgs) -> list[Turn]:
@@ -269,7 +275,12 @@ def map_record(
 
 # %% ../nbs/01_collect.ipynb #ef938fcf
 _WS = re.compile(r'[ \t\n\r]*')
-_DECODER = json.JSONDecoder()
+def _int(s:str):
+    "A JSON integer; one with more digits than Python converts (4,300) as a `Decimal`, so the record fails alone, not the file."
+    try: return int(s)
+    except ValueError: return Decimal(s)
+
+_DECODER = json.JSONDecoder(parse_int=_int)
 DEEP_LIMIT = 200_000  # JSON nesting levels we parse; 256 MB of thread stack holds this many with room to spare
 
 def _deep_call(fn, *args):
@@ -290,6 +301,13 @@ def _decode(text:str, pos:int=0):
     "`raw_decode` at `pos`, retried with a deep stack when the value nests beyond the recursion limit."
     try: return _DECODER.raw_decode(text, pos)
     except RecursionError: return _deep_call(_DECODER.raw_decode, text, pos)
+
+def _loads(text:str):
+    "The one JSON value of `text`, parsed as `_decode` does."
+    v, stop = _decode(text, _WS.match(text).end())
+    if _WS.match(text, stop).end() != len(text): raise json.JSONDecodeError('Extra data', text, stop)
+    return v
+
 
 # %% ../nbs/01_collect.ipynb #4a4d192f
 RECORD_KEYS = {*CONVERSATION_KEYS, *USER_KEYS, *ASSISTANT_KEYS, 'id', 'text', 'body', 'author', 'parent', 'parent_id', 'replies', 'children'}
@@ -448,10 +466,9 @@ def conversation_stats(
 def _first(d:dict, keys:tuple, default=None):
     return next((d[k] for k in keys if k in d), default)
 
-def _comment_raw(c) -> str:
-    "A comment without its replies, as JSON, for the quarantine (the replies are judged on their own)."
-    return json.dumps({k: v for k, v in c.items() if k not in ('replies', 'children')} if isinstance(c, dict) else c,
-                      ensure_ascii=False, default=str)
+def _comment_raw(c):
+    "A comment without its replies, for the quarantine (the replies are judged on their own)."
+    return {k: v for k, v in c.items() if k not in ('replies', 'children')} if isinstance(c, dict) else c
 
 def thread_items(
     units:Iterable[tuple[dict, str, Any]],  # (where, raw, value) for each top-level record: a comment, maybe with nested replies
@@ -485,9 +502,11 @@ def thread_items(
                 text = check_text(_first(c, ('text', 'body')), 'comment', max_turn_chars)
                 author = c.get('author')
                 if author is not None and not isinstance(author, (str, int)): raise BadRecord('wrong-type', f'author is {_tname(author)}')
+                pid = _first(c, ('parent', 'parent_id'))
+                if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int))):
+                    raise BadRecord('wrong-type', f'parent is {_tname(pid)}, not an id')
                 me = by_id[cid] = len(ids)
-                ids.append(cid); texts.append(text); authors.append(author); wheres.append(w); nest.append(up)
-                parent_ids.append(_first(c, ('parent', 'parent_id')))
+                ids.append(cid); texts.append(text); authors.append(author); wheres.append(w); nest.append(up); parent_ids.append(pid)
             except BadRecord as e: yield Item(source, w, error=e, raw=_comment_raw(c))
             stack.extend((r, me) for r in reversed(replies))
     n = len(ids)
@@ -505,7 +524,7 @@ def thread_items(
     for i in range(n):
         if not seen[i]:
             yield Item(source, wheres[i], error=BadRecord('cycle', f'comment {ids[i]!r} is in a cycle of parents and reaches no root'),
-                       raw=json.dumps({'id': ids[i], 'parent': parent_ids[i], 'author': authors[i], 'text': texts[i]}, default=str))
+                       raw={'id': ids[i], 'parent': parent_ids[i], 'author': authors[i], 'text': texts[i]})
     counted = [False] * n
     for r in roots:
         path, stack = [], [r]
@@ -578,8 +597,9 @@ def _row_conversation(rec:dict, source:str, default_id:str, max_turn_chars) -> C
     rec = {k: v for k, v in rec.items() if not (v is None or v == '') or k in _SHAPE_KEYS}  # an empty prompt is an error, an empty extra is nothing
     for k in CONVERSATION_KEYS:
         if isinstance(rec.get(k), str):
-            try: rec[k] = json.loads(rec[k])
+            try: rec[k] = _loads(rec[k])
             except json.JSONDecodeError as e: raise BadRecord('bad-json', f'{k}: not valid JSON ({e.msg})') from None
+            except RecursionError: raise BadRecord('too-deep', f'{k}: nested deeper than {DEEP_LIMIT:,} levels') from None
     return record_to_conversation(rec, source, default_id, max_turn_chars)
 
 # %% ../nbs/01_collect.ipynb #6389aebc
@@ -594,7 +614,7 @@ def csv_items(
     display = display or str(path); source = source or display
     csv.field_size_limit(2**31 - 1)  # a huge cell must reach the size check, not stop the reader
     reader = csv.reader(io.StringIO(read_text(path), newline=''), delimiter='\t' if Path(path).suffix.lower() == '.tsv' else ',')
-    header = next(reader, None)
+    header = next((r for r in reader if any(c.strip() for c in r)), None)  # blank lines before the header are not the header
     if header is None: return
     fields = [h.strip() for h in header]
     def rows():
@@ -645,6 +665,7 @@ def yaml_items(
     import yaml
     display = display or str(path); source = source or display
     text = read_text(path)
+    if not text.strip(): return  # only whitespace (YAML refuses a tab even there): an empty file
     bad_lines = {n for n, l in enumerate(text.split('\n'), 1) if _SURROGATE.search(l)}
     if bad_lines: text = _SURROGATE.sub('\ufffd', text)
     try: root = yaml.compose(text, Loader=getattr(yaml, 'CSafeLoader', yaml.SafeLoader))
@@ -655,7 +676,8 @@ def yaml_items(
                    error=BadRecord('bad-yaml', f"not valid YAML: {getattr(e, 'problem', None) or e} (line {line}); the file cannot be read"))
         return
     if root is None: return
-    top = dict((k.value, v) for k, v in root.value) if isinstance(root, yaml.MappingNode) else {'conversations': root}
+    top = ({k.value: v for k, v in root.value if isinstance(k, yaml.ScalarNode)}  # a list or mapping as a key names nothing we read
+           if isinstance(root, yaml.MappingNode) else {'conversations': root})
     convs = top.get('conversations')
     if not isinstance(convs, yaml.SequenceNode):
         yield Item(source, {'file': display, 'line': 1}, raw=text[:500],
@@ -803,6 +825,17 @@ def iter_source(
 
 # %% ../nbs/01_collect.ipynb #bdf3399d
 RAW_CHARS = 10_000  # the quarantine keeps this much of a bad record
+META_DEPTH = 100    # the deepest a kept conversation's meta may nest: later stages read and write it with recursive JSON code
+
+def _too_deep(x, limit:int) -> bool:
+    "Whether `x` nests lists and objects more than `limit` levels deep (walked without recursion)."
+    stack = [(x, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d >= limit: return True
+            stack.extend((w, d + 1) for w in (v.values() if isinstance(v, dict) else v))
+    return False
 
 def _raw_text(raw) -> str:
     "The raw record as printable text, invalid bytes shown as \\xNN, cut at `RAW_CHARS`."
@@ -827,6 +860,7 @@ def collect(
             error, c = it.error, it.conversation
             if error is None:
                 if c['id'] in first_seen: error = BadRecord('duplicate-id', f"id {c['id']!r} is already used by the record at {first_seen[c['id']]}")
+                elif _too_deep(c['meta'], META_DEPTH): error = BadRecord('too-deep', f'its other fields nest deeper than {META_DEPTH} levels')
                 else:
                     try: line = json.dumps(c, ensure_ascii=False).encode('utf-8')
                     except UnicodeEncodeError: error = BadRecord('invalid-utf8', 'the id or meta holds invalid UTF-8')
