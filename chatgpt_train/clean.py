@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Literal
 import ftfy
 from datasketch import MinHash, MinHashLSH
 
-from .core import UserError, stage_dir, require, save_json, write_jsonl, read_jsonl, save_args, get_logger
+from .core import UserError, stage_dir, require, save_json, write_jsonl, read_jsonl, save_args, get_logger, writing_stage
 from .collect import _too_deep
 
 # %% auto #0
@@ -624,18 +624,18 @@ def run_clean(
     args = dict(locals())
     src = require(stage_dir(run, 'collect')/'conversations.jsonl', f'chatgpt-train collect --run {run}')
     cfg = CleanConfig(**{k: v for k, v in args.items() if k != 'run'})
-    out = stage_dir(run, 'clean', create=True)
-    log = get_logger('clean', out)
-    log.info('cleaning %s', src)
-    removed = []
-    kept, report = clean_conversations(read_jsonl(src), cfg, removed)
-    write_jsonl(kept, out/'conversations.jsonl')
-    write_jsonl(removed, out/'removed.jsonl')
-    save_json(report, out/'report.json')
-    save_args(out, 'clean', args)
-    log.info('wrote %s: %d conversations (%d train, %d val), %d removed records', out, report['out'],
-             report['split']['train'], report['split']['val'], len(removed))
-    return report
+    with writing_stage(run, 'clean') as out:
+        log = get_logger('clean', out)
+        log.info('cleaning %s', src)
+        removed = []
+        kept, report = clean_conversations(read_jsonl(src), cfg, removed)
+        write_jsonl(kept, out/'conversations.jsonl')
+        write_jsonl(removed, out/'removed.jsonl')
+        save_json(report, out/'report.json')
+        save_args(out, 'clean', args)
+        log.info('wrote %s: %d conversations (%d train, %d val), %d removed records', out, report['out'],
+                 report['split']['train'], report['split']['val'], len(removed))
+        return report
 
 def load_clean(
     run:str,                                   # The run folder

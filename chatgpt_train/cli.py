@@ -5,7 +5,7 @@
 # %% ../nbs/10_cli.ipynb #82c47580
 from __future__ import annotations
 import argparse, datetime, html, importlib, importlib.util, inspect, json, math, shutil, sys, time, types, typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
@@ -72,6 +72,7 @@ def stage_parser(
         flag, anno, default = '--' + dashed, _base_type(d.anno), d.default
         required = default is inspect.Parameter.empty
         kw = dict(dest=name, help=(d.docment or '').replace('%', '%%'))  # argparse %-formats help text: "5%" must be "5%%"
+        if name.endswith('_') and anno is not bool and get_origin(anno) is not Literal: kw['metavar'] = name[:-1].upper()  # FROM, not FROM_
         if anno is bool:
             if default is True: p.add_argument('--no-' + dashed, action='store_false', **kw)
             else: p.add_argument(flag, action='store_true', **kw)
@@ -145,7 +146,7 @@ class Step:
     output:str           # The file, relative to the run folder, that holds its result
     deps:tuple=()        # The steps whose output it reads
     resumable:bool=False # It can continue from `folder/checkpoints/last.pt`
-    keeps:dict=field(default_factory=dict) # Files it writes that a later step replaces, and where to copy them first
+    also:tuple=()        # Files outside its folder that it writes too (removed with the folder on a fresh start)
 
     @property
     def owns_folder(self) -> bool:
@@ -172,7 +173,7 @@ def pipeline_steps(
         Step('finetune', 'finetune', 'run_finetune',
              dict(from_='base', data=a['sft_data'], lora=a['lora'], max_steps=a['sft_steps'], minutes=0, device=a['device'],
                   seed=a['seed']), 'sft', 'sft/model.safetensors', ('pretrain',), resumable=True,
-             keeps={'eval/sft.json': 'eval/finetune.json'}),
+             also=('eval/finetune.json',)),
         Step('evaluate sft', 'evaluate', 'run_evaluate', dict(model='sft', **ev), 'eval', 'eval/sft.json', ('finetune',)),
     ]
 
@@ -228,12 +229,7 @@ def _clear(step:Step, root:Path):
     "Remove what an earlier, different or unfinished run of `step` left, so that nothing stale survives a fresh start."
     if step.owns_folder: shutil.rmtree(root/step.folder, ignore_errors=True)
     else: (root/step.output).unlink(missing_ok=True)
-    for src, dst in step.keeps.items(): (root/src).unlink(missing_ok=True); (root/dst).unlink(missing_ok=True)
-
-def _keep(step:Step, root:Path):
-    "Copy the files `step` wrote that a later step replaces to where they are kept."
-    for src, dst in step.keeps.items():
-        if (root/src).exists(): shutil.copy2(root/src, root/dst)
+    for f in step.also: (root/f).unlink(missing_ok=True)
 
 def _eval_line(name:str, r:dict) -> str:
     return f"  {name:<15}{r['perplexity']:>10,.2f}{r['bits_per_byte']:>10.3f}"
@@ -302,7 +298,6 @@ def run_all(
             func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
             t0 = time.time()
             func(run=str(run), **step.kwargs, **({'resume': True} if state == 'resume' else {}))
-            _keep(step, root)
             stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1), resumed=state == 'resume')
             save_json(stamps, stamps_path)
             states[step.name] = 'resumed' if state == 'resume' else 'ran'
@@ -432,7 +427,7 @@ def _eval_section(root:Path) -> str:
     rows += [dict(model=f'{k} baseline', perplexity=v['perplexity'], **{'bits per byte': v['bits_per_byte'], 'assistant-turn perplexity': None})
              for k, v in sorted(base['baselines'].items(), key=lambda kv: kv[1]['perplexity'])]
     out.append(md_table(rows))
-    ft = _load(root, 'eval/finetune.json') or (sft if sft is not None and 'before' in sft else None)
+    ft = _load(root, 'eval/finetune.json')
     if ft and ft.get('before') and ft.get('assistant'):  # the fine-tune stage's own before/after measurement
         sft = ft
         out.append(f"On held-out conversations of the fine-tuning data (`{sft['data']['source']}`, {sft['data']['val_conversations']:,} "

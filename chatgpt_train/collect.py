@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, TypedDict
 
 import numpy as np
 
-from .core import UserError, atomic_path, get_logger, read_jsonl, require, save_args, save_json, stage_dir
+from .core import UserError, atomic_path, get_logger, read_jsonl, require, save_args, save_json, stage_dir, writing_stage
 
 # %% auto #0
 __all__ = ['ROLES', 'MAX_TURN_CHARS', 'ROLE_ALIASES', 'CONVERSATION_KEYS', 'USER_KEYS', 'ASSISTANT_KEYS', 'KNOWN_FIELDS',
@@ -923,21 +923,21 @@ def run_collect(
     if max_turn_chars < 1: raise UserError(f'--max-turn-chars must be at least 1, not {max_turn_chars}')
     start = time.time()
     items = iter_source(source, lang, parse_columns(columns), hf_split, hf_config, streaming, max_turn_chars)
-    folder = stage_dir(run, 'collect', create=True)
-    log = get_logger('collect', folder)
-    try:
-        convs, sources = collect(islice(items, limit) if limit else items, folder)
-        total = {k: sum(s[k] for s in sources.values()) for k in ('read', 'kept', 'quarantined', 'conversations', 'turns')}
-        save_json(dict(source=source, **total, sources=sources, stats=conversation_stats(convs), seconds=round(time.time() - start, 2)),
-                  folder/'report.json')
-        for name, s in sources.items():
-            log.info('%s: read %d, kept %d, quarantined %d%s', name, s['read'], s['kept'], s['quarantined'],
-                     f" ({', '.join(f'{k} {v}' for k, v in s['reasons'].items())})" if s['reasons'] else '')
-        log.info('%d conversations, %d turns in %s (%.1f s)', total['conversations'], total['turns'], folder, time.time() - start)
-    finally:  # stop writing this run's log.txt: a later run in the same process has its own
-        for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]: h.close(); log.removeHandler(h)
-    if not convs:
-        raise UserError(f"no conversation could be read from {source}: {total['quarantined']} records quarantined, "
-                        f"see {folder/'quarantine.jsonl'}")
-    save_args(folder, 'collect', args)
-    return conversations_dataset(convs)
+    with writing_stage(run, 'collect') as folder:
+        log = get_logger('collect', folder)
+        try:
+            convs, sources = collect(islice(items, limit) if limit else items, folder)
+            total = {k: sum(s[k] for s in sources.values()) for k in ('read', 'kept', 'quarantined', 'conversations', 'turns')}
+            save_json(dict(source=source, **total, sources=sources, stats=conversation_stats(convs), seconds=round(time.time() - start, 2)),
+                      folder/'report.json')
+            for name, s in sources.items():
+                log.info('%s: read %d, kept %d, quarantined %d%s', name, s['read'], s['kept'], s['quarantined'],
+                         f" ({', '.join(f'{k} {v}' for k, v in s['reasons'].items())})" if s['reasons'] else '')
+            log.info('%d conversations, %d turns in %s (%.1f s)', total['conversations'], total['turns'], folder, time.time() - start)
+        finally:  # stop writing this run's log.txt: a later run in the same process has its own
+            for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]: h.close(); log.removeHandler(h)
+        if not convs:
+            raise UserError(f"no conversation could be read from {source}: {total['quarantined']} records quarantined, "
+                            f"see {folder/'quarantine.jsonl'}")
+        save_args(folder, 'collect', args)
+        return conversations_dataset(convs)

@@ -288,7 +288,7 @@ def _barrier(world:int):
 
 # %% ../nbs/08_finetune.ipynb #c6494bcf
 def run_finetune(
-    run:str,                     # The run folder: reads base/ (or --from), writes sft/ and eval/sft.json
+    run:str,                     # The run folder: reads base/ (or --from), writes sft/ and eval/finetune.json
     from_:str='base',            # The model to fine-tune: base (this run's pretrained model) or the path of a Hugging Face causal LM folder
     data:str='chatterbot',       # Conversations: chatterbot (English, with its bot profile), hf:NAME, or a file or folder the collect stage reads
     lora:bool=False,             # Train LoRA adapters instead of every weight; they are merged into sft/ and kept in sft/lora/
@@ -313,7 +313,7 @@ def run_finetune(
     max_new_tokens:int=40,       # Longest sample reply, in tokens
     resume:bool=False,           # Continue from sft/checkpoints/last.pt with the saved settings
 ) -> dict:
-    "Fine-tune a model on chat conversations, with the loss on the assistant's replies; write sft/ and eval/sft.json (before/after)."
+    "Fine-tune a model on chat conversations, with the loss on the assistant's replies; write sft/ and eval/finetune.json (before/after)."
     args = dict(locals())
     sft = stage_dir(run, 'sft')
     dev = _device_for_rank(device)
@@ -329,7 +329,7 @@ def run_finetune(
                 defaults = {k: p.default for k, p in inspect.signature(run_finetune).parameters.items()}
                 args = _resolve_args(sft, args, defaults, log)
             a = args
-            if a['lora_r'] < 1 or a['lora_alpha'] < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1")
+            if a['lora_r'] < 1 or a['lora_alpha'] < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1, not {a['lora_r']} and {a['lora_alpha']}")
             if a['epochs'] <= 0: raise UserError(f"--epochs must be positive, not {a['epochs']}")
             if a['minutes'] < 0: raise UserError(f"--minutes must be 0 (no budget) or more, not {a['minutes']}")
             src = _source_model(run, a['from_'])
@@ -417,10 +417,10 @@ def run_finetune(
                 improvement=dict(perplexity_ratio=round(f['perplexity'] / b['perplexity'], 4)) if b and f else None,
                 samples=compare_replies(before['samples'], after['samples']),
                 seconds=dict(before=before['seconds'], after=after['seconds'], total=round(time.time() - t_start, 2)))
-            save_json(result, stage_dir(run, 'eval', create=True)/'sft.json')
+            save_json(result, stage_dir(run, 'eval', create=True)/'finetune.json')
             if b and f:
                 log.info(f"assistant-turn perplexity on {len(val_convs)} held-out conversations: {b['perplexity']:.2f} before, "
-                         f"{f['perplexity']:.2f} after; {time.time() - t_start:.0f} s; wrote {sft} and eval/sft.json")
+                         f"{f['perplexity']:.2f} after; {time.time() - t_start:.0f} s; wrote {sft} and eval/finetune.json")
             return result
         finally:
             if world > 1:

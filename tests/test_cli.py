@@ -194,7 +194,7 @@ def first_steps(monkeypatch, n):
 def test_run_makes_every_stage_and_a_summary(e2e):
     run, r = e2e
     for f in ('collect/conversations.jsonl', 'clean/conversations.jsonl', 'tokenizer/tokenizer.json', 'encode/train.bin',
-              'base/model.safetensors', 'base/checkpoints/last.pt', 'eval/base.json', 'sft/model.safetensors', 'eval/sft.json',
+              'base/model.safetensors', 'base/checkpoints/last.pt', 'eval/base.json', 'sft/model.safetensors', 'eval/sft.json', 'eval/finetune.json',
               'report.md', 'plots/base.png', 'plots/sft.png', 'log.txt'):
         assert (run/f).exists(), f
     assert list(stamps(run)) == STEPS

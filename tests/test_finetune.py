@@ -70,7 +70,7 @@ def chat_reply(folder: Path, text: str, n=12) -> tuple[str, list[int], object]:
 
 def test_full_finetune_on_chatterbot_lowers_assistant_perplexity(run):
     assert main(['finetune', '--run', str(run), *FAST, '--max-steps', '12', '--lr', '3e-3']) == 0
-    res = load_json(run/'eval'/'sft.json')
+    res = load_json(run/'eval'/'finetune.json')
     assert res['assistant']['perplexity'] < 0.7 * res['before']['perplexity']
     assert res['before']['tokens'] == res['assistant']['tokens'] > 500  # the same held-out replies, before and after
     assert res['method']['kind'] == 'full' and res['data']['source'] == 'chatterbot' and 0.2 < res['data']['label_share'] < 0.9
@@ -89,7 +89,7 @@ def test_lora_on_a_local_file_merges_into_a_plain_folder(run, toy):
     data = toy.parent/'tock.jsonl'
     assert main(['finetune', '--run', str(run), '--data', str(data), '--lora', '--lora-r', '8', *FAST, '--max-steps', '10',
                  '--lr', '5e-3']) == 0
-    res = load_json(run/'eval'/'sft.json')
+    res = load_json(run/'eval'/'finetune.json')
     sft = run/'sft'
     assert res['method']['kind'] == 'lora' and res['method']['trained_parameters'] < 0.2 * res['model']['parameters']
     assert res['assistant']['perplexity'] < res['before']['perplexity']
@@ -134,7 +134,7 @@ def test_another_model_folder_gets_our_chat_format(toy, tmp_path):
     run = tmp_path/'chatrun'
     assert main(['finetune', '--run', str(run), '--from', str(src), '--data', str(data), *FAST, '--max-steps', '16',
                  '--lr', '1e-2', '--lora']) == 0
-    res = load_json(run/'eval'/'sft.json')
+    res = load_json(run/'eval'/'finetune.json')
     assert res['method']['new_tokens'] == 4 and res['model']['base'] == str(src)
     assert res['assistant']['perplexity'] < 0.7 * res['before']['perplexity']
     w0, w1 = load_file(src/'model.safetensors'), load_file(run/'sft'/'model.safetensors')
@@ -154,7 +154,7 @@ def test_no_assistant_turns_stops_before_training(run, capsys):
     assert main(['finetune', '--run', str(run), '--data', str(bad), *FAST, '--max-steps', '2']) == 2
     err = capsys.readouterr().err
     assert 'no token has a label, so there is nothing to learn' in err and 'Traceback' not in err
-    assert not (run/'sft'/'checkpoints').exists() and not (run/'eval'/'sft.json').exists()
+    assert not (run/'sft'/'checkpoints').exists() and not (run/'eval'/'finetune.json').exists()
 
 
 def test_unmasked_labels_stop_before_training(run, toy, capsys, monkeypatch):
@@ -198,5 +198,5 @@ def test_resume_after_interrupt_is_exact(toy, tmp_path, monkeypatch, lora):
     assert main(['finetune', '--run', str(parts), '--resume']) == 0
     a, b = load_file(whole/'sft'/'model.safetensors'), load_file(parts/'sft'/'model.safetensors')
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ra, rb = load_json(whole/'eval'/'sft.json'), load_json(parts/'eval'/'sft.json')
+    ra, rb = load_json(whole/'eval'/'finetune.json'), load_json(parts/'eval'/'finetune.json')
     assert ra['before'] == rb['before'] and ra['assistant'] == rb['assistant']
