@@ -315,6 +315,7 @@ def run_finetune(
 ) -> dict:
     "Fine-tune a model on chat conversations, with the loss on the assistant's replies; write sft/ and eval/finetune.json (before/after)."
     args = dict(locals())
+    if not resume: _source_model(run, from_)  # a missing model fails before anything is written
     sft = stage_dir(run, 'sft')
     dev = _device_for_rank(device)
     rank, world = init_distributed(dev)

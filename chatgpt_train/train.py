@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import (UserError, atomic_path, autocast_dtype, get_device, get_logger, load_args, load_json, require,
-                                save_args, save_json, set_seed, stage_dir, writing_stage)
+                                run_path, save_args, save_json, set_seed, stage_dir, writing_stage)
 from .encode import BlockSampler, load_tokens
 from .model import get_preset, make_model
 
@@ -658,6 +658,8 @@ def run_pretrain(
 ) -> dict:
     "Pretrain a model from a preset on the run's encoded tokens; write the model, checkpoints and metrics to base/."
     args = {k: v for k, v in locals().items()}
+    for f, stage in (('encode/meta.json', 'encode'), ('tokenizer/tokenizer.json', 'tokenizer')):  # before anything is written
+        require(run_path(run)/f, f'chatgpt-train {stage} --run {run}')
     base = stage_dir(run, 'base')
     dev = _device_for_rank(device)
     rank, world = init_distributed(dev)

@@ -86,6 +86,7 @@ def test_every_stage_documents_every_flag(cmd, capsys):
 def test_missing_run_folder(cmd, needle, tmp_path, capsys):
     rc, _, err = call([cmd, '--run', str(tmp_path/'nothing')], capsys)
     one_line_error(rc, err, f'chatgpt-train {cmd}: error:', str(tmp_path/'nothing'), needle)
+    assert not (tmp_path/'nothing').exists()  # refused before writing anything
 
 
 def test_missing_source_for_collect(tmp_path, capsys):
