@@ -18,7 +18,7 @@ from .clean import CleanConfig, clean_conversations
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, ChatTokenizer
 from .encode import pack_sft, pad_collate
 from .model import context_length, load_causal_lm
-from .train import IGNORE_INDEX, TrainConfig, Trainer, _device_for_rank, _hf_quiet, _resolve_args, init_distributed
+from .train import IGNORE_INDEX, TrainConfig, Trainer, _device_for_rank, _hf_quiet, init_distributed, resume_args
 from .evaluate import ChatFormat, assistant_metrics, sample_replies
 
 # %% auto #0
@@ -324,11 +324,7 @@ def run_finetune(
     with writing_stage(run, 'sft', f'rerun `chatgpt-train finetune --run {run} --resume` to continue from its last checkpoint, or without --resume to start over'):
         try:
             if resume:
-                if not (sft/'checkpoints'/'last.pt').exists():
-                    raise UserError(f"{sft/'checkpoints'/'last.pt'} not found: there is nothing to resume; start without --resume")
-                import inspect
-                defaults = {k: p.default for k, p in inspect.signature(run_finetune).parameters.items()}
-                args = _resolve_args(sft, args, defaults, log)
+                args = resume_args(sft, args, run_finetune, log)
             a = args
             if a['lora_r'] < 1 or a['lora_alpha'] < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1, not {a['lora_r']} and {a['lora_alpha']}")
             if a['epochs'] <= 0: raise UserError(f"--epochs must be positive, not {a['epochs']}")

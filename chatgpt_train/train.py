@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #ffb481a9
 from __future__ import annotations
-import contextlib, json, math, os, pickle, random, shutil, tempfile, time
+import contextlib, inspect, json, math, os, pickle, random, shutil, tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
@@ -23,7 +23,7 @@ from .model import get_preset, make_model
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'lm_loss', 'TrainConfig', 'lr_at', 'make_optimizer', 'as_batch', 'NextTokenBlocks', 'init_distributed',
-           'rng_state', 'set_rng_state', 'NonFiniteLoss', 'Trainer', 'plot_metrics', 'run_pretrain']
+           'rng_state', 'set_rng_state', 'NonFiniteLoss', 'Trainer', 'plot_metrics', 'resume_args', 'run_pretrain']
 
 # %% ../nbs/06_train.ipynb #b1560cd6
 IGNORE_INDEX = -100  # labels with this value are not scored (padding, prompts); PyTorch's and Hugging Face's convention
@@ -615,9 +615,17 @@ def fit(self:Trainer,
     return dict(last, step=self.step, max_steps=self.max_steps, elapsed=round(self.elapsed, 2))
 
 # %% ../nbs/06_train.ipynb #15f2fee5
-def _resolve_args(base:Path, given:dict, defaults:dict, log) -> dict:
-    "On resume: the saved arguments, with a warning for each different one given now."
-    saved = load_args(base) if (base/'args.json').exists() else given
+def resume_args(
+    folder:Path,   # The stage folder to resume (base/ or sft/)
+    given:dict,    # The arguments given now
+    func:Callable, # The stage function: its defaults tell a flag given now from one left alone
+    log,           # Where to warn about each flag that is ignored
+) -> dict:
+    "The saved arguments of the run being resumed, with a warning for each different one given now."
+    if not (folder/'checkpoints'/'last.pt').exists():
+        raise UserError(f"{folder/'checkpoints'/'last.pt'} not found: there is nothing to resume; start without --resume")
+    defaults = {k: p.default for k, p in inspect.signature(func).parameters.items()}
+    saved = load_args(folder) if (folder/'args.json').exists() else given
     for k, v in given.items():
         if k not in ('run', 'resume') and k in saved and v != saved[k] and v != defaults.get(k):
             log.warning(f"resume keeps the saved {k}={saved[k]!r}; ignoring {k}={v!r}")
@@ -667,11 +675,7 @@ def run_pretrain(
     with writing_stage(run, 'base', f'rerun `chatgpt-train pretrain --run {run} --resume` to continue from its last checkpoint, or without --resume to start over'):
         try:
             if resume:
-                if not (base/'checkpoints'/'last.pt').exists():
-                    raise UserError(f"{base/'checkpoints'/'last.pt'} not found: there is nothing to resume; start without --resume")
-                import inspect
-                defaults = {k: p.default for k, p in inspect.signature(run_pretrain).parameters.items()}
-                args = _resolve_args(base, args, defaults, log)
+                args = resume_args(base, args, run_pretrain, log)
                 preset, max_steps, minutes, batch_size, block_size, tokens_per_step, lr = (args[k] for k in
                     ('preset', 'max_steps', 'minutes', 'batch_size', 'block_size', 'tokens_per_step', 'lr'))
             enc, tok_dir = stage_dir(run, 'encode'), stage_dir(run, 'tokenizer')
