@@ -13,8 +13,11 @@ Usage:
     python benchmarks/bench_clean.py                  # the corpus as the collect stage reads it
     python benchmarks/bench_clean.py --run runs/demo  # a run's collect/conversations.jsonl
     python benchmarks/bench_clean.py --spelling       # also time the spelling step
+
+Results are printed and written to benchmarks/results/bench_clean.json (or --out).
 """
-import argparse, json, time
+import argparse, json, os, time
+from pathlib import Path
 
 import ftfy
 
@@ -47,7 +50,9 @@ def main():
     p.add_argument('--run', help='read RUN/collect/conversations.jsonl instead of the embedded corpus')
     p.add_argument('--repeats', type=int, default=3, help='runs of each measurement; the fastest counts')
     p.add_argument('--spelling', action='store_true', help='also time a run with spelling correction on')
+    p.add_argument('--out', default=str(Path(__file__).parent/'results'/'bench_clean.json'), help='where to write the results')
     a = p.parse_args()
+    loadavg = os.getloadavg()[0]  # other processes on the machine slow every number below
 
     convs = load(a.run)
     texts = [t['text'] for c in convs for t in c['turns']]
@@ -64,7 +69,7 @@ def main():
     if a.spelling:
         t_spell, (_, rep_s) = best(lambda: clean_conversations(convs, CleanConfig(spelling=True)), 1)
         rows += [('clean_conversations --spelling', t_spell)]
-        rows += [(f'  step spelling', next(s['seconds'] for s in rep_s['steps'] if s['step'] == 'spelling'))]
+        rows += [('  step spelling', next(s['seconds'] for s in rep_s['steps'] if s['step'] == 'spelling'))]
 
     print(f'\n{"measurement":34} {"seconds":>8} {"x json":>8}')
     for name, t in rows: print(f'{name:34} {t:8.2f} {t / t_json:8.1f}')
@@ -74,6 +79,12 @@ def main():
     print(f'unicode step {unicode:.2f} s against {t_ftfy:.2f} s for ftfy on every turn ({t_ftfy / max(unicode, 1e-9):.1f}x)')
     print(f'whole clean: {t_clean:.1f} s wall-clock, {CPU["clean"]:.1f} s CPU (one process), '
           f'target under 30 s: {"met" if t_clean < 30 else "NOT met"}')
+    res = dict(conversations=len(convs), turns=len(texts), cpus=os.cpu_count(), load_average_at_start=loadavg,
+               seconds={name.strip(): round(t, 3) for name, t in rows}, x_json={name.strip(): round(t / t_json, 2) for name, t in rows},
+               clean_cpu_seconds=round(CPU['clean'], 2), kept=report['out'], train=report['split']['train'], val=report['split']['val'],
+               near_dups_across_split=report['split']['near_dups_across_split'], target_under_30s=t_clean < 30)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=2) + '\n')
 
 
 if __name__ == '__main__': main()

@@ -6,8 +6,10 @@ baseline: `json.load` of chitchat's 40 MB dataset.json (no mapping, no line numb
 items:    `chitchat_items()`: the same parse element by element with line numbers, mapping, checks;
 collect:  `run_collect(source='chitchat')`: items plus writing conversations.jsonl, report and the `datasets.Dataset`.
 Each is the best of 3 runs in this process; the machine is shared, so compare the ratios, not the seconds.
+Results are printed and written to benchmarks/results/collect_speed.json.
 """
-import json, tempfile, time
+import json, os, tempfile, time
+from pathlib import Path
 
 from chatgpt_train.collect import CHITCHAT, chitchat_items, package_file, run_collect
 
@@ -21,10 +23,16 @@ def best(fn, n=3):
 
 if __name__ == '__main__':
     import datasets  # imported up front so its import time is not charged to the first collect run
+    load = os.getloadavg()[0]  # other processes on the machine slow every number below
     path = package_file(*CHITCHAT)
     base = best(lambda: json.load(open(path, encoding='utf-8')))
     items = best(lambda: list(chitchat_items()))
     with tempfile.TemporaryDirectory() as tmp:
         full = best(lambda: run_collect(f'{tmp}/run'))
-    for name, t in [('baseline json.load', base), ('chitchat_items', items), ('run_collect', full)]:
-        print(f'{name:20} {t:6.2f} s   {t / base:5.1f}x baseline')
+    rows = [('baseline json.load', base), ('chitchat_items', items), ('run_collect', full)]
+    for name, t in rows: print(f'{name:20} {t:6.2f} s   {t / base:5.1f}x baseline')
+    out = Path(__file__).parent/'results'/'collect_speed.json'
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(dict(cpus=os.cpu_count(), load_average_at_start=load,
+                                   **{n.split()[-1]: dict(seconds=round(t, 3), x_baseline=round(t / base, 2)) for n, t in rows}),
+                              indent=2) + '\n')
