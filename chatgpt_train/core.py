@@ -238,11 +238,13 @@ def run_lock(
     what:str='',    # What is being written, shown to anyone refused (e.g. "encode/")
 ) -> Iterator[Path]:
     "Hold `run`'s lock while writing to it: a second writer gets a `UserError`; a lock left by a dead process is taken over."
-    import fcntl
+    try: import fcntl
+    except ImportError: fcntl = None  # Windows has no flock: runs there are not guarded
     root = run_path(run)
     root.mkdir(parents=True, exist_ok=True)
     path = (root/LOCK).resolve()
-    if path in _held or not _rank0():
+    if fcntl is None: get_logger().warning(f"no file locking on this system: nothing stops a second writer to {root}")
+    if path in _held or not _rank0() or fcntl is None:
         if path in _held: _held[path][1] += 1
         try: yield root
         finally:
@@ -283,13 +285,17 @@ def writing_stage(
     with run_lock(run, f'{stage}/'):
         folder = stage_dir(run, stage, create=True)
         mark = folder/INCOMPLETE
+        def note(how:str):  # why the folder is unfinished, and what to do
+            if _rank0(): mark.write_text(f"{stage}/ is unfinished: the process that began writing it at {started} {how}; "
+                                         f"{rerun or f'rerun `chatgpt-train {stage} --run {run}`'}\n", encoding='utf-8')
+        started = datetime.datetime.now().isoformat(timespec='seconds')
         if _rank0():
             for t in folder.rglob('.*.tmp'):  # a killed writer's temporary files and folders (see `atomic_path`)
                 shutil.rmtree(t) if t.is_dir() else t.unlink()
-            started = datetime.datetime.now().isoformat(timespec='seconds')
-            mark.write_text(f"{stage}/ is unfinished: the process that began writing it at {started} was interrupted or failed; "
-                            f"{rerun or f'rerun `chatgpt-train {stage} --run {run}`'}\n", encoding='utf-8')
+        note('stopped before it finished')  # what a kill leaves
         _writing.add(folder.resolve())
         try: yield folder
+        except KeyboardInterrupt: note('was interrupted'); raise
+        except Exception as e: note(f"failed ({str(e).splitlines()[0][:300] if str(e) else type(e).__name__})"); raise
         finally: _writing.discard(folder.resolve())
         if _rank0(): mark.unlink(missing_ok=True)
