@@ -18,7 +18,7 @@ from .clean import CleanConfig, clean_conversations
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, ChatTokenizer
 from .encode import pack_sft, pad_collate
 from .model import context_length, load_causal_lm
-from .train import IGNORE_INDEX, TrainConfig, Trainer, _device_for_rank, _hf_quiet, init_distributed, resume_args
+from .train import IGNORE_INDEX, TrainConfig, Trainer, _device_for_rank, _hf_quiet, end_distributed, init_distributed, resume_args
 from .evaluate import ChatFormat, assistant_metrics, sample_replies
 
 # %% auto #0
@@ -419,7 +419,4 @@ def run_finetune(
                 log.info(f"assistant-turn perplexity on {len(val_convs)} held-out conversations: {b['perplexity']:.2f} before, "
                          f"{f['perplexity']:.2f} after; {time.time() - t_start:.0f} s; wrote {sft} and eval/finetune.json")
             return result
-        finally:
-            if world > 1:
-                import torch.distributed as dist
-                if dist.is_initialized(): dist.destroy_process_group()
+        finally: end_distributed()

@@ -23,7 +23,8 @@ from .model import get_preset, make_model
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'lm_loss', 'TrainConfig', 'lr_at', 'make_optimizer', 'as_batch', 'NextTokenBlocks', 'init_distributed',
-           'rng_state', 'set_rng_state', 'NonFiniteLoss', 'Trainer', 'plot_metrics', 'resume_args', 'run_pretrain']
+           'end_distributed', 'rng_state', 'set_rng_state', 'NonFiniteLoss', 'Trainer', 'plot_metrics', 'resume_args',
+           'run_pretrain']
 
 # %% ../nbs/06_train.ipynb #b1560cd6
 IGNORE_INDEX = -100  # labels with this value are not scored (padding, prompts); PyTorch's and Hugging Face's convention
@@ -134,6 +135,11 @@ def init_distributed(
     if world == 1: return 0, 1
     if not dist.is_initialized(): dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return dist.get_rank(), dist.get_world_size()
+
+def end_distributed():
+    "Leave the process group `init_distributed` joined, if any."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 def _device_for_rank(device:str) -> torch.device:
     "The device for this process: under torchrun on GPUs, the one numbered by LOCAL_RANK."
@@ -713,7 +719,4 @@ def run_pretrain(
                 log.info(f"done: {res['step']} steps, loss {res.get('loss', float('nan')):.3f}, held-out {res.get('val_loss', float('nan')):.3f}, "
                          f"{res['elapsed']:.0f} s; wrote {base}")
             return res
-        finally:
-            if world > 1:
-                import torch.distributed as dist
-                if dist.is_initialized(): dist.destroy_process_group()
+        finally: end_distributed()
