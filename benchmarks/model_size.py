@@ -117,13 +117,13 @@ if __name__ == '__main__':
     train, val = encode(*corpus())
     print(f"corpus: {len(train):,} train tokens, {len(val):,} validation tokens ({time.time() - t:.0f} s)", flush=True)
     names = a.presets.split(',')
-    trainers = {n: Trainer(n, train) for n in dict.fromkeys(names + ['tiny'])}
-    for tr in trainers.values(): tr.burst(2)                    # warm up
-    best = {n: float('inf') for n in trainers}
+    by_preset = {n: Trainer(n, train) for n in dict.fromkeys(names + ['tiny'])}  # not `trainers`: that is tokenizers'
+    for tr in by_preset.values(): tr.burst(2)                    # warm up
+    best = {n: float('inf') for n in by_preset}
     for _ in range(3):                                          # interleaved, so contention hits every preset alike
-        for n, tr in trainers.items(): best[n] = min(best[n], tr.burst())
+        for n, tr in by_preset.items(): best[n] = min(best[n], tr.burst())
     for n in names:
-        tr = trainers[n]
+        tr = by_preset[n]
         ratio = best['tiny'] / best[n]
         tr.steps = max(int(a.minutes * 60 * a.tiny_tok_s * ratio / (tr.bs * tr.T)), tr.i + 1)
         print(json.dumps(dict(speed_vs_tiny=round(ratio, 2), **tr.finish(val))), flush=True)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .core import UserError, get_device, get_logger, require, run_path, stage_dir
 from .clean import profanity_scores
-from .model import context_length, load_causal_lm, make_model
+from .model import context_length, hf_quiet, load_causal_lm, make_model
 from .tokenizer import SPECIAL_TOKENS, save_tokenizer, train_bpe
 
 # %% auto #0
@@ -33,16 +33,6 @@ def _corpus_texts() -> list[str]:
             for conv in yaml.safe_load(f.read_text(encoding='utf-8')).get('conversations') or []: texts += map(str, conv)
     return texts
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    "No progress bars from transformers while loading or saving (the terminal chat shows its own messages)."
-    from transformers.utils import logging as hf_logging
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try: yield
-    finally:
-        if was: hf_logging.enable_progress_bar()
-
 def random_chat_model(
     folder:str|Path,          # Where to write the model folder
     preset:str='micro',       # A preset of the model stage
@@ -57,7 +47,7 @@ def random_chat_model(
     ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}  # `train_bpe` gives the special tokens ids 0-4 in this order
     torch.manual_seed(seed)
     model = make_model(preset, vocab_size, bos_token_id=ids['eot'], eos_token_id=ids['end'], pad_token_id=ids['eot'], **overrides)
-    with _quiet_transformers(): model.save_pretrained(folder)
+    with hf_quiet(): model.save_pretrained(folder)  # the terminal chat shows its own messages
     return folder
 
 # %% ../nbs/09_chat.ipynb #215ebfd1
@@ -82,9 +72,8 @@ def load_chat_model(
     folder = require(Path(folder)/'config.json').parent
     if not (folder/'tokenizer_config.json').exists():
         raise UserError(f"{folder} has no tokenizer files: copy them from the run's tokenizer/ folder into it")
-    with _quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = load_causal_lm(folder)  # safetensors only: a pickle in a downloaded folder could run code
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = load_causal_lm(folder)  # safetensors only: a pickle in a downloaded folder could run code
     return model.to(get_device(device)).eval(), tok
 
 # %% ../nbs/09_chat.ipynb #3088b284

@@ -7,7 +7,6 @@ from __future__ import annotations
 import codecs, dataclasses, functools, hashlib, logging, re, reprlib, time, unicodedata, zlib
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Literal
 
 import ftfy

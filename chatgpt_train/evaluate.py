@@ -345,15 +345,9 @@ def load_model_and_format(
 ):
     "The model of `folder` in eval mode on `device`, its `ChatFormat`, and the tokenizer folder used."
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar for a model of a few megabytes
-    try:
-        model = load_causal_lm(folder).to(device).eval()  # safetensors only: a pickle in a downloaded folder could run code
-        has_tok = any((folder/f).exists() for f in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json'))
-        hf = AutoTokenizer.from_pretrained(folder, local_files_only=True) if has_tok else tok.hf
-    finally:
-        if bar: hf_logging.enable_progress_bar()
+    model = load_causal_lm(folder).to(device).eval()  # safetensors only: a pickle in a downloaded folder could run code
+    has_tok = any((folder/f).exists() for f in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json'))
+    hf = AutoTokenizer.from_pretrained(folder, local_files_only=True) if has_tok else tok.hf
     ours = hf is tok.hf or hf.get_vocab() == tok.hf.get_vocab()
     if ours and model.config.vocab_size < len(tok):
         raise UserError(f"{folder} has {model.config.vocab_size} token embeddings, fewer than the {len(tok)} tokens of {tok.folder}")

@@ -17,8 +17,8 @@ from .collect import collect, iter_source
 from .clean import CleanConfig, clean_conversations
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, ChatTokenizer
 from .encode import pack_sft, pad_collate
-from .model import context_length, load_causal_lm
-from .train import IGNORE_INDEX, TrainConfig, Trainer, _device_for_rank, _hf_quiet, end_distributed, init_distributed, resume_args
+from .model import context_length, hf_quiet, load_causal_lm
+from .train import IGNORE_INDEX, TrainConfig, Trainer, _device_for_rank, end_distributed, init_distributed, resume_args
 from .evaluate import ChatFormat, assistant_metrics, sample_replies
 
 # %% auto #0
@@ -105,7 +105,7 @@ def load_model(
     fmt:ChatFormat,      # The chat format its examples use (from `prepare_tokenizer`)
 ) -> tuple:
     "The model of `folder`, with room for every token of `fmt` and generation settings that stop at the end of a turn; and the ids of its new embedding rows."
-    with _hf_quiet(): model = load_causal_lm(folder)  # safetensors only, no code from the folder
+    model = load_causal_lm(folder)  # safetensors only, no code from the folder
     n = model.get_input_embeddings().num_embeddings
     if len(fmt.hf) > n: model.resize_token_embeddings(len(fmt.hf), mean_resizing=True)  # new rows like the old ones, on average
     for cfg in (model.config, model.generation_config):
@@ -235,7 +235,7 @@ def save_merged(
     for f in ADAPTER_FILES:
         if (folder/f).exists(): os.replace(folder/f, lora/f)
     merged = peft_model.merge_and_unload()
-    with tempfile.TemporaryDirectory(dir=folder, prefix='.model-', suffix='.tmp') as tmp, _hf_quiet():
+    with tempfile.TemporaryDirectory(dir=folder, prefix='.model-', suffix='.tmp') as tmp, hf_quiet():
         merged.save_pretrained(tmp, safe_serialization=True)
         for f in Path(tmp).iterdir(): os.replace(f, folder/f.name)
     return merged

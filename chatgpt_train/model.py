@@ -16,9 +16,9 @@ from .core import UserError, autocast_dtype
 
 # %% auto #0
 __all__ = ['PRESETS', 'PICKLE_WEIGHTS', 'DEVICES', 'ModelConfig', 'depth_preset', 'get_preset', 'hf_config', 'make_model',
-           'context_length', 'load_causal_lm', 'count_params', 'matmul_params', 'flops_per_token', 'training_memory',
-           'measure_training_peak', 'kv_cache_bytes', 'training_time', 'model_config', 'model_summary',
-           'recommend_model']
+           'context_length', 'hf_quiet', 'load_causal_lm', 'count_params', 'matmul_params', 'flops_per_token',
+           'training_memory', 'measure_training_peak', 'kv_cache_bytes', 'training_time', 'model_config',
+           'model_summary', 'recommend_model']
 
 # %% ../nbs/05_model.ipynb #468a6cf7
 @dataclass
@@ -158,6 +158,16 @@ def context_length(
     return getattr(c, 'config', c).max_position_embeddings
 
 # %% ../nbs/05_model.ipynb #17e3cc73
+@contextlib.contextmanager
+def hf_quiet():
+    "A block in which `transformers` draws no progress bars of its own (callers show theirs, or need none)."
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        if was: hf_logging.enable_progress_bar()
+
 PICKLE_WEIGHTS = ('*.bin', '*.pt', '*.pth', '*.ckpt', '*.pkl')  # weight files that unpickling could turn into code
 
 def load_causal_lm(
@@ -165,7 +175,8 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     "The model of `folder`, its weights read from safetensors only, never executing code from the folder."
     folder = Path(folder)
-    try: return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, trust_remote_code=False)
+    try:
+        with hf_quiet(): return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         pickles = sorted(p.name for pat in PICKLE_WEIGHTS for p in folder.glob(pat))
         if pickles and not any(folder.glob('*.safetensors')):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .core import (UserError, atomic_path, autocast_dtype, get_device, get_logger, load_args, load_json, require,
                                 run_path, save_args, save_json, set_seed, stage_dir, writing_stage)
 from .encode import BlockSampler, load_tokens
-from .model import get_preset, make_model
+from .model import get_preset, hf_quiet, make_model
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'lm_loss', 'TrainConfig', 'lr_at', 'make_optimizer', 'as_batch', 'NextTokenBlocks', 'init_distributed',
@@ -168,16 +168,6 @@ def set_rng_state(
 # %% ../nbs/06_train.ipynb #06240074
 class NonFiniteLoss(UserError):
     "The loss became NaN or infinite: training stopped and the last good checkpoint was kept."
-
-@contextlib.contextmanager
-def _hf_quiet():
-    "A context in which transformers shows no progress bar of its own (ours is on screen)."
-    from transformers.utils import logging as hf_logging
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try: yield
-    finally:
-        if was: hf_logging.enable_progress_bar()
 
 # %% ../nbs/06_train.ipynb #4446478e
 class Trainer:
@@ -406,7 +396,7 @@ def save_model(self:Trainer, state_dict:dict|None=None):
     state_dict = {k: v for k, v in state_dict.items() if k not in tied}
     if self.rank == 0:
         try:
-            with tempfile.TemporaryDirectory(dir=self.out, prefix='.model-', suffix='.tmp') as tmp, _hf_quiet():
+            with tempfile.TemporaryDirectory(dir=self.out, prefix='.model-', suffix='.tmp') as tmp, hf_quiet():  # ours is the bar on screen
                 self.raw_model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
                 if self.tokenizer_dir is not None:
                     for f in Path(self.tokenizer_dir).iterdir():

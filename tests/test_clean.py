@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from chatgpt_train import clean
 from chatgpt_train.clean import CleanConfig, clean_conversations, fix_unicode, load_clean, profanity_scores, split_of
 from chatgpt_train.cli import main
-from chatgpt_train.core import UserError, load_json, read_jsonl, write_jsonl
+from chatgpt_train.core import UserError, load_json, read_jsonl
 
 
 def conv(id, *texts, **kw):

@@ -34,13 +34,7 @@ def make_conversations(n=360, seed=0):
     return convs
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "One torch thread: on 2 cores shared with other work, two threads made these small models' forward passes 30x slower."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # two threads made these small models' forward passes 30x slower here
 
 
 def run_cli(*argv):

@@ -36,7 +36,7 @@ def chats(n=160, seed=0) -> list[dict]:
 
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory) -> Path:
-    "A run folder with a `micro` base pretrained for a few steps on synthetic chit-chat; tests copy it."
+    "A run folder with a `micro` base pretrained for a few steps on synthetic chit-chat; tests get copies through `run`."
     run = tmp_path_factory.mktemp('toy')/'run'
     g = random.Random(1)
     words = 'hello how are you today fine thanks what do like music films the weather is nice cold I we they name'.split()
@@ -49,14 +49,6 @@ def toy(tmp_path_factory) -> Path:
     run_pretrain(str(run), preset='micro', max_steps=8, block_size=64, batch_size=8, tokens_per_step=512, precision='fp32')
     write_jsonl(chats(), run.parent/'tock.jsonl')
     return run
-
-
-@pytest.fixture
-def run(toy, tmp_path) -> Path:
-    "A fresh copy of the toy run (base/ only, no sft/)."
-    dst = tmp_path/'run'
-    shutil.copytree(toy, dst)
-    return dst
 
 
 def chat_reply(folder: Path, text: str, n=12) -> tuple[str, list[int], object]:

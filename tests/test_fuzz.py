@@ -18,7 +18,7 @@ it must not crash, and its report must account for every conversation and turn, 
 
 `EXAMPLES` is how many files hypothesis generates per format in one run; `FIXED_FILES` the fixed cases on top.
 """
-import csv, io, json, random, tempfile
+import csv, io, json, tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -85,6 +85,12 @@ def check_plain(result, n_records, valid):
     for i, turns in valid.items():
         assert i in by_id, (i, [q for q in quarantine if i in q['raw']][:1])
         if turns is not None: assert by_id[i]['turns'] == turns, (by_id[i]['turns'], turns)
+
+
+def check_texts_kept(kept, valid):
+    "Every conversation of `valid` (lists of turn texts, ids unknown) is among `kept`, as often as it was written."
+    got = Counter(tuple(t['text'] for t in c['turns']) for c in kept)
+    assert not Counter(tuple(v) for v in valid) - got
 
 
 def clean_check(kept, run: Path):
@@ -253,7 +259,7 @@ def test_jsonl(f):
 def test_json_array(data):
     "An array of valid and broken records; truncated, what ends before the cut is kept and the rest is one bad record."
     n = data.draw(st.integers(0, 10))
-    parts, valid, ends = [], {}, []
+    parts, valid = [], {}
     for i in range(n):
         if data.draw(st.booleans()):
             rec, turns = data.draw(valid_record(i))
@@ -351,7 +357,7 @@ def test_threads(data):
             if j.decode('utf-8', 'surrogateescape').strip(): lines.append(j.decode('utf-8', 'surrogateescape')); n += 1
         elif kind == 'chain':  # a reply chain nested deeper than Python's recursion limit
             depth = data.draw(st.integers(1000, 2500))
-            base = len(ids); ids.extend(f'd{i}-{k}' for k in range(depth))
+            ids.extend(f'd{i}-{k}' for k in range(depth))
             lines.append(''.join(f'{{"id": "d{i}-{k}", "author": "{"ab"[k % 2]}", "text": "t{k}", "children": [' for k in range(depth))
                          + ']}' * depth)
     n += len(ids)
@@ -465,8 +471,7 @@ def test_yaml(data):
         if cut is None:
             kept, _, report = result
             assert report['read'] == len(convs) and report['kept'] == len(kept)
-            got = Counter(tuple(t['text'] for t in c['turns']) for c in kept)
-            assert not Counter(tuple(v) for v in valid) - got
+            check_texts_kept(kept, valid)
 
 
 # --------------------------------------------------------------------------------------------------------------- text
@@ -498,8 +503,7 @@ def test_txt(data):
         path = Path(d)/'script.txt'; path.write_bytes(raw)
         kept, _, report = result = collect_file(path, Path(d)/'run')
         check_plain(result, n, {})
-        got = Counter(tuple(t['text'] for t in c['turns']) for c in kept)
-        assert not Counter(tuple(v) for v in valid) - got
+        check_texts_kept(kept, valid)
 
 
 # ------------------------------------------------------------------------------------------------------------ Parquet

@@ -10,7 +10,7 @@ import torch
 import chatgpt_train.train as train_mod
 from chatgpt_train.cli import main
 from chatgpt_train.core import INCOMPLETE, LOCK, write_jsonl
-from test_train import BIN, ENV, FAST, make_run, metrics, weights
+from toy_run import BIN, ENV, FAST, checkpoint_step, cli, metrics, weights
 
 KILLS = 3  # SIGKILLs survived by one pretraining run (the README's reliability section quotes it)
 SEED = int(os.environ.get('RELIABILITY_SEED', time.time_ns() % 10_000))  # the kill moments; rerun a failure with this seed
@@ -65,11 +65,6 @@ def driver(tmp_path_factory) -> Path:
     return p
 
 
-@pytest.fixture(scope='module')
-def toy(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp('toy'))
-
-
 def start(*args, log: Path, driver=None, fault=()) -> subprocess.Popen:
     "Start a command in the background, its stderr going to `log` (a pipe could fill up and stall it)."
     cmd = [sys.executable, str(driver), *fault, *args] if driver else [str(BIN/'chatgpt-train'), *args]
@@ -93,14 +88,6 @@ def kill(proc, sig=signal.SIGKILL) -> str:
     return proc.log.read_text()
 
 
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN/'chatgpt-train'), *args], env=ENV, capture_output=True, text=True, timeout=300)
-
-
-def step_of(path: Path) -> int:
-    return torch.load(path, weights_only=True, map_location='cpu')['step']
-
-
 def test_three_kills_one_mid_checkpoint_resume_to_identical_weights(toy, tmp_path, driver):
     "SIGKILL at three random moments (one while a checkpoint is half written); each resume continues; the end is bit-identical."
     rng = random.Random(SEED)
@@ -109,7 +96,7 @@ def test_three_kills_one_mid_checkpoint_resume_to_identical_weights(toy, tmp_pat
     shutil.copytree(toy, whole); shutil.copytree(toy, parts)
     args = [*FAST, '--max-steps', '150', '--save-every', '5', '--eval-every', '50', '--log-every', '5']
     ck = parts/'base'/'checkpoints'/'last.pt'
-    has_ckpt = lambda after: ck.exists() and step_of(ck) >= after
+    has_ckpt = lambda after: ck.exists() and checkpoint_step(parts) >= after
 
     # 1: at a random checkpoint past the start; meanwhile a second writer is refused
     first = rng.randrange(10, 40, 5)
@@ -118,7 +105,7 @@ def test_three_kills_one_mid_checkpoint_resume_to_identical_weights(toy, tmp_pat
     second = cli('encode', '--run', str(parts))
     assert second.returncode == 2 and f'is in use by process {p.pid}' in second.stderr and 'writing base/' in second.stderr, second.stderr
     kill(p)
-    kills = [step_of(ck)]
+    kills = [checkpoint_step(parts)]
 
     # 2: in the middle of writing a checkpoint: half the bytes are on disk under a temporary name
     flag = tmp_path/'in_save'
@@ -129,7 +116,7 @@ def test_three_kills_one_mid_checkpoint_resume_to_identical_weights(toy, tmp_pat
     assert 'took over the lock' in err and 'which has ended' in err, err
     half = list((parts/'base'/'checkpoints').glob('.*.tmp'))
     assert len(half) == 1 and half[0].stat().st_size > 0  # the torn write is there, under its temporary name only
-    kills.append(step_of(ck))  # and last.pt is the previous checkpoint, whole
+    kills.append(checkpoint_step(parts))  # and last.pt is the previous checkpoint, whole
     assert kills[1] > kills[0]
 
     # 3: at a random moment between two checkpoints
@@ -137,7 +124,7 @@ def test_three_kills_one_mid_checkpoint_resume_to_identical_weights(toy, tmp_pat
     wait_for(lambda: has_ckpt(kills[1] + 5), p, 'a new checkpoint')
     time.sleep(rng.uniform(0, 0.3))
     kill(p)
-    kills.append(step_of(ck))
+    kills.append(checkpoint_step(parts))
     assert (parts/'base'/INCOMPLETE).exists() and (parts/LOCK).exists()  # what a killed run leaves: a mark, and a lock nobody holds
 
     refused = cli('evaluate', '--run', str(parts))
@@ -157,13 +144,6 @@ def test_three_kills_one_mid_checkpoint_resume_to_identical_weights(toy, tmp_pat
     assert len(kills) == KILLS
 
 
-@pytest.fixture
-def run(toy, tmp_path) -> Path:
-    dst = tmp_path/'run'
-    shutil.copytree(toy, dst)
-    return dst
-
-
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(run, monkeypatch, capsys):
     real, calls = torch.save, [0]
     def full_disk(obj, f, *a, **k):
@@ -177,11 +157,11 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(run, monkeypatch, 
     assert 'cannot write the checkpoint after step 6 (No space left on device)' in err, err
     assert 'after step 4) is intact' in err and 'then resume' in err
     ck = run/'base'/'checkpoints'
-    assert step_of(ck/'last.pt') == 4 and [p.name for p in ck.iterdir()] == ['last.pt']  # loadable, no torn file beside it
+    assert checkpoint_step(run) == 4 and [p.name for p in ck.iterdir()] == ['last.pt']  # loadable, no torn file beside it
     assert (run/'base'/INCOMPLETE).exists() and not (run/LOCK).exists()
     monkeypatch.setattr(torch, 'save', real)  # space freed
     assert main(['pretrain', '--run', str(run), '--resume']) == 0
-    assert step_of(ck/'last.pt') == 8 and not (run/'base'/INCOMPLETE).exists()
+    assert checkpoint_step(run) == 8 and not (run/'base'/INCOMPLETE).exists()
 
 
 def test_non_finite_loss_mid_run_keeps_the_last_good_checkpoint(run, monkeypatch, capsys):
@@ -195,10 +175,10 @@ def test_non_finite_loss_mid_run_keeps_the_last_good_checkpoint(run, monkeypatch
     assert main(['pretrain', '--run', str(run), *FAST, '--max-steps', '10', '--save-every', '3', '--eval-every', '100']) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert 'the loss became nan at step 7 of 10' in err and 'after step 6, is kept' in err and 'resume' in err, err
-    assert step_of(run/'base'/'checkpoints'/'last.pt') == 6
+    assert checkpoint_step(run) == 6
     monkeypatch.setattr(train_mod, 'lm_loss', real)
     assert main(['pretrain', '--run', str(run), '--resume']) == 0
-    assert step_of(run/'base'/'checkpoints'/'last.pt') == 10
+    assert checkpoint_step(run) == 10
 
 
 class Planted:

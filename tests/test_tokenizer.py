@@ -1,7 +1,6 @@
 "Tokenizer stage: the command line end to end, offline loading in transformers, round trips, and bad input."
 import contextlib, io, json, os, random, subprocess, sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st

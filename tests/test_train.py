@@ -1,76 +1,18 @@
 "The pretrain stage from the command line: torchrun (DDP, FSDP) against one process, accumulation, bad input, non-finite loss (kills: test_reliability)."
-import json, os, random, shutil, subprocess, sys
+import shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from chatgpt_train.cli import main
-from chatgpt_train.core import UserError, load_json, stage_dir, write_jsonl
-from chatgpt_train.encode import BlockSampler, load_tokens, run_encode
+from chatgpt_train.core import UserError, load_json
+from chatgpt_train.encode import BlockSampler, load_tokens
 from chatgpt_train.model import make_model
-from chatgpt_train.tokenizer import run_tokenizer
 from chatgpt_train.train import NextTokenBlocks, TrainConfig, Trainer, lm_loss
+from toy_run import BIN, ENV, FAST, checkpoint_step, cli, metrics, weights
 
-BIN = Path(sys.executable).parent
-# A tiny model on short blocks: steps take milliseconds, so the test's time goes to starting processes.
-FAST = ['--preset', 'micro', '--block-size', '32', '--batch-size', '4', '--tokens-per-step', '128', '--precision', 'fp32',
-        '--eval-batches', '2']
-# One thread a process: bit-for-bit repeatable, and fair to the other work on a small shared machine.
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'CHATGPT_TRAIN_HOME': ''}
-
-
-def make_run(folder: Path, n=300, seed=0) -> Path:
-    "A run folder with clean/, tokenizer/ and encode/ from `n` synthetic conversations."
-    g = random.Random(seed)
-    words = 'hello how are you today fine thanks what do like music films the weather is nice cold I we they'.split()
-    say = lambda: ' '.join(g.choice(words) for _ in range(g.randint(3, 12))).capitalize() + g.choice('.?!')
-    convs = [dict(id=f'c{i}', source='toy', split='val' if i % 10 == 0 else 'train',
-                  turns=[dict(role=r, text=say()) for r in ('user', 'assistant') * g.randint(1, 3)]) for i in range(n)]
-    write_jsonl(convs, stage_dir(folder, 'clean', create=True)/'conversations.jsonl')
-    run_tokenizer(str(folder), vocab_size=300)
-    run_encode(str(folder))
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    "The in-process tests train tiny models too: one thread, restored afterwards."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='module')
-def toy(tmp_path_factory) -> Path:
-    "A prepared run folder; tests copy it, never write into it."
-    return make_run(tmp_path_factory.mktemp('toy'))
-
-
-@pytest.fixture
-def run(toy, tmp_path) -> Path:
-    "A fresh copy of the toy run with no base/."
-    dst = tmp_path/'run'
-    shutil.copytree(toy, dst)
-    return dst
-
-
-def weights(run: Path) -> dict:
-    return load_file(run/'base'/'model.safetensors')
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(l) for l in (run/'base'/'metrics.jsonl').read_text().splitlines()]
-
-
-def ckpt_step(run: Path) -> int:
-    return torch.load(run/'base'/'checkpoints'/'last.pt', weights_only=True, map_location='cpu')['step']
-
-
-def cli(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN/'chatgpt-train'), *args], env=ENV, capture_output=True, text=True, timeout=300, **kw)
+pytestmark = pytest.mark.usefixtures('one_thread')  # the in-process tests train tiny models too
 
 
 def test_cli_writes_a_model_folder(run, capsys):
@@ -119,7 +61,7 @@ def test_torchrun_matches_one_process(toy, tmp_path):
         for r1, r2 in zip(m1, m2):
             for key in ('loss', 'val_loss'):
                 if key in r1: assert r2[key] == pytest.approx(r1[key], abs=1e-4)
-        assert ckpt_step(runs[k]) == 4
+        assert checkpoint_step(runs[k]) == 4
 
 
 def test_accumulation_matches_a_bigger_batch(toy, tmp_path):
@@ -149,7 +91,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(run):
     assert r.returncode == 2
     assert 'the loss became nan at step 2 of 10' in r.stderr and 'after step 1, is kept' in r.stderr
     assert 'Traceback' not in r.stderr
-    assert ckpt_step(run) == 1
+    assert checkpoint_step(run) == 1
 
 
 def test_out_of_memory_suggests_a_smaller_batch(run, tmp_path):
