@@ -27,7 +27,7 @@ from chatgpt_train.core import read_jsonl, stage_dir
 
 def load(run):
     if run: return list(read_jsonl(stage_dir(run, 'collect')/'conversations.jsonl'))
-    from chatgpt_train.collect import chitchat_items
+    from chatgpt_train.readers import chitchat_items
     return [it.conversation for it in chitchat_items()]
 
 

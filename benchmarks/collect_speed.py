@@ -11,7 +11,8 @@ Results are printed and written to benchmarks/results/collect_speed.json.
 import json, os, tempfile, time
 from pathlib import Path
 
-from chatgpt_train.collect import CHITCHAT, chitchat_items, package_file, run_collect
+from chatgpt_train.collect import run_collect
+from chatgpt_train.readers import CHITCHAT, chitchat_items, package_file
 
 
 def best(fn, n=3):

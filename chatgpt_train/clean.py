@@ -12,15 +12,15 @@ from typing import Callable, Iterable, Literal
 import ftfy
 from datasketch import MinHash, MinHashLSH
 
-from .core import UserError, stage_dir, require, save_json, write_jsonl, read_jsonl, save_args, get_logger, writing_stage
-from .collect import _too_deep
+from .core import UserError, run_file, save_json, write_jsonl, read_jsonl, save_args, get_logger, writing_stage
+from .collect import too_deep
 
 # %% auto #0
 __all__ = ['ZERO_WIDTH', 'PLACEHOLDERS', 'UNICODE_CATEGORIES', 'CHAT_WORDS', 'BLOCKLIST', 'ROLES', 'MAX_DEPTH', 'tidy_whitespace',
            'fix_unicode', 'lowercase', 'mask_personal', 'remove_unwanted', 'load_symspell', 'word_counts', 'SpellFixer',
            'blocklisted', 'profanity_classifier', 'profanity_scores', 'compression_ratio', 'turn_problem', 'dedup_key',
            'shingles', 'jaccard', 'NearDupIndex', 'split_of', 'split_conversations', 'decode_text', 'StepLog',
-           'CleanConfig', 'conversation_problem', 'clean_conversations', 'run_clean', 'load_clean']
+           'CleanConfig', 'conversation_problem', 'clean_conversations', 'run_clean']
 
 # %% ../nbs/02_clean.ipynb #255f51bb
 # zero-width space, word joiner, byte-order mark, soft hyphen, Mongolian vowel separator; the joiners U+200C/D stay
@@ -360,7 +360,7 @@ class StepLog:
     def drop(self, conv, reason:str, detail:str='') -> None:
         "Record that conversation `conv` is removed (returns None, so a step can `return log.drop(...)`)."
         cid, shown = conv.get('id') if isinstance(conv, dict) else None, conv
-        if _too_deep(conv, MAX_DEPTH):  # logged as a note: copying it would recurse past the stack
+        if too_deep(conv, MAX_DEPTH):  # logged as a note: copying it would recurse past the stack
             shown, cid = f'<{type(conv).__name__} nested deeper than {MAX_DEPTH} levels>', cid if isinstance(cid, str) else None
         self.removed.append(_fix_strings(dict(step=self.name, reason=reason, detail=detail, id=cid, conversation=shown)))
         self.stats['removed'] += 1
@@ -468,7 +468,7 @@ def conversation_problem(
 ) -> tuple[str, str]|None:
     "Why `c` is not a conversation, as (reason, detail), or None if it is one."
     if not isinstance(c, dict): return 'not a conversation', f'a {type(c).__name__}, not an object'
-    if _too_deep(c, MAX_DEPTH): return 'too deep', f'lists and objects nested more than {MAX_DEPTH} levels deep'
+    if too_deep(c, MAX_DEPTH): return 'too deep', f'lists and objects nested more than {MAX_DEPTH} levels deep'
     if not isinstance(c.get('id'), str) or not c['id']: return 'bad id', f"id is {reprlib.repr(c.get('id'))}, not a non-empty string"
     if not isinstance(c.get('turns'), list): return 'bad turns', f"turns is {type(c.get('turns')).__name__}, not a list"
     for i, t in enumerate(c['turns']):
@@ -621,7 +621,7 @@ def run_clean(
 ) -> dict:
     "Clean a run's collected conversations into clean/: the kept ones with their split, the removed ones, a report."
     args = dict(locals())
-    src = require(stage_dir(run, 'collect')/'conversations.jsonl', f'chatgpt-train collect --run {run}')
+    src = run_file(run, 'collect/conversations.jsonl')
     cfg = CleanConfig(**{k: v for k, v in args.items() if k != 'run'})
     with writing_stage(run, 'clean') as out:
         log = get_logger('clean', out)
@@ -635,12 +635,3 @@ def run_clean(
         log.info('wrote %s: %d conversations (%d train, %d val), %d removed records', out, report['out'],
                  report['split']['train'], report['split']['val'], len(removed))
         return report
-
-def load_clean(
-    run:str,                                   # The run folder
-    split:Literal['train', 'val']|None=None,   # One split, or None for all
-) -> list[dict]:
-    "The cleaned conversations of `run` (of one split if given), as written by `run_clean`."
-    if split not in (None, 'train', 'val'): raise UserError(f"split must be train or val, not {split!r}")
-    path = require(stage_dir(run, 'clean')/'conversations.jsonl', f'chatgpt-train clean --run {run}')
-    return [c for c in read_jsonl(path) if split is None or c['split'] == split]

@@ -4,44 +4,25 @@
 
 # %% ../nbs/10_cli.ipynb #82c47580
 from __future__ import annotations
-import argparse, datetime, html, importlib, importlib.util, inspect, json, math, shutil, sys, time, types, typing
+import argparse, importlib, importlib.util, inspect, json, math, shutil, sys, time, types, typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 from fastcore.docments import docments
 
-from .core import INCOMPLETE, UserError, atomic_path, get_logger, load_args, load_json, run_lock, run_path, save_json
+from .core import (INCOMPLETE, STAGES, Stage, UserError, get_logger, load_args, load_json, run_lock, run_path,
+                                save_json, stage)
 
 # %% auto #0
-__all__ = ['COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'PRETRAIN_EVAL_BATCHES', 'PIPELINE_FILE', 'CHAT_PROMPTS',
-           'available_commands', 'StageParser', 'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps',
-           'step_state', 'sample_chat', 'summary_lines', 'run_all', 'md_table', 'write_report']
+__all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'PRETRAIN_EVAL_BATCHES', 'available_commands',
+           'StageParser', 'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps', 'step_state',
+           'sample_chat', 'run_all']
 
 # %% ../nbs/10_cli.ipynb #c67544b5
-COMMANDS = {  # subcommand: (module in chatgpt_train, function)
-    'collect':   ('collect', 'run_collect'),
-    'clean':     ('clean', 'run_clean'),
-    'tokenizer': ('tokenizer', 'run_tokenizer'),
-    'encode':    ('encode', 'run_encode'),
-    'pretrain':  ('train', 'run_pretrain'),
-    'evaluate':  ('evaluate', 'run_evaluate'),
-    'finetune':  ('finetune', 'run_finetune'),
-    'chat':      ('chat', 'run_chat'),
-    'run':       ('cli', 'run_all'),
-}
-
-ABOUT = {  # subcommand: what it does, for the list `chatgpt-train --help` prints without importing any stage
-    'collect':   'read conversations (the embedded corpus, your files, a Hugging Face dataset) into RUN/collect/',
-    'clean':     'repair, filter, deduplicate and split them into RUN/clean/',
-    'tokenizer': 'train the byte-level BPE tokenizer with its chat template into RUN/tokenizer/',
-    'encode':    'turn the conversations into token files in RUN/encode/',
-    'pretrain':  'train a GPT from a preset on the tokens into RUN/base/',
-    'evaluate':  'perplexity and bits per byte beside baselines, and sample replies, into RUN/eval/',
-    'finetune':  "fine-tune a model for chat, the loss on the assistant's replies, into RUN/sft/",
-    'chat':      'talk to a model in the terminal',
-    'run':       'all of the above, from nothing to a chat model and RUN/report.md',
-}
+RUN_ABOUT = 'all of the above, from nothing to a chat model and RUN/report.md'
+COMMANDS = {**{s.name: (s.module, s.func) for s in STAGES}, 'run': ('cli', 'run_all')}  # subcommand: (module, function)
+ABOUT = {**{s.name: s.about for s in STAGES}, 'run': RUN_ABOUT}  # what each does, listed by `--help` without importing a stage
 
 def available_commands() -> list[str]:
     "The subcommands whose module is part of this installation."
@@ -137,21 +118,28 @@ PRETRAIN_EVAL_BATCHES = 8  # held-out batches per evaluation during pretraining:
 
 @dataclass
 class Step:
-    "One step of the end-to-end run: the stage function it calls, its arguments, and what it leaves behind."
-    name:str             # Shown in the summary, e.g. "evaluate base"
-    module:str           # The module of chatgpt_train that has the function
-    func:str             # The stage function, e.g. "run_collect"
-    kwargs:dict          # Its arguments, all but `run`
-    folder:str           # The stage folder it writes (one of `core.STAGE_DIRS`)
-    output:str           # The file, relative to the run folder, that holds its result
-    deps:tuple=()        # The steps whose output it reads
-    resumable:bool=False # It can continue from `folder/checkpoints/last.pt`
-    also:tuple=()        # Files outside its folder that it writes too (removed with the folder on a fresh start)
+    "One step of the end-to-end run: a stage of `core.STAGES` with its arguments; what it writes comes from the stage."
+    name:str        # Shown in the summary, e.g. "evaluate base"
+    stage:str       # The stage it runs, e.g. "evaluate"
+    kwargs:dict     # The stage's arguments, all but `run`
+    deps:tuple=()   # The steps whose output it reads
 
     @property
-    def owns_folder(self) -> bool:
-        "Whether the folder is the step's alone (eval/ is shared by the two evaluations)."
-        return self.folder != 'eval'
+    def of(self) -> Stage: return stage(self.stage)
+    @property
+    def module(self) -> str: return self.of.module
+    @property
+    def func(self) -> str: return self.of.func
+    @property
+    def folder(self) -> str: return self.of.folder
+    @property
+    def output(self) -> str:
+        "The file, relative to the run folder, that holds its result."
+        return self.of.done.format(**self.kwargs)
+    @property
+    def writes(self) -> list[str]:
+        "What it writes, relative to the run folder."
+        return [w.format(**self.kwargs) for w in self.of.writes]
 
 def pipeline_steps(
     args:dict, # The arguments of `run_all`
@@ -160,26 +148,20 @@ def pipeline_steps(
     a, m = args, args['minutes']
     ev = dict(max_tokens=a['eval_tokens'], device=a['device'])
     return [
-        Step('collect', 'collect', 'run_collect', dict(source=a['source'], limit=a['limit']), 'collect', 'collect/conversations.jsonl'),
-        Step('clean', 'clean', 'run_clean', dict(seed=a['seed']), 'clean', 'clean/conversations.jsonl', ('collect',)),
-        Step('tokenizer', 'tokenizer', 'run_tokenizer', dict(vocab_size=a['vocab_size']), 'tokenizer', 'tokenizer/tokenizer.json', ('clean',)),
-        Step('encode', 'encode', 'run_encode', {}, 'encode', 'encode/meta.json', ('clean', 'tokenizer')),
-        Step('pretrain', 'train', 'run_pretrain',
-             dict(preset=a['preset'], max_steps=a['max_steps'], minutes=None if a['max_steps'] else round(PRETRAIN_SHARE * m, 2),
-                  batch_size=a['batch_size'],
-                  eval_batches=PRETRAIN_EVAL_BATCHES, device=a['device'], seed=a['seed']),
-             'base', 'base/model.safetensors', ('encode',), resumable=True),
-        Step('evaluate base', 'evaluate', 'run_evaluate', dict(model='base', **ev), 'eval', 'eval/base.json', ('pretrain',)),
-        Step('finetune', 'finetune', 'run_finetune',
-             dict(from_='base', data=a['sft_data'], lora=a['lora'], max_steps=a['sft_steps'], minutes=0, device=a['device'],
-                  seed=a['seed']), 'sft', 'sft/model.safetensors', ('pretrain',), resumable=True,
-             also=('eval/finetune.json',)),
-        Step('evaluate sft', 'evaluate', 'run_evaluate', dict(model='sft', **ev), 'eval', 'eval/sft.json', ('finetune',)),
+        Step('collect', 'collect', dict(source=a['source'], limit=a['limit'])),
+        Step('clean', 'clean', dict(seed=a['seed']), ('collect',)),
+        Step('tokenizer', 'tokenizer', dict(vocab_size=a['vocab_size']), ('clean',)),
+        Step('encode', 'encode', {}, ('clean', 'tokenizer')),
+        Step('pretrain', 'pretrain', dict(preset=a['preset'], max_steps=a['max_steps'], minutes=None if a['max_steps'] else round(PRETRAIN_SHARE * m, 2),
+                                          batch_size=a['batch_size'], eval_batches=PRETRAIN_EVAL_BATCHES, device=a['device'], seed=a['seed']),
+             ('encode',)),
+        Step('evaluate base', 'evaluate', dict(model='base', **ev), ('pretrain',)),
+        Step('finetune', 'finetune', dict(from_='base', data=a['sft_data'], lora=a['lora'], max_steps=a['sft_steps'], minutes=0,
+                                          device=a['device'], seed=a['seed']), ('pretrain',)),
+        Step('evaluate sft', 'evaluate', dict(model='sft', **ev), ('finetune',)),
     ]
 
 # %% ../nbs/10_cli.ipynb #122a55e1
-PIPELINE_FILE = 'pipeline.json'  # in the run folder: what each step of `run_all` ran with and when it finished
-
 def _norm(d:dict) -> dict:
     "`d` as it reads back from JSON."
     return json.loads(json.dumps(d, default=str))
@@ -197,63 +179,48 @@ def step_state(
 ) -> Literal['done', 'resume', 'run']:
     "'done' if `step`'s result is there and up to date, 'resume' if it stopped at a checkpoint it can continue from, else 'run'."
     root, st = run_path(run), stamps.get(step.name)
-    folder = root/step.folder
+    folder, out = root/step.folder, root/step.output
     dep_times = [stamps.get(d, {}).get('finished', math.inf) for d in step.deps]
-    if (st is not None and st['args'] == _norm(step.kwargs) and (root/step.output).exists()
-        and all(t <= st['finished'] for t in dep_times) and (not step.owns_folder or _same_args(folder, step.kwargs))
-        and not (folder/INCOMPLETE).exists()):  # a later stand-alone run of the stage may have been interrupted
+    if (st is not None and st['args'] == _norm(step.kwargs) and out.exists() and out.stat().st_mtime <= st['finished']
+        and all(t <= st['finished'] for t in dep_times) and not (folder/INCOMPLETE).exists()):
         return 'done'
-    if (step.resumable and (folder/'checkpoints'/'last.pt').exists() and _same_args(folder, step.kwargs)
+    if (step.of.resumable and (folder/'checkpoints'/'last.pt').exists() and _same_args(folder, step.kwargs)
         and all(t <= (folder/'args.json').stat().st_mtime for t in dep_times)):
         return 'resume'
     return 'run'
 
 # %% ../nbs/10_cli.ipynb #c3c3c808
-CHAT_PROMPTS = ["Hi! How are you today?", "What do you like to do for fun?", "What is your name?", "Do you have any pets?",
-                "What kind of music do you like?"]
-
 def sample_chat(
-    folder:str|Path,     # A model folder with its tokenizer
-    n:int=3,             # Messages to send, the first `n` of `CHAT_PROMPTS`
+    run:str|Path,        # The run folder: its newest model
+    n:int=3,             # Messages to send, the first `n` of the generate stage's `PROMPTS`
     seed:int=42,         # Seed of the sampler
     device:str='auto',   # auto, cpu, cuda, cuda:1 or mps
 ) -> list[tuple[str, str]]:
-    "A short conversation with the model in `folder`: (message, reply) pairs."
-    from chatgpt_train.chat import ChatSession, SamplingConfig, load_chat_model
-    model, tok = load_chat_model(folder, device)
-    session = ChatSession(model, tok, sampling=SamplingConfig(max_new_tokens=48), seed=seed)
-    return [(p, session.send(p)) for p in CHAT_PROMPTS[:n]]
+    "A short conversation with the run's newest model: (message, reply) pairs."
+    from chatgpt_train.chat import ChatSession
+    from chatgpt_train.generate import PROMPTS, SamplingConfig
+    from chatgpt_train.model import load_model
+    lm = load_model(run, None, device)
+    session = ChatSession(lm.model, lm.fmt, sampling=SamplingConfig(max_new_tokens=48), seed=seed)
+    return [(p, session.send(p)) for p in PROMPTS[:n]]
 
 # %% ../nbs/10_cli.ipynb #ae3d94f4
 def _clear(step:Step, root:Path):
-    "Remove what an earlier, different or unfinished run of `step` left, so that nothing stale survives a fresh start."
-    if step.owns_folder: shutil.rmtree(root/step.folder, ignore_errors=True)
-    else: (root/step.output).unlink(missing_ok=True)
-    for f in step.also: (root/f).unlink(missing_ok=True)
+    "Remove what an earlier run of `step` wrote."
+    for w in step.writes:
+        if w.endswith('/'): shutil.rmtree(root/w, ignore_errors=True)
+        else: (root/w).unlink(missing_ok=True)
 
-def _eval_line(name:str, r:dict) -> str:
-    return f"  {name:<15}{r['perplexity']:>10,.2f}{r['bits_per_byte']:>10.3f}"
-
-def summary_lines(
-    run:str|Path,  # The run folder
-    states:dict,   # Step name: what `run_all` did with it ("ran", "resumed", "skipped")
-) -> list[str]:
-    "The summary `run_all` prints: what each step did and took, and the held-out numbers beside the baselines."
-    root = run_path(run)
-    stamps = load_json(root/PIPELINE_FILE)
-    lines = [f"  {'step':<15}{'status':<9}{'minutes':>8}"]
-    for name, state in states.items():
-        s = stamps.get(name, {})
-        lines.append(f"  {name:<15}{state:<9}{s.get('seconds', 0) / 60:>8.1f}" + ('' if state != 'skipped' else '  (up to date)'))
-    ev = {k: load_json(p) for k in ('base', 'sft') if (p := root/'eval'/f'{k}.json').exists()}
-    ev = {k: v for k, v in ev.items() if 'held_out' in v}
-    if ev:
-        first = next(iter(ev.values()))
-        lines.append(f"held-out conversations, {first['data']['tokens']:,} tokens:")
-        lines.append(f"  {'model':<15}{'perplexity':>10}{'bits/byte':>10}")
-        lines += [_eval_line(k, v['held_out']) for k, v in ev.items()]
-        lines += [_eval_line(k, v) for k, v in first['baselines'].items() if k != 'uniform']
-    return lines
+def _take(step:Step, state:str, run:str, stamps:dict, path:Path) -> str:
+    "Run `step` (or resume it), recording in `pipeline.json` what it ran with and when it finished; what was done with it."
+    stamps.pop(step.name, None); save_json(stamps, path)
+    if state == 'run': _clear(step, run_path(run))
+    func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
+    t0 = time.time()
+    func(run=str(run), **step.kwargs, **({'resume': True} if state == 'resume' else {}))
+    stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1), resumed=state == 'resume')
+    save_json(stamps, path)
+    return 'resumed' if state == 'resume' else 'ran'
 
 def run_all(
     run:str,                   # The run folder (or a name under $CHATGPT_TRAIN_HOME): every stage writes its folder in it
@@ -275,203 +242,26 @@ def run_all(
 ) -> dict:
     "Run every stage, from the embedded corpus to a fine-tuned chat model, skipping what is done; write report.md, print a summary."
     args = {k: v for k, v in locals().items() if k not in ('run', 'chats', 'force')}
-    if not minutes > 0: raise UserError(f"--minutes must be positive, not {minutes}")
-    if not 0 <= chats <= len(CHAT_PROMPTS): raise UserError(f"--chats must be between 0 and {len(CHAT_PROMPTS)}, not {chats}")
+    from chatgpt_train.generate import PROMPTS
     from chatgpt_train.model import get_preset
+    from chatgpt_train.report import PIPELINE_FILE, summary_lines, write_report
+    if not minutes > 0: raise UserError(f"--minutes must be positive, not {minutes}")
+    if not 0 <= chats <= len(PROMPTS): raise UserError(f"--chats must be between 0 and {len(PROMPTS)}, not {chats}")
     get_preset(preset)  # an unknown preset fails now, not after minutes of data preparation
     with run_lock(run, 'the whole pipeline (chatgpt-train run)'):
         root = run_path(run)
-        root.mkdir(parents=True, exist_ok=True)
-        log = get_logger('run', root)
-        stamps_path = root/PIPELINE_FILE
-        stamps = load_json(stamps_path) if stamps_path.exists() else {}
+        log, path = get_logger('run', root), root/PIPELINE_FILE
+        stamps = load_json(path) if path.exists() else {}
         t_start, states = time.time(), {}
         for step in pipeline_steps(args):
             state = 'run' if force else step_state(step, run, stamps)
-            if state == 'done':
-                log.info(f"{step.name}: up to date, skipped")
-                states[step.name] = 'skipped'
-                continue
-            log.info(f"{step.name}: {'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}")
-            stamps.pop(step.name, None); save_json(stamps, stamps_path)
-            if state == 'run': _clear(step, root)
-            func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
-            t0 = time.time()
-            func(run=str(run), **step.kwargs, **({'resume': True} if state == 'resume' else {}))
-            stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1), resumed=state == 'resume')
-            save_json(stamps, stamps_path)
-            states[step.name] = 'resumed' if state == 'resume' else 'ran'
-        report = write_report(run)
-        total = time.time() - t_start
+            log.info(f"{step.name}: " + ('up to date, skipped' if state == 'done' else f"{'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}"))
+            states[step.name] = 'skipped' if state == 'done' else _take(step, state, run, stamps, path)
+        report, total = write_report(run), time.time() - t_start
         print(f"{root}: done in {total / 60:.1f} min; report: {report}")
         print('\n'.join(summary_lines(run, states)))
         if chats:
-            folder = root/'sft'
-            print(f"\na chat with {folder} (talk to it yourself: chatgpt-train chat --run {run}):")
-            for msg, reply in sample_chat(folder, chats, seed, device): print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
+            print(f"\na chat with {root/'sft'} (talk to it yourself: chatgpt-train chat --run {run}):")
+            for msg, reply in sample_chat(run, chats, seed, device): print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
         log.info(f"done in {total:.0f} s")
         return dict(run=str(root), states=states, seconds=round(total, 1), report=str(report))
-
-# %% ../nbs/10_cli.ipynb #1602b8c1
-def _cell(x) -> str:
-    "A value as markdown table text: numbers with separators, text on one line with `|` and `<` escaped."
-    if isinstance(x, bool) or x is None: return '' if x is None else str(x)
-    if isinstance(x, int): return f'{x:,}'
-    if isinstance(x, float): return f'{x:,.0f}' if abs(x) >= 1000 else f'{x:.3g}' if abs(x) < 10 else f'{x:,.1f}'
-    return html.escape(str(x), quote=False).replace('|', '\\|').replace('\n', '<br>')
-
-def md_table(
-    rows:list[dict], # One dict a row; the first row's keys are the columns
-) -> str:
-    "A markdown table of `rows`."
-    if not rows: return ''
-    cols = list(rows[0])
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-                     + ['| ' + ' | '.join(_cell(r.get(c)) for c in cols) + ' |' for r in rows])
-
-# %% ../nbs/10_cli.ipynb #784c911c
-def _load(root:Path, rel:str):
-    "The JSON file `rel` of the run, or None if the stage has not written it."
-    return load_json(root/rel) if (root/rel).exists() else None
-
-def _not_run(stage:str, cmd:str) -> str:
-    return f"*The {stage} stage has not run yet: `chatgpt-train {cmd}`.*"
-
-def _data_section(root:Path) -> str:
-    col, cl = _load(root, 'collect/report.json'), _load(root, 'clean/report.json')
-    out = ['## Data']
-    if col is None: return '\n\n'.join(out + [_not_run('collect', f'collect --run {root}')])
-    s = col['stats']
-    out.append(f"**Collected** from `{col['source']}`: {col['read']:,} records read, {col['kept']:,} kept, {col['quarantined']:,} "
-               f"quarantined (see `collect/quarantine.jsonl`): {s['conversations']:,} conversations, {s['turns']:,} turns, "
-               f"{s['characters']:,} characters; {s['single_turn']:,} conversations are a single turn.")
-    out.append(md_table([dict(measure=f'{k.replace("_", " ")}', mean=v['mean'], median=v['median'], p99=v['p99'], max=v['max'])
-                         for k, v in s.items() if isinstance(v, dict) and 'mean' in v]))
-    if cl is None: return '\n\n'.join(out + [_not_run('clean', f'clean --run {root}')])
-    sp = cl['split']
-    out.append(f"**Cleaned**: {cl['out']:,} of {cl['in']:,} conversations kept ({cl['turns_out']:,} turns), split by conversation "
-               f"into {sp['train']:,} for training and {sp['val']:,} held out. Every removed record is in `clean/removed.jsonl` with "
-               f"its reason. The steps, in order:")
-    why = lambda d: ', '.join(f'{k} {v:,}' for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:3])
-    out.append(md_table([dict(step=st['step'], **{'conversations in': st['in'], 'out': st['out'], 'turns removed': st['turns_removed'],
-                                                 'turns changed': st['turns_changed'], 'why': why({**st['reasons'], **st['turn_reasons']}),
-                                                 'seconds': float(st['seconds'])})
-                         for st in cl['steps'] if st.get('enabled', True)]))
-    return '\n\n'.join(out)
-
-def _tokenizer_section(root:Path) -> str:
-    tk, meta = _load(root, 'tokenizer/report.json'), _load(root, 'encode/meta.json')
-    out = ['## Tokenizer and tokens']
-    if tk is None: return '\n\n'.join(out + [_not_run('tokenizer', f'tokenizer --run {root}')])
-    out.append(f"A byte-level BPE of **{tk['vocab_size']:,} tokens** (256 bytes, {len(tk['special_tokens'])} special tokens, "
-               f"{tk['merges']:,} merges), trained on {tk['train_turns']:,} turns ({tk['train_chars'] / 1e6:.1f} M characters) in "
-               f"{tk['train_seconds']:.1f} s. On the {tk['measured_on']} split a token is {tk['bytes_per_token']:.2f} bytes of text "
-               f"({tk['chars_per_token']:.2f} characters).")
-    if meta is not None:
-        out.append(md_table([dict(split=k, conversations=meta['conversations'][k], tokens=meta['tokens'][k],
-                                  **{'text tokens': meta['text_tokens'][k], 'bytes per token': meta['bytes_per_token'][k]})
-                             for k in ('train', 'val')]))
-        out.append(f"Stored as `{meta['dtype']}` in `encode/train.bin` and `encode/val.bin`.")
-    return '\n\n'.join(out)
-
-def _metrics(folder:Path) -> list[dict]:
-    "The lines of `folder/metrics.jsonl` (none if missing)."
-    p = folder/'metrics.jsonl'
-    return [json.loads(l) for l in p.read_text(encoding='utf-8').splitlines() if l.strip()] if p.exists() else []
-
-def _model_section(root:Path) -> str:
-    out = ['## Model']
-    if not (root/'base'/'config.json').exists(): return '\n\n'.join(out + [_not_run('pretrain', f'pretrain --run {root}')])
-    from transformers import AutoConfig
-    from chatgpt_train.model import model_summary
-    a = _load(root, 'base/args.json')['args']
-    s = model_summary(AutoConfig.from_pretrained(root/'base', local_files_only=True), batch_size=a['batch_size'])
-    tr = [r for r in _metrics(root/'base') if 'loss' in r]
-    out.append(f"Preset **{a['preset']}**: {s['n_layer']} layers, {s['n_head']} heads, width {s['n_embd']}, context "
-               f"{s['n_positions']}, vocabulary {s['vocab_size']:,}.")
-    rows = [dict(quantity='parameters', value=f"{s['params'] / 1e6:.2f} M ({s['non_embedding_params'] / 1e6:.2f} M outside the embeddings)"),
-            dict(quantity='training FLOPs per token', value=f"{s['flops_per_token'] / 1e6:.1f} M (6 per weight per token, plus attention)"),
-            dict(quantity='training memory, estimated', value=f"{s['train_memory'] / 2**20:,.0f} MiB at batch {s['batch_size']}")]
-    if tr:
-        last = tr[-1]
-        rows += [dict(quantity='pretraining', value=f"{last['step']:,} steps, {last['tokens']:,} tokens, {last['elapsed'] / 60:.1f} min, "
-                                                    f"about {last['tokens'] / max(last['elapsed'], 1e-9):,.0f} tokens/s"),
-                 dict(quantity='pretraining compute', value=f"{last['tokens'] * s['flops_per_token']:.3g} FLOPs")]
-    out.append(md_table(rows))
-    return '\n\n'.join(out)
-
-def _curves_section(root:Path) -> str:
-    from chatgpt_train.train import plot_metrics
-    out = ['## Training curves']
-    for stage, title in (('base', 'Pretraining'), ('sft', 'Fine-tuning')):
-        recs = _metrics(root/stage)
-        if not recs: continue
-        png = root/'plots'/f'{stage}.png'
-        plot_metrics(recs, png)
-        out.append(f"{title} (from `{stage}/metrics.jsonl`): loss on the training batches and on held-out ones, and the learning "
-                   f"rate.\n\n![{title.lower()} curves](plots/{png.name})")
-    if len(out) == 1: out.append(_not_run('pretrain', f'pretrain --run {root}'))
-    return '\n\n'.join(out)
-
-def _eval_section(root:Path) -> str:
-    base, sft = _load(root, 'eval/base.json'), _load(root, 'eval/sft.json')
-    out = ['## Evaluation']
-    if base is None: return '\n\n'.join(out + [_not_run('evaluate', f'evaluate --run {root} --model base')])
-    d = base['data']
-    out.append(f"On the first {d['conversations']:,} of the {d['split_conversations']:,} held-out conversations ({d['tokens']:,} "
-               f"tokens, {d['text_bytes']:,} bytes of text), beside baselines estimated from the training tokens. Lower is better; "
-               f"bits per byte compare across tokenizers, perplexity only within one.")
-    asst = lambda r: (r.get('assistant') or {}).get('perplexity')
-    rows = [dict(model=f"{k} model", perplexity=r['held_out']['perplexity'], **{'bits per byte': r['held_out']['bits_per_byte'],
-                 'assistant-turn perplexity': asst(r)}) for k, r in (('base', base), ('sft', sft)) if r and 'held_out' in r]
-    rows += [dict(model=f'{k} baseline', perplexity=v['perplexity'], **{'bits per byte': v['bits_per_byte'], 'assistant-turn perplexity': None})
-             for k, v in sorted(base['baselines'].items(), key=lambda kv: kv[1]['perplexity'])]
-    out.append(md_table(rows))
-    ft = _load(root, 'eval/finetune.json')
-    if ft and ft.get('before') and ft.get('assistant'):  # the fine-tune stage's own before/after measurement
-        sft = ft
-        out.append(f"On held-out conversations of the fine-tuning data (`{sft['data']['source']}`, {sft['data']['val_conversations']:,} "
-                   f"conversations), the assistant-turn perplexity went from {sft['before']['perplexity']:.2f} before fine-tuning to "
-                   f"{sft['assistant']['perplexity']:.2f} after.")
-    return '\n\n'.join(out)
-
-def _samples_section(root:Path) -> str:
-    base, sft, ft = _load(root, 'eval/base.json'), _load(root, 'eval/sft.json'), _load(root, 'eval/finetune.json')
-    out = ['## Sample chats', "Replies to fixed messages, greedy unless marked sampled, each a fresh one-message conversation. "
-           f"Talk to the model yourself with `chatgpt-train chat --run {root}`."]
-    if base is not None and base.get('samples'):
-        after = {s['prompt']: s for s in (sft or {}).get('samples') or [] if 'greedy' in s}
-        out.append("On messages like those of the pretraining data:")
-        out.append(md_table([{'message': s['prompt'], 'before fine-tuning': s['greedy'], **({'after': after[s['prompt']]['greedy'],
-                              'after (sampled)': after[s['prompt']]['sampled']} if s['prompt'] in after else {'sampled': s['sampled']})}
-                             for s in base['samples']]))
-    ft = ft or (sft if sft and sft.get('samples') and 'base' in sft['samples'][0] else None)
-    if ft and ft.get('samples'):  # the fine-tune stage's side-by-side replies, on messages its data suits
-        out.append(f"On messages like those of the fine-tuning data (`{ft['data']['source']}`):")
-        out.append(md_table([{'message': s['prompt'], 'before fine-tuning': s['base'], 'after': s['sft'], 'after (sampled)': s['sft_sampled']}
-                             for s in ft['samples']]))
-    if len(out) == 2: return '\n\n'.join(out[:1] + ['*No samples yet: they come with the evaluate stage.*'])
-    return '\n\n'.join(out)
-
-def _time_section(root:Path) -> str:
-    stamps = _load(root, PIPELINE_FILE)
-    if not stamps: return ''
-    rows = [dict(step=k, seconds=round(v['seconds']), resumed='yes' if v.get('resumed') else '') for k, v in stamps.items()]
-    rows.append(dict(step='total', seconds=round(sum(v['seconds'] for v in stamps.values())), resumed=''))
-    return '## Time\n\nWhat each step of `chatgpt-train run` took (the last time it ran):\n\n' + md_table(rows)
-
-# %% ../nbs/10_cli.ipynb #7a61453f
-def write_report(
-    run:str|Path, # The run folder
-) -> Path:
-    "Write `report.md` (and `plots/*.png`) in the run folder from the files its stages wrote; return its path."
-    from chatgpt_train import __version__
-    root = run_path(run)
-    if not root.is_dir(): raise UserError(f"{root} is not a run folder: run `chatgpt-train run --run {run}` first")
-    head = (f"# Run report: {root.name}\n\n> From raw conversations to a chat model with `chatgpt_train` {__version__}: the numbers of "
-            f"every stage of `{root}`, written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} from the files the stages left.")
-    parts = [head, _data_section(root), _tokenizer_section(root), _model_section(root), _curves_section(root),
-             _eval_section(root), _samples_section(root), _time_section(root)]
-    path = root/'report.md'
-    with atomic_path(path) as t: t.write_text('\n\n'.join(p for p in parts if p) + '\n', encoding='utf-8')
-    return path

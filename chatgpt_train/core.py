@@ -4,16 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #1b571209
 from __future__ import annotations
-import contextlib, datetime, json, logging, os, random, shutil, socket, sys, tempfile
+import contextlib, datetime, fnmatch, json, logging, os, random, re, shutil, socket, sys, tempfile, time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['STAGE_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LOCK', 'UserError', 'run_path', 'stage_dir', 'require', 'atomic_path',
-           'save_json', 'load_json', 'write_jsonl', 'read_jsonl', 'save_args', 'load_args', 'set_seed', 'get_device',
-           'autocast_dtype', 'get_logger', 'run_lock', 'writing_stage']
+__all__ = ['STAGES', 'STAGE_DIRS', 'MODEL_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LOCK', 'SPLITS', 'META_KEYS', 'UserError',
+           'run_path', 'Stage', 'stage', 'maker', 'stage_dir', 'require', 'run_file', 'atomic_path', 'save_json',
+           'load_json', 'write_jsonl', 'read_jsonl', 'save_args', 'load_args', 'set_seed', 'get_device',
+           'autocast_dtype', 'autocast', 'get_logger', 'Progress', 'run_lock', 'writing_stage', 'load_conversations',
+           'load_meta', 'load_tokens', 'read_metrics', 'model_dir']
 
 # %% ../nbs/00_core.ipynb #936c4cd1
 class UserError(Exception):
@@ -30,16 +33,80 @@ def run_path(
     return p
 
 # %% ../nbs/00_core.ipynb #ed232f25
-STAGE_DIRS = ('collect', 'clean', 'tokenizer', 'encode', 'base', 'eval', 'sft')
+@dataclass(frozen=True)
+class Stage:
+    "A stage of the pipeline: its command, the function that runs it, and what it writes in a run folder."
+    name:str             # The command, e.g. "pretrain"
+    module:str           # The module of chatgpt_train that holds the function
+    func:str             # The stage function, e.g. "run_pretrain"
+    about:str            # What it does, one line of `chatgpt-train --help`
+    writes:tuple=()      # What it writes, relative to the run: folders end in "/", "{model}" is filled from its arguments
+    done:str|None=None   # The file whose presence says it finished ("{model}" filled in as in `writes`)
+    resumable:bool=False # It can continue from its folder's `checkpoints/last.pt` with --resume
 
+    @property
+    def folder(self) -> str|None:
+        "The folder it writes in, the first of `writes` (None if it writes nothing)."
+        return self.writes[0].split('/')[0] if self.writes else None
+
+    def hint(self, run) -> str:
+        "The command that makes this stage's files in `run`."
+        return f"chatgpt-train {self.name} --run {run}"
+
+    def rerun(self, run) -> str:
+        "What to do when this stage stopped before it finished."
+        if not self.resumable: return f"rerun `{self.hint(run)}`"
+        return f"rerun `{self.hint(run)} --resume` to continue from its last checkpoint, or without --resume to start over"
+
+# %% ../nbs/00_core.ipynb #0cafb6a2
+STAGES = (
+    Stage('collect', 'collect', 'run_collect', 'read conversations (the embedded corpus, your files, a Hugging Face dataset) into RUN/collect/',
+          ('collect/',), 'collect/conversations.jsonl'),
+    Stage('clean', 'clean', 'run_clean', 'repair, filter, deduplicate and split them into RUN/clean/', ('clean/',), 'clean/conversations.jsonl'),
+    Stage('tokenizer', 'tokenizer', 'run_tokenizer', 'train the byte-level BPE tokenizer with its chat template into RUN/tokenizer/',
+          ('tokenizer/',), 'tokenizer/tokenizer.json'),
+    Stage('encode', 'encode', 'run_encode', 'turn the conversations into token files in RUN/encode/', ('encode/',), 'encode/meta.json'),
+    Stage('pretrain', 'pretrain', 'run_pretrain', 'train a GPT from a preset on the tokens into RUN/base/', ('base/',),
+          'base/model.safetensors', resumable=True),
+    Stage('evaluate', 'evaluate', 'run_evaluate', 'perplexity and bits per byte beside baselines, and sample replies, into RUN/eval/',
+          ('eval/{model}.json',), 'eval/{model}.json'),
+    Stage('finetune', 'finetune', 'run_finetune', "fine-tune a model for chat, the loss on the assistant's replies, into RUN/sft/",
+          ('sft/', 'eval/finetune.json'), 'sft/model.safetensors', resumable=True),
+    Stage('chat', 'chat', 'run_chat', 'talk to a model in the terminal'),
+)
+STAGE_DIRS = tuple(dict.fromkeys(s.folder for s in STAGES if s.folder))  # each folder once, in pipeline order
+MODEL_DIRS = tuple(s.folder for s in STAGES if s.done and s.done.endswith('model.safetensors'))  # the stages that make a model
+
+def stage(
+    name:str, # A stage's command, e.g. "pretrain"
+) -> Stage:
+    "The `Stage` called `name`."
+    for s in STAGES:
+        if s.name == name: return s
+    raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(s.name for s in STAGES)}")
+
+# %% ../nbs/00_core.ipynb #ee49025b
+def maker(
+    rel:str, # A path relative to the run folder, e.g. "clean/conversations.jsonl"
+) -> Stage|None:
+    "The stage that writes `rel` (None for a file no stage writes)."
+    files = sorted(((s, w) for s in STAGES for w in s.writes if not w.endswith('/')), key=lambda sw: '{' in sw[1])  # exact names first
+    folders = [(s, w) for s in STAGES for w in s.writes if w.endswith('/')]
+    for s, w in files:
+        if fnmatch.fnmatchcase(rel, re.sub(r'\{\w+\}', '*', w)): return s
+    for s, w in folders:
+        if rel.startswith(w) or rel == w[:-1]: return s
+    return None
+
+# %% ../nbs/00_core.ipynb #c4da674b
 def stage_dir(
     run:str|Path,      # The run folder or name
-    stage:str,         # One of `STAGE_DIRS`
+    folder:str,        # One of `STAGE_DIRS`
     create:bool=False, # Make the folder (and the run folder) if missing
 ) -> Path:
-    "The folder where `stage` of `run` keeps its files."
-    if stage not in STAGE_DIRS: raise ValueError(f"unknown stage folder {stage!r}; expected one of {', '.join(STAGE_DIRS)}")
-    d = run_path(run)/stage
+    "The folder of `run` where a stage keeps its files."
+    if folder not in STAGE_DIRS: raise ValueError(f"unknown stage folder {folder!r}; expected one of {', '.join(STAGE_DIRS)}")
+    d = run_path(run)/folder
     if create: d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -60,6 +127,15 @@ def require(
     if not path.exists():
         raise UserError(f"{path} not found" + (f": run `{hint}` first" if hint else ""))
     return path
+
+# %% ../nbs/00_core.ipynb #4e241269
+def run_file(
+    run:str|Path, # The run folder
+    rel:str,      # The file, relative to the run folder, e.g. "encode/meta.json"
+) -> Path:
+    "The file `rel` of `run`, required to exist (and be finished), with a hint naming the command that makes it."
+    s = maker(rel)
+    return require(run_path(run)/rel, s.hint(run) if s else '')
 
 # %% ../nbs/00_core.ipynb #61199132
 @contextlib.contextmanager
@@ -189,6 +265,16 @@ def autocast_dtype(
     if kind == 'mps': return torch.float16
     return torch.bfloat16
 
+# %% ../nbs/00_core.ipynb #6f173ba1
+def autocast(
+    device,               # A `torch.device` or device string
+    precision:str='auto', # "auto", "bf16", "fp16" or "fp32"
+):
+    "A context in which the model runs in `precision` on `device` (autocast, or nothing for fp32)."
+    import torch
+    dtype = autocast_dtype(device, precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
 # %% ../nbs/00_core.ipynb #514283aa
 class _StderrHandler(logging.StreamHandler):
     "A stream handler that writes to the current `sys.stderr`, not the one present when it was made."
@@ -217,6 +303,63 @@ def get_logger(
             Path(folder).mkdir(parents=True, exist_ok=True)
             h = logging.FileHandler(path, encoding='utf-8'); h.setFormatter(fmt); log.addHandler(h)
     return log
+
+# %% ../nbs/00_core.ipynb #8d7768de
+class Progress:
+    "Progress of a loop: a live bar in a terminal; elsewhere a line each tenth of the way or each `every` seconds."
+    def __init__(self,
+        total:int,             # Steps to go, from 0 (may change later: set `total`)
+        desc:str,              # What is counted, e.g. "base"
+        unit:str='it',         # The name of a step
+        initial:int=0,         # Steps already done (a resumed loop)
+        disable:bool=False,    # Show nothing (e.g. on ranks other than 0)
+        log:logging.Logger|None=None, # Where the lines go when not in a terminal (default: stderr)
+        every:float=60.,       # Seconds between lines at most, when not in a terminal
+    ):
+        self.n, self.desc, self.unit, self.disable, self.log, self.every = initial, desc, unit, disable, log, every
+        self.postfix, self.t0, self.bar = {}, time.monotonic(), None
+        if not disable and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+        self._total, self.t_line, self.shown = total, self.t0, self._tenth(initial, total)
+
+    @staticmethod
+    def _tenth(n, total) -> int: return 10 * n // max(total, 1)
+
+    @property
+    def total(self) -> int: return self._total
+    @total.setter
+    def total(self, v:int):
+        self._total = v
+        if self.bar is not None: self.bar.total = v
+
+    def set_postfix(self, d:dict):
+        "Values shown after the count, e.g. the loss."
+        self.postfix = dict(d)
+        if self.bar is not None: self.bar.set_postfix(d, refresh=False)
+
+    def line(self) -> str:
+        "The progress as one line of text."
+        pct = 100 * self.n / max(self._total, 1)
+        extra = ''.join(f', {k} {v}' for k, v in self.postfix.items())
+        return f"{self.desc}: {self.n:,}/{self._total:,} {self.unit}s ({pct:.0f}%) in {time.monotonic() - self.t0:,.0f} s{extra}"
+
+    def _say(self):
+        if self.log is not None: self.log.info(self.line())
+        else: print(self.line(), file=sys.stderr, flush=True)
+        self.t_line, self.shown = time.monotonic(), self._tenth(self.n, self._total)
+
+    def update(self, n:int=1):
+        "Count `n` more steps."
+        self.n += n
+        if self.disable: return
+        if self.bar is not None: return self.bar.update(n)
+        if self._tenth(self.n, self._total) > self.shown or time.monotonic() - self.t_line >= self.every: self._say()
+
+    def close(self):
+        "End the display (with a last line, when not in a terminal and the last one was not it)."
+        if self.bar is not None: self.bar.close()
+        elif not self.disable and self.shown < 10 and self.n > 0: self._say()
 
 # %% ../nbs/00_core.ipynb #9701b8c5
 LOCK = '.lock'  # in the run folder: held by the process writing to the run, and naming it
@@ -278,16 +421,16 @@ def run_lock(
 @contextlib.contextmanager
 def writing_stage(
     run:str|Path, # The run folder
-    stage:str,    # The folder the block writes, one of `STAGE_DIRS`
-    rerun:str='', # What to do if the block does not finish (default: rerun `chatgpt-train <stage> --run <run>`)
+    name:str,     # The stage writing (see `STAGES`): its folder is marked, and the mark says how to rerun it
 ) -> Iterator[Path]:
-    "Hold `run`'s lock and keep `stage`'s folder marked `INCOMPLETE` until the block ends without an error; yield the folder."
-    with run_lock(run, f'{stage}/'):
-        folder = stage_dir(run, stage, create=True)
+    "Hold `run`'s lock and keep the stage's folder marked `INCOMPLETE` until the block ends without an error; yield the folder."
+    st = stage(name)
+    with run_lock(run, f'{st.folder}/'):
+        folder = stage_dir(run, st.folder, create=True)
         mark = folder/INCOMPLETE
         def note(how:str):  # why the folder is unfinished, and what to do
-            if _rank0(): mark.write_text(f"{stage}/ is unfinished: the process that began writing it at {started} {how}; "
-                                         f"{rerun or f'rerun `chatgpt-train {stage} --run {run}`'}\n", encoding='utf-8')
+            if _rank0(): mark.write_text(f"{st.folder}/ is unfinished: the process that began writing it at {started} {how}; "
+                                         f"{st.rerun(run)}\n", encoding='utf-8')
         started = datetime.datetime.now().isoformat(timespec='seconds')
         if _rank0():
             for t in folder.rglob('.*.tmp'):  # a killed writer's temporary files and folders (see `atomic_path`)
@@ -299,3 +442,97 @@ def writing_stage(
         except Exception as e: note(f"failed ({str(e).splitlines()[0][:300] if str(e) else type(e).__name__})"); raise
         finally: _writing.discard(folder.resolve())
         if _rank0(): mark.unlink(missing_ok=True)
+
+# %% ../nbs/00_core.ipynb #a3364f75
+SPLITS = ('train', 'val')
+
+def load_conversations(
+    run:str|Path,            # The run folder (or a folder laid out like one, e.g. the fine-tune stage's `sft/data`)
+    split:str|None=None,     # "train" or "val" for one split of clean/, None for all
+    stage:str='clean',       # The stage whose conversations to read: "clean" or "collect"
+    required:bool=False,     # Refuse an empty result, saying how to get one
+) -> list[dict]:
+    "A run's conversations as the collect or clean stage wrote them, of one split if given."
+    if split not in (None, *SPLITS): raise UserError(f"split must be train or val, not {split!r}")
+    if stage not in ('collect', 'clean'): raise ValueError(f"conversations are written by collect and clean, not {stage!r}")
+    path = run_file(run, f'{stage}/conversations.jsonl')
+    out = []
+    for i, c in enumerate(read_jsonl(path), 1):
+        if not isinstance(c, dict) or not isinstance(c.get('turns'), list) or (stage == 'clean' and c.get('split') not in SPLITS):
+            raise UserError(f"{path}:{i}: not a conversation with turns{' and a split' if stage == 'clean' else ''}; rerun `{maker(f'{stage}/').hint(run)}`")
+        if split is None or c['split'] == split: out.append(c)
+    if required and not out:
+        what = 'held-out conversations' if split == 'val' else 'conversations'
+        raise UserError(f"{path} has no {what}{f' with split {split!r}' if split else ''}: rerun `{maker(f'{stage}/').hint(run)}`"
+                        + (" with --val-fraction above 0" if split == 'val' else ''))
+    return out
+
+# %% ../nbs/00_core.ipynb #57af503b
+META_KEYS = ('vocab_size', 'dtype', 'eot_id', 'end_id', 'pad_id', 'conversations', 'tokens', 'text_bytes')
+
+def _encode_dir(path:str|Path) -> Path:
+    "The encode folder of `path`, which is a run folder or an encode folder."
+    path = Path(path)
+    return path if (path/'meta.json').exists() else run_path(path)/'encode'
+
+def load_meta(
+    path:str|Path, # A run folder, or its `encode/` folder
+) -> dict:
+    "The encode stage's `meta.json`, checked to have every key later stages read."
+    folder = _encode_dir(path)
+    f = require(folder/'meta.json', f"chatgpt-train encode --run {folder.parent}")
+    meta = load_json(f)
+    if missing := [k for k in META_KEYS if k not in meta]:
+        raise UserError(f"{f} lacks {', '.join(missing)}: it was written by another version; rerun `chatgpt-train encode --run {folder.parent}`")
+    return meta
+
+def load_tokens(
+    path:str|Path, # A run folder, or its `encode/` folder
+    split:str,     # "train" or "val"
+) -> np.ndarray:
+    "The token ids of `split`, memory-mapped read-only."
+    folder, meta = _encode_dir(path), load_meta(path)
+    f = require(folder/f'{split}.bin', f"chatgpt-train encode --run {folder.parent}")
+    n = f.stat().st_size // np.dtype(meta['dtype']).itemsize
+    if n != meta['tokens'].get(split):
+        raise UserError(f"{f} holds {n:,} tokens but {folder/'meta.json'} says {meta['tokens'].get(split)}: the file is damaged or "
+                        f"stale; rerun `chatgpt-train encode --run {folder.parent}`")
+    if n == 0: return np.zeros(0, meta['dtype'])  # an empty file cannot be memory-mapped
+    return np.memmap(f, dtype=meta['dtype'], mode='r')
+
+# %% ../nbs/00_core.ipynb #1d5038a0
+def read_metrics(
+    folder:str|Path, # A model folder (`base/`, `sft/`) with `metrics.jsonl`
+) -> list[dict]:
+    "The records of `folder/metrics.jsonl` (none if it is missing), without a last line cut short by a kill."
+    path = Path(folder)/'metrics.jsonl'
+    if not path.exists(): return []
+    lines = path.read_text(encoding='utf-8').splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines): break  # torn by a kill while it was written
+            raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); the file is damaged") from None
+    return out
+
+# %% ../nbs/00_core.ipynb #79635077
+def model_dir(
+    run:str|Path|None,     # The run folder (needed for a stage's model)
+    model:str|None=None,   # "base" or "sft" (see `MODEL_DIRS`), the path of a model folder, or None for the run's newest model
+) -> Path:
+    "The folder of `model`, checked to hold a Hugging Face model (a `config.json`)."
+    if model in MODEL_DIRS:
+        if run is None: raise UserError(f"--model {model} names a model of a run: give --run too")
+        return run_file(run, f'{model}/config.json').parent
+    if model is None:
+        if run is None: raise UserError("give a model folder or a run folder")
+        for name in reversed(MODEL_DIRS):
+            if (run_path(run)/name/'config.json').exists(): return run_file(run, f'{name}/config.json').parent
+        raise UserError(f"{run_path(run)} has no model yet (none of {', '.join(f'{m}/' for m in reversed(MODEL_DIRS))}): "
+                        f"run `{maker(f'{MODEL_DIRS[0]}/').hint(run)}` first")
+    folder = Path(model).expanduser()
+    if not (folder/'config.json').is_file():
+        raise UserError(f"{folder} is not a model folder ({folder/'config.json'} not found): give "
+                        f"{', '.join(MODEL_DIRS)} or the folder of a Hugging Face model")
+    return folder

@@ -4,25 +4,27 @@
 
 # %% ../nbs/07_evaluate.ipynb #424c0c44
 from __future__ import annotations
-import contextlib, datetime, math, re, time
+import dataclasses, datetime, math, re, time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from .core import (UserError, autocast_dtype, get_device, get_logger, load_json, read_jsonl, require, run_lock, save_args,
-                                save_json, stage_dir)
-from .tokenizer import ChatTokenizer, load_tokenizer, turn_text
-from .encode import encode_sft_windows, load_tokens, pad_collate
-from .train import IGNORE_INDEX, lm_loss
-from .model import context_length, load_causal_lm
+from .core import (MODEL_DIRS, Progress, UserError, autocast, get_logger, load_conversations, load_json, load_meta,
+                                load_tokens, model_dir, run_file, run_lock, save_args, save_json, stage_dir)
+from .tokenizer import turn_text
+from .chat_format import IGNORE_INDEX, ChatFormat
+from .encode import pad_collate
+from .model import LoadedModel, context_length, load_model
+from .generate import PROMPTS, sample_replies, sample_settings
+from .train import lm_loss
 
 # %% auto #0
-__all__ = ['PROMPTS', 'MAX_DEFAULT_CONTEXT', 'EVAL_KEYS', 'window_spans', 'token_nlls', 'lm_metrics', 'UnigramLM', 'BigramLM',
-           'plain_chat', 'ChatFormat', 'masked_nll', 'assistant_metrics', 'sample_replies', 'samples_table',
-           'model_folder', 'eval_name', 'trained_context', 'load_model_and_format', 'held_out', 'results_table',
-           'run_evaluate']
+__all__ = ['MAX_DEFAULT_CONTEXT', 'EVAL_KEYS', 'window_spans', 'token_nlls', 'lm_metrics', 'UnigramLM', 'BigramLM', 'masked_nll',
+           'assistant_metrics', 'samples_table', 'eval_name', 'trained_context', 'held_out', 'results_table',
+           'EvalConfig', 'eval_windows', 'baseline_metrics', 'evaluation_parts', 'run_evaluate']
 
 # %% ../nbs/07_evaluate.ipynb #c8df81de
 def window_spans(
@@ -41,11 +43,6 @@ def window_spans(
     return spans
 
 # %% ../nbs/07_evaluate.ipynb #b39c7c2f
-def _autocast(device:torch.device, precision:str):
-    "Autocast to `precision` on `device`, or nothing for fp32."
-    dtype = autocast_dtype(device, precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
 @torch.no_grad()
 def token_nlls(
     model,                   # A causal language model whose forward returns `.logits` (any Hugging Face one)
@@ -57,7 +54,6 @@ def token_nlls(
     progress:bool=False,     # Show a progress bar
 ) -> np.ndarray:
     "The NLL in nats of each token of `ids` after the first, each scored once by a sliding window."
-    from tqdm.auto import tqdm
     ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     n, C = len(ids), context or context_length(model)
     spans = window_spans(n, C, stride or max(1, C // 2))
@@ -66,11 +62,14 @@ def token_nlls(
     dev = next(model.parameters()).device
     out = np.zeros(max(n - 1, 0))
     model.eval()
-    for group in tqdm(groups, desc='windows', unit='batch', disable=not progress, leave=False):
+    bar = Progress(len(groups), 'windows', 'batch', disable=not progress)
+    for group in groups:
         x = torch.stack([ids[b:e] for b, e, _ in group]).to(dev)
-        with _autocast(dev, precision): logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits
+        with autocast(dev, precision): logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits
         nll = lm_loss(logits, x, reduction='none').view(len(group), -1).double().cpu().numpy()  # row r, column j: token b + j + 1
         for r, (b, e, first) in enumerate(group): out[first - 1:e - 1] = nll[r, first - b - 1:e - b - 1]
+        bar.update()
+    bar.close()
     return out
 
 # %% ../nbs/07_evaluate.ipynb #56d8cebe
@@ -135,79 +134,6 @@ class BigramLM:
         ids = np.asarray(ids, dtype=np.int64)
         return -np.log(self.prob(ids[:-1], ids[1:]))
 
-# %% ../nbs/07_evaluate.ipynb #8486042f
-def plain_chat(
-    turns:list[dict], # The turns, in order
-) -> str:
-    "A conversation as plain lines, `User: text` / `Assistant: text`, for tokenizers without a chat template."
-    return ''.join(f"{t['role'].capitalize()}: {turn_text(t)}\n" for t in turns)
-
-class ChatFormat:
-    "Our conversations as a model's tokenizer reads them: our chat template for our tokenizer, the model's own otherwise."
-    def __init__(self,
-        hf,                           # The model's `transformers` tokenizer
-        ours:ChatTokenizer|None=None, # Our tokenizer, when it is the same one as `hf`
-    ):
-        self.hf, self.ours = hf, ours
-        self.special = set(hf.all_special_ids) | (set(ours.special.values()) if ours else set())
-        self.template = ours is None and bool(getattr(hf, 'chat_template', None))
-        eos = hf.eos_token_id if hf.eos_token_id is not None else hf.bos_token_id
-        self.stop = [ours.end_id] if ours else [] if eos is None else [eos]
-        self.pad_id = ours.pad_id if ours else next((i for i in (hf.pad_token_id, eos) if i is not None), 0)
-        start = hf.bos_token_id if hf.bos_token_id is not None else hf.eos_token_id
-        self._start = [] if start is None else [start]  # separates conversations in the plain format
-
-    @property
-    def kind(self) -> str:
-        "'ours', 'template' or 'plain'."
-        return 'ours' if self.ours else 'template' if self.template else 'plain'
-
-    @property
-    def marks_assistant(self) -> bool:
-        "Whether the format can tell the assistant's tokens apart: ours, or a template with `{% generation %}` marks."
-        return bool(self.ours) or (self.template and re.search(r'\{%-?\s*generation\s*-?%\}', self.hf.chat_template) is not None)
-
-    def _messages(self, turns): return [dict(role=t['role'], content=turn_text(t)) for t in turns]
-
-    def _template_ids(self, turns, **kw) -> dict:
-        return self.hf.apply_chat_template(self._messages(turns), tokenize=True, return_dict=True, **kw)
-
-    def conversation(self, turns:list[dict]) -> list[int]:
-        "The ids of one whole conversation."
-        if self.ours: return self.ours.encode_chat(turns)
-        if self.template: return list(self._template_ids(turns)['input_ids'])
-        return self._start + self.hf(plain_chat(turns), add_special_tokens=False)['input_ids']
-
-    def prompt(self, text:str) -> list[int]:
-        "The ids that ask for the assistant's reply to one user message."
-        turns = [dict(role='user', text=text)]
-        if self.ours: return self.ours.encode_chat(turns, add_generation_prompt=True)
-        if self.template: return list(self._template_ids(turns, add_generation_prompt=True)['input_ids'])
-        return self._start + self.hf(plain_chat(turns) + 'Assistant:', add_special_tokens=False)['input_ids']
-
-    def reply(self, ids:list[int]) -> str:
-        "The text of generated ids, special tokens left out (and, in the plain format, only the first line)."
-        text = self.hf.decode([i for i in ids if i not in self.special], clean_up_tokenization_spaces=False)
-        return text.strip() if self.ours or self.template else text.split('\n')[0].strip()
-
-    def text_bytes(self, ids:list[int]) -> int:
-        "UTF-8 bytes of the text of `ids`, special tokens left out."
-        return len(self.hf.decode([i for i in ids if i not in self.special], clean_up_tokenization_spaces=False).encode('utf-8'))
-
-    def assistant_examples(self,
-        convs:list[dict], # Conversations
-        max_len:int,      # Most tokens an example has (the context)
-    ) -> list[dict]:
-        "`input_ids` and `labels` (-100 except on the assistant's tokens) covering the conversations; [] if the format has no assistant marks."
-        if self.ours: return [e for c in convs for e in encode_sft_windows(c, self.ours, max_len)]
-        if not self.marks_assistant: return []
-        out = []
-        for c in convs:
-            enc = self._template_ids(c['turns'], return_assistant_tokens_mask=True)
-            ids, mask = list(enc['input_ids'])[:max_len], list(enc['assistant_masks'])[:max_len]
-            if any(mask): out.append(dict(input_ids=ids, labels=[i if m else IGNORE_INDEX for i, m in zip(ids, mask)]))
-        return out
-
 # %% ../nbs/07_evaluate.ipynb #70e6f4cd
 @torch.no_grad()
 def masked_nll(
@@ -225,7 +151,7 @@ def masked_nll(
     for k in range(0, len(order), batch_size):
         batch = {k2: v.to(dev) for k2, v in pad_collate([examples[i] for i in order[k:k + batch_size]], pad_id).items()}
         labels = batch.pop('labels')
-        with _autocast(dev, precision): logits = model(**batch, use_cache=False).logits
+        with autocast(dev, precision): logits = model(**batch, use_cache=False).logits
         total += lm_loss(logits, labels, reduction='sum').double().item()
         count += int((labels[:, 1:] != IGNORE_INDEX).sum())
     return total, count
@@ -249,50 +175,6 @@ def assistant_metrics(
                 tokens=n, text_bytes=text_bytes, examples=len(examples), conversations=len(convs))
 
 # %% ../nbs/07_evaluate.ipynb #8710f041
-@contextlib.contextmanager
-def _hf_errors_only():
-    "Silence transformers' warnings for a while: `generate` drops our all-ones attention mask when it prefills, then warns that one may be missing."
-    from transformers.utils import logging as hf_logging
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try: yield
-    finally: hf_logging.set_verbosity(level)
-
-PROMPTS = [
-    "Hi! How are you doing today?",
-    "What did you do this weekend?",
-    "Do you have any pets?",
-    "What kind of music do you like?",
-    "I'm so tired today.",
-    "Can you recommend a good movie?",
-]
-
-@torch.no_grad()
-def sample_replies(
-    model,                         # A causal language model with `.generate` (any Hugging Face one)
-    fmt:ChatFormat,                # How the model reads conversations
-    prompts:list[str]=PROMPTS,     # User messages to answer
-    max_new_tokens:int=48,         # Longest reply, in tokens
-    temperature:float=0.8,         # Softmax temperature of the sampled replies
-    top_k:int=50,                  # The sampled replies draw from this many most likely tokens
-    seed:int=0,                    # Seed of the sampled replies (prompt i draws with seed + i)
-    context:int|None=None,         # Longest prompt plus reply (default: the model's context length)
-) -> list[dict]:
-    "For each prompt: its `greedy` and `sampled` replies."
-    dev, C = next(model.parameters()).device, context or context_length(model)
-    rows = []
-    for i, p in enumerate(prompts):
-        ids = fmt.prompt(p)[-(C - 1):]  # keep room for at least one new token
-        x = torch.tensor([ids], device=dev)
-        kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=max(1, min(max_new_tokens, C - len(ids))),
-                  eos_token_id=fmt.stop or None, pad_token_id=fmt.pad_id)
-        with _hf_errors_only():
-            greedy = model.generate(x, do_sample=False, **kw)
-            torch.manual_seed(seed + i)
-            sampled = model.generate(x, do_sample=True, temperature=temperature, top_k=top_k, **kw)
-        rows.append(dict(prompt=p, greedy=fmt.reply(greedy[0, len(ids):].tolist()), sampled=fmt.reply(sampled[0, len(ids):].tolist())))
-    return rows
-
 def samples_table(
     samples:list[dict], # From `sample_replies` (or an evaluation's `samples`)
 ):
@@ -301,26 +183,13 @@ def samples_table(
     return pd.DataFrame(samples, columns=['prompt', 'greedy', 'sampled'])
 
 # %% ../nbs/07_evaluate.ipynb #047d1603
-def model_folder(
-    run:str|Path, # The run folder
-    model:str,    # "base", "sft", or the path of a Hugging Face model folder
-) -> Path:
-    "The folder of `model`, checked to hold a Hugging Face model."
-    if model in ('base', 'sft'):
-        folder = stage_dir(run, model)
-        return require(folder/'config.json', f"chatgpt-train {'pretrain' if model == 'base' else 'finetune'} --run {run}").parent
-    folder = Path(model).expanduser()
-    if not (folder/'config.json').exists():
-        raise UserError(f"{folder} is not a model folder (it has no config.json): give --model base, sft, or the folder of a Hugging Face model")
-    return folder
-
 def eval_name(
     model:str, # "base", "sft", or a model folder's path
 ) -> str:
     "The name of the result file in `eval/`: base, sft, or the folder's name (with its parent's, if that is base or sft)."
-    if model in ('base', 'sft'): return model
+    if model in MODEL_DIRS: return model
     p = Path(model).expanduser().resolve()
-    name = f'{p.parent.name}-{p.name}' if p.name in ('base', 'sft', 'args') else p.name
+    name = f'{p.parent.name}-{p.name}' if p.name in (*MODEL_DIRS, 'args') else p.name
     return re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-') or 'model'
 
 MAX_DEFAULT_CONTEXT = 2048  # a default window for models with very long contexts: their logits for 8 windows of 128k tokens would not fit
@@ -329,29 +198,12 @@ def trained_context(
     folder:Path, # A model folder
     model,       # The model loaded from it
 ) -> int:
-    "The context the model was trained with: `block_size` or `max_len` from the folder's `args.json`, else its context length (at most 2,048)."
+    "The context the model was trained with: `block_size` from the folder's `args.json`, else its context length (at most 2,048)."
     n = min(context_length(model), MAX_DEFAULT_CONTEXT)
     if (folder/'args.json').exists():
-        args = load_json(folder/'args.json').get('args', {})
-        for k in ('block_size', 'max_len'):
-            if isinstance(args.get(k), int): return min(args[k], n)
+        block = load_json(folder/'args.json').get('args', {}).get('block_size')
+        if isinstance(block, int): return min(block, n)
     return n
-
-# %% ../nbs/07_evaluate.ipynb #f46ea0ab
-def load_model_and_format(
-    folder:Path,         # A model folder
-    tok:ChatTokenizer,   # The run's tokenizer
-    device:torch.device, # Where to put the model
-):
-    "The model of `folder` in eval mode on `device`, its `ChatFormat`, and the tokenizer folder used."
-    from transformers import AutoTokenizer
-    model = load_causal_lm(folder).to(device).eval()  # safetensors only: a pickle in a downloaded folder could run code
-    has_tok = any((folder/f).exists() for f in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json'))
-    hf = AutoTokenizer.from_pretrained(folder, local_files_only=True) if has_tok else tok.hf
-    ours = hf is tok.hf or hf.get_vocab() == tok.hf.get_vocab()
-    if ours and model.config.vocab_size < len(tok):
-        raise UserError(f"{folder} has {model.config.vocab_size} token embeddings, fewer than the {len(tok)} tokens of {tok.folder}")
-    return model, ChatFormat(tok.hf if ours else hf, tok if ours else None), (folder if has_tok else tok.folder)
 
 # %% ../nbs/07_evaluate.ipynb #fff72f4e
 def held_out(
@@ -359,14 +211,12 @@ def held_out(
     max_tokens:int|None, # Keep the first conversations up to this many tokens of `encode/val.bin` (None or 0: all)
 ) -> tuple[list[dict], np.ndarray, int]:
     "The first held-out conversations, their ids in `encode/val.bin`, and the number of conversations in the split."
-    src = require(stage_dir(run, 'clean')/'conversations.jsonl', f'chatgpt-train clean --run {run}')
-    meta = load_json(require(stage_dir(run, 'encode')/'meta.json', f'chatgpt-train encode --run {run}'))
-    convs = [c for c in read_jsonl(src) if c.get('split') == 'val']
-    if not convs: raise UserError(f"{src} has no held-out conversations (split 'val'): rerun `chatgpt-train clean --run {run}` with a val fraction above 0")
-    val = load_tokens(run, 'val')
+    convs = load_conversations(run, 'val', required=True)
+    meta, val = load_meta(run), load_tokens(run, 'val')
     starts = np.flatnonzero(val == meta['eot_id'])  # every conversation starts with <|endoftext|>, which no text encodes to
     if len(starts) != len(convs) or starts[0] != 0:
-        raise UserError(f"encode/val.bin holds {len(starts)} conversations but {src} has {len(convs)}: rerun `chatgpt-train encode --run {run}`")
+        raise UserError(f"encode/val.bin holds {len(starts)} conversations but clean/conversations.jsonl has {len(convs)}: "
+                        f"rerun `chatgpt-train encode --run {run}`")
     ends = np.append(starts[1:], len(val))
     k = len(convs) if not max_tokens else max(1, int(np.searchsorted(ends, max_tokens, side='right')))
     return convs[:k], np.asarray(val[:ends[k - 1]]), len(convs)
@@ -382,7 +232,7 @@ EVAL_KEYS = {
     'baselines':   "uniform, unigram, bigram: the same keys as held_out for models estimated from encode/train.bin, on the same conversations in the run's tokenizer (compare perplexity only when tokenizer.format is 'ours'; bits_per_byte always)",
     'assistant':   "the assistant's replies only, given the conversation before them: loss, perplexity, bits_per_byte, tokens, text_bytes, examples, conversations (null if the model's format does not mark assistant tokens, or no scored conversation has a reply)",
     'samples':     "replies to the fixed prompts: a list of {prompt, greedy, sampled}",
-    'sampling':    "how the samples were drawn: max_new_tokens, temperature, top_k, seed",
+    'sampling':    "how the samples were drawn: the settings of each (greedy, sampled: temperature, top_k, top_p, repetition_penalty, max_new_tokens) and the seed",
     'seconds':     "time taken by each part: held_out, baselines, assistant, samples, total",
     'created':     "when the evaluation ran (UTC, ISO 8601)",
 }
@@ -397,6 +247,71 @@ def results_table(
     return pd.DataFrame({k: {c: r[c] for c in ('perplexity', 'bits_per_byte', 'loss', 'tokens')} for k, r in rows.items()}).T
 
 # %% ../nbs/07_evaluate.ipynb #a2060d75
+@dataclass
+class EvalConfig:
+    "How the evaluate stage scores a model."
+    max_tokens:int=65536         # Score the first held-out conversations up to this many tokens (0: the whole split)
+    context:int|None=None        # Tokens per window (default: the context the model was trained with, at most 2048)
+    stride:int|None=None         # How far windows move (default: context // 2)
+    batch_size:int=8             # Windows per forward pass (the results do not depend on it)
+    precision:str='fp32'         # fp32 is exact; bf16 autocast is faster on GPUs and a little less exact
+    device:str='auto'            # auto, cpu, cuda, cuda:1 or mps
+    samples:bool=True            # Answer the fixed prompts, greedy and sampled
+    max_new_tokens:int=48        # Longest sample reply, in tokens
+    seed:int=0                   # Seed of the sampled replies
+
+    def __post_init__(self):
+        if self.max_tokens < 0: raise UserError(f"--max-tokens must be 0 (the whole split) or more, not {self.max_tokens}")
+        if self.batch_size < 1: raise UserError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.max_new_tokens < 1: raise UserError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
+
+def eval_windows(
+    lm:LoadedModel,  # The model (and its folder, for the context it was trained with)
+    cfg:EvalConfig,  # The context and stride asked for, if any
+) -> tuple[int, int]:
+    "The context and stride of the scoring windows, checked against the model."
+    C = cfg.context or trained_context(lm.folder, lm.model)
+    if not 2 <= C <= context_length(lm.model): raise UserError(f"--context must be between 2 and the model's context length, {context_length(lm.model)}; not {C}")
+    S = cfg.stride or max(1, C // 2)
+    window_spans(C + 1, C, S)  # checks the stride against the context
+    return C, S
+
+# %% ../nbs/07_evaluate.ipynb #a034a9e2
+def baseline_metrics(
+    run:str|Path,      # The run folder (its training tokens estimate the baselines)
+    ids:np.ndarray,    # The held-out ids in the run's tokenizer
+    text_bytes:int,    # UTF-8 bytes of their text
+) -> dict:
+    "Uniform, unigram and bigram models of the run's training tokens, scored on `ids`."
+    train, V = load_tokens(run, 'train'), load_meta(run)['vocab_size']
+    nlls = dict(uniform=np.full(len(ids) - 1, math.log(V)), unigram=UnigramLM(train, V).nlls(ids), bigram=BigramLM(train, V).nlls(ids))
+    return {k: lm_metrics(v, text_bytes) for k, v in nlls.items()}
+
+def evaluation_parts(
+    run:str|Path,      # The run folder
+    lm:LoadedModel,    # The model and its format
+    convs:list[dict],  # The held-out conversations scored
+    ids:np.ndarray,    # Their ids in the run's tokenizer
+    C:int, S:int,      # Context and stride of the windows
+    cfg:EvalConfig,    # The settings
+) -> tuple[dict, dict]:
+    "The numbers of an evaluation (held_out, baselines, assistant, samples, sampling, stream tokens) and the seconds each part took."
+    fmt, text_bytes, secs, t0 = lm.fmt, sum(len(turn_text(t).encode('utf-8')) for c in convs for t in c['turns']), {}, time.time()
+    stream = np.array([i for c in convs for i in fmt.conversation(c['turns'])], dtype=np.int64)  # in ours: exactly `ids`
+    held = lm_metrics(token_nlls(lm.model, stream, C, S, cfg.batch_size, cfg.precision, progress=True), text_bytes)
+    secs['held_out'], t0 = time.time() - t0, time.time()
+    baselines = baseline_metrics(run, ids, text_bytes)
+    secs['baselines'], t0 = time.time() - t0, time.time()
+    assistant = assistant_metrics(lm.model, fmt, convs, C, cfg.batch_size, cfg.precision)
+    secs['assistant'], t0 = time.time() - t0, time.time()
+    settings = sample_settings(cfg.max_new_tokens)
+    samples = sample_replies(lm.model, fmt, PROMPTS, settings, cfg.seed, C) if cfg.samples else []
+    secs['samples'] = time.time() - t0
+    sampling = dict(**{k: dataclasses.asdict(v) for k, v in settings.items()}, seed=cfg.seed)
+    return dict(held_out=held, baselines=baselines, assistant=assistant, samples=samples, sampling=sampling,
+                tokens=len(stream), text_bytes=text_bytes), secs
+
+# %% ../nbs/07_evaluate.ipynb #72c8de3a
 def run_evaluate(
     run:str,                      # The run folder: reads clean/, tokenizer/, encode/ and the model; writes eval/NAME.json
     model:str='base',             # base, sft, or the path of any Hugging Face model folder
@@ -411,68 +326,35 @@ def run_evaluate(
     seed:int=0,                   # Seed of the sampled replies
 ) -> dict:
     "Perplexity and bits per byte of a model on the held-out split beside uniform, unigram and bigram baselines, its assistant-turn perplexity, and sample replies; writes eval/NAME.json."
-    args = dict(locals())
-    t_start = time.time()
-    if max_tokens < 0: raise UserError(f"--max-tokens must be 0 (the whole split) or more, not {max_tokens}")
-    if batch_size < 1: raise UserError(f"--batch-size must be at least 1, not {batch_size}")
-    folder = model_folder(run, model)
-    tok = load_tokenizer(stage_dir(run, 'tokenizer'))
-    convs, ids, n_split = held_out(run, max_tokens)
-    with run_lock(run, 'eval/'):  # one file, written atomically at the end: no unfinished mark needed
+    args, t_start = dict(locals()), time.time()
+    cfg = EvalConfig(**{k: v for k, v in args.items() if k not in ('run', 'model')})
+    model_dir(run, model); run_file(run, 'tokenizer/tokenizer.json')  # what is missing is said before any work
+    convs, ids, n_split = held_out(run, cfg.max_tokens)
+    lm = load_model(run, model, cfg.device)
+    C, S = eval_windows(lm, cfg)
+    with run_lock(run, 'eval/'):
         out = stage_dir(run, 'eval', create=True)
-        name, log = eval_name(model), get_logger('evaluate', out)
-        dev = get_device(device)
-        lm, fmt, tok_dir = load_model_and_format(folder, tok, dev)
-        C = context or trained_context(folder, lm)
-        if not 2 <= C <= context_length(lm): raise UserError(f"--context must be between 2 and the model's context length, {context_length(lm)}; not {C}")
-        S = stride or max(1, C // 2)
-        window_spans(C + 1, C, S)  # checks the stride against the context
-        stream = ids if fmt.ours else np.array([i for c in convs for i in fmt.conversation(c['turns'])], dtype=np.int64)
-        text_bytes = sum(len(turn_text(t).encode('utf-8')) for c in convs for t in c['turns'])
-        n_params = sum(p.numel() for p in lm.parameters())
-        log.info(f"{name}: {n_params:,} parameters, {fmt.kind} format; {len(convs):,} of {n_split:,} held-out conversations, "
-                 f"{len(stream):,} tokens; windows of {C} every {S} on {dev}")
-        secs = {}
-
-        t0 = time.time()
-        held = lm_metrics(token_nlls(lm, stream, C, S, batch_size, precision, progress=True), text_bytes)
-        secs['held_out'] = time.time() - t0
-
-        t0 = time.time()
-        meta = load_json(stage_dir(run, 'encode')/'meta.json')
-        train, V = load_tokens(run, 'train'), meta['vocab_size']
-        base_nlls = dict(uniform=np.full(len(ids) - 1, math.log(V)), unigram=UnigramLM(train, V).nlls(ids), bigram=BigramLM(train, V).nlls(ids))
-        baselines = {k: lm_metrics(v, text_bytes) for k, v in base_nlls.items()}
-        secs['baselines'] = time.time() - t0
-
-        t0 = time.time()
-        assistant = assistant_metrics(lm, fmt, convs, C, batch_size, precision)
-        if assistant is None:
-            why = (f"no scored conversation has an assistant reply that fits {C} tokens" if fmt.marks_assistant else
-                   f"the model's format ({fmt.kind}) does not mark the assistant's tokens")
-            log.warning(f"no assistant-turn perplexity: {why}")
-        secs['assistant'] = time.time() - t0
-
-        t0 = time.time()
-        replies = sample_replies(lm, fmt, PROMPTS, max_new_tokens, seed=seed, context=C) if samples else []
-        secs['samples'] = time.time() - t0
-        secs['total'] = time.time() - t_start
-
+        name, log, n_params = eval_name(model), get_logger('evaluate', out), sum(p.numel() for p in lm.model.parameters())
+        log.info(f"{name}: {n_params:,} parameters, {lm.fmt.kind} format; {len(convs):,} of {n_split:,} held-out conversations; "
+                 f"windows of {C} every {S} on {next(lm.model.parameters()).device}")
+        parts, secs = evaluation_parts(run, lm, convs, ids, C, S, cfg)
+        if parts['assistant'] is None:
+            log.warning("no assistant-turn perplexity: " + (f"no scored conversation has an assistant reply that fits {C} tokens"
+                        if lm.fmt.marks_assistant else f"the model's format ({lm.fmt.kind}) does not mark the assistant's tokens"))
         result = dict(
-            model=dict(name=name, path=str(folder), architecture=type(lm).__name__, parameters=n_params, context=C),
-            tokenizer=dict(path=str(tok_dir), vocab_size=len(fmt.hf), format=fmt.kind),
-            split='val',
-            data=dict(conversations=len(convs), split_conversations=n_split, tokens=len(stream), scored_tokens=len(stream) - 1,
-                      text_bytes=text_bytes, max_tokens=max_tokens),
-            settings=dict(context=C, stride=S, batch_size=batch_size, precision=precision, device=str(dev)),
-            held_out=held, baselines=baselines, assistant=assistant, samples=replies,
-            sampling=dict(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed),
-            seconds={k: round(v, 2) for k, v in secs.items()},
+            model=dict(name=name, path=str(lm.folder), architecture=type(lm.model).__name__, parameters=n_params, context=C),
+            tokenizer=dict(path=str(lm.tokenizer_dir), vocab_size=len(lm.fmt.hf), format=lm.fmt.kind), split='val',
+            data=dict(conversations=len(convs), split_conversations=n_split, tokens=parts['tokens'], scored_tokens=parts['tokens'] - 1,
+                      text_bytes=parts['text_bytes'], max_tokens=cfg.max_tokens),
+            settings=dict(context=C, stride=S, batch_size=cfg.batch_size, precision=cfg.precision, device=str(next(lm.model.parameters()).device)),
+            **{k: parts[k] for k in ('held_out', 'baselines', 'assistant', 'samples', 'sampling')},
+            seconds={**{k: round(v, 2) for k, v in secs.items()}, 'total': round(time.time() - t_start, 2)},
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
         save_json(result, out/f'{name}.json')
         save_args(out, 'evaluate', args)
-        a = f", assistant turns {assistant['perplexity']:.2f}" if assistant else ''
-        log.info(f"{name}: perplexity {held['perplexity']:.2f} (uniform {baselines['uniform']['perplexity']:.0f}, unigram "
-                 f"{baselines['unigram']['perplexity']:.2f}, bigram {baselines['bigram']['perplexity']:.2f}){a}; "
-                 f"{held['bits_per_byte']:.3f} bits per byte; {secs['total']:.0f} s; wrote {out/f'{name}.json'}")
+        h, b, a = result['held_out'], result['baselines'], result['assistant']
+        asst = f", assistant turns {a['perplexity']:.2f}" if a else ''
+        log.info(f"{name}: perplexity {h['perplexity']:.2f} (uniform {b['uniform']['perplexity']:.0f}, unigram {b['unigram']['perplexity']:.2f}, "
+                 f"bigram {b['bigram']['perplexity']:.2f}){asst}; "
+                 f"{h['bits_per_byte']:.3f} bits per byte; {result['seconds']['total']:.0f} s; wrote {out/f'{name}.json'}")
         return result

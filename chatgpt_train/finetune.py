@@ -5,26 +5,29 @@
 # %% ../nbs/08_finetune.ipynb #d4e63dd0
 from __future__ import annotations
 import math, os, shutil, tempfile, time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from .core import (UserError, get_logger, load_json, read_jsonl, require, save_args, save_json, set_seed,
-                                stage_dir, write_jsonl, writing_stage)
+from .core import (UserError, get_logger, load_conversations, load_json, model_dir, run_file, save_args, save_json,
+                                set_seed, stage_dir, write_jsonl, writing_stage)
 from .collect import collect, iter_source
 from .clean import CleanConfig, clean_conversations
-from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, ChatTokenizer
+from .chat_format import IGNORE_INDEX, ChatFormat, add_chat_tokens, is_ours, load_chat_format
 from .encode import pack_sft, pad_collate
-from .model import context_length, hf_quiet, load_causal_lm
-from .train import IGNORE_INDEX, TrainConfig, Trainer, _device_for_rank, end_distributed, init_distributed, resume_args
-from .evaluate import ChatFormat, assistant_metrics, sample_replies
+from .model import TOKENIZER_FILES, context_length, hf_quiet, load_model
+from .generate import PROMPTS, sample_replies, sample_settings
+from .train import TrainConfig, Trainer, barrier, end_distributed, init_distributed, rank_device, resume_args
+from .evaluate import assistant_metrics
 
 # %% auto #0
-__all__ = ['ADAPTER_FILES', 'PROMPTS', 'prepare_chat_data', 'add_chat_tokens', 'chat_format', 'prepare_tokenizer', 'load_model',
-           'label_share', 'check_label_share', 'supports_packing', 'ChatBatches', 'add_lora', 'trainable_params',
-           'save_merged', 'compare_replies', 'default_lr', 'run_finetune']
+__all__ = ['ADAPTER_FILES', 'prepare_chat_data', 'prepare_tokenizer', 'fit_to_format', 'label_share', 'check_label_share',
+           'supports_packing', 'ChatBatches', 'add_lora', 'trainable_params', 'save_merged', 'compare_replies',
+           'FinetuneConfig', 'finetune_source', 'default_lr', 'prepare_finetune', 'ChatData', 'chat_data',
+           'measure_replies', 'train_chat', 'finetune_result', 'run_finetune']
 
 # %% ../nbs/08_finetune.ipynb #6f28fe10
 def prepare_chat_data(
@@ -50,49 +53,17 @@ def prepare_chat_data(
     return kept
 
 # %% ../nbs/08_finetune.ipynb #d8254c98
-def _is_ours(hf) -> bool:
-    "Whether a `transformers` tokenizer has our special tokens, starts conversations with `<|endoftext|>` and ends turns with `<|end|>`."
-    vocab = hf.get_vocab()
-    return all(t in vocab for t in SPECIAL_TOKENS.values()) and hf.bos_token == SPECIAL_TOKENS['eot'] and hf.eos_token == SPECIAL_TOKENS['end']
-
-def add_chat_tokens(
-    hf, # A `transformers` tokenizer without a chat template that marks the assistant
-) -> list[int]:
-    "Give `hf` our role tokens, chat template and `<|end|>` as end of sequence, in place; return the ids it gained."
-    s, n = SPECIAL_TOKENS, len(hf)
-    hf.add_special_tokens({'extra_special_tokens': [t for t in s.values() if t not in hf.get_vocab()]}, replace_extra_special_tokens=False)
-    if hf.bos_token is None: hf.bos_token = s['eot']  # the template opens every conversation with the bos token
-    hf.eos_token = s['end']
-    if hf.pad_token is None: hf.pad_token = hf.bos_token
-    hf.chat_template = CHAT_TEMPLATE
-    return list(range(n, len(hf)))
-
-def chat_format(
-    folder:str|Path, # A tokenizer folder (a model folder has one)
-) -> ChatFormat:
-    "The `ChatFormat` of the tokenizer in `folder`: ours (fast, windows of whole turns) where it can be, else its own template."
-    from transformers import AutoTokenizer
-    hf = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if _is_ours(hf) and (Path(folder)/'tokenizer.json').exists():
-        try: return ChatFormat(hf, ChatTokenizer(folder))
-        except (ValueError, KeyError): pass  # not a byte-level BPE that tiktoken can run: use the template
-    fmt = ChatFormat(hf)
-    if not fmt.marks_assistant: raise UserError(f"{folder}: the tokenizer's chat template does not mark the assistant's tokens")
-    return fmt
-
 def prepare_tokenizer(
-    src:str|Path, # The model folder to fine-tune (its tokenizer files)
+    src:str|Path, # The tokenizer folder of the model to fine-tune
     dst:str|Path, # Where to save the tokenizer as used
 ) -> tuple[ChatFormat, list[int]]:
     "Save the tokenizer of `src` to `dst`, with our chat tokens added if it has no usable chat template; its format and the new ids."
-    from transformers import AutoTokenizer
     src, dst = Path(src), Path(dst)
-    try: hf = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    except (OSError, ValueError) as e: raise UserError(f"{src}: no tokenizer could be loaded from the folder ({e})") from None
-    new = [] if _is_ours(hf) or ChatFormat(hf).marks_assistant else add_chat_tokens(hf)
+    hf = load_chat_format(src).hf
+    new = [] if is_ours(hf) or ChatFormat(hf).marks_assistant else add_chat_tokens(hf)
     if dst.exists(): shutil.rmtree(dst)
     hf.save_pretrained(dst, save_jinja_files=False)  # the template inside tokenizer_config.json, as the tokenizer stage saves it
-    fmt = chat_format(dst)
+    fmt = load_chat_format(dst)
     probe = [dict(role='user', text='Hi there!'), dict(role='assistant', text='Hello.')]
     rendered = list(fmt.hf.apply_chat_template([dict(role=t['role'], content=t['text']) for t in probe], tokenize=True, return_dict=True)['input_ids'])
     if fmt.conversation(probe) != rendered:  # the examples must be what a chat will feed the model
@@ -100,19 +71,18 @@ def prepare_tokenizer(
     return fmt, new
 
 # %% ../nbs/08_finetune.ipynb #0e5ad349
-def load_model(
-    folder:str|Path,     # A Hugging Face causal LM folder
-    fmt:ChatFormat,      # The chat format its examples use (from `prepare_tokenizer`)
-) -> tuple:
-    "The model of `folder`, with room for every token of `fmt` and generation settings that stop at the end of a turn; and the ids of its new embedding rows."
-    model = load_causal_lm(folder)  # safetensors only, no code from the folder
+def fit_to_format(
+    model,           # A causal LM (changed in place)
+    fmt:ChatFormat,  # The chat format its examples use (from `prepare_tokenizer`)
+) -> list[int]:
+    "Give `model` room for every token of `fmt` and generation settings that stop at the end of a turn; the ids of its new embedding rows."
     n = model.get_input_embeddings().num_embeddings
     if len(fmt.hf) > n: model.resize_token_embeddings(len(fmt.hf), mean_resizing=True)  # new rows like the old ones, on average
     for cfg in (model.config, model.generation_config):
         cfg.eos_token_id, cfg.pad_token_id = fmt.stop[0], fmt.pad_id
         cfg.bos_token_id = fmt.hf.bos_token_id
     model.loss_type = 'ForCausalLM'  # transformers guesses it from the class name, and warns when it cannot
-    return model, list(range(n, len(fmt.hf)))
+    return list(range(n, len(fmt.hf)))
 
 # %% ../nbs/08_finetune.ipynb #03a38dc5
 def label_share(
@@ -241,14 +211,6 @@ def save_merged(
     return merged
 
 # %% ../nbs/08_finetune.ipynb #c26fb29e
-PROMPTS = [
-    "Hello!",
-    "What is your name?",
-    "What is AI?",
-    "Tell me a joke.",
-    "Do you like movies?",
-]
-
 def compare_replies(
     before:list[dict], # `sample_replies` of the starting model
     after:list[dict],  # `sample_replies` of the fine-tuned model, same prompts
@@ -257,13 +219,25 @@ def compare_replies(
     return [dict(prompt=b['prompt'], base=b['greedy'], sft=a['greedy'], sft_sampled=a['sampled']) for b, a in zip(before, after)]
 
 # %% ../nbs/08_finetune.ipynb #7618c20a
-def _source_model(run:str, from_:str) -> Path:
-    "The model folder that `--from` names."
-    if from_ == 'base':
-        return require(stage_dir(run, 'base')/'config.json', f'chatgpt-train pretrain --run {run}').parent
-    folder = Path(from_).expanduser()
-    if not (folder/'config.json').exists():
-        raise UserError(f"{folder} is not a model folder (it has no config.json): give --from base or the folder of a Hugging Face causal LM")
+@dataclass
+class FinetuneConfig:
+    "Every choice of the fine-tune stage (see `run_finetune` for each)."
+    from_:str='base'; data:str='chatterbot'; lora:bool=False; lora_r:int=16; lora_alpha:int=32; epochs:float=5.
+    max_steps:int|None=None; minutes:float=1.5; batch_size:int=8; block_size:int|None=None; lr:float|None=None
+    warmup_steps:int|None=None; weight_decay:float=0.1; grad_clip:float=1.0; precision:str='auto'; device:str='auto'
+    val_fraction:float=0.1; eval_every:int=25; save_every:int=100; log_every:int=5; seed:int=42; max_new_tokens:int=40
+
+    def __post_init__(self):
+        if self.lora_r < 1 or self.lora_alpha < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1, not {self.lora_r} and {self.lora_alpha}")
+        if self.epochs <= 0: raise UserError(f"--epochs must be positive, not {self.epochs}")
+        if self.minutes < 0: raise UserError(f"--minutes must be 0 (no budget) or more, not {self.minutes}")
+
+def finetune_source(
+    run:str|Path, # The run folder
+    from_:str,    # What `--from` names: base, or a model folder
+) -> Path:
+    "The model folder to fine-tune; never the folder this run writes its fine-tuned model to."
+    folder = model_dir(run, from_)
     if folder.resolve() == stage_dir(run, 'sft').resolve():
         raise UserError(f"{folder} is where this run writes its fine-tuned model: copy it elsewhere to fine-tune it again")
     return folder
@@ -277,16 +251,129 @@ def default_lr(
     lr = load_json(p)['lr'] if p.exists() else 5e-5
     return 5 * lr if lora else lr
 
-def _has_tokenizer(folder:Path) -> bool:
-    "Whether a model folder holds tokenizer files (else the run's `tokenizer/` is used)."
-    return any((folder/f).exists() for f in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json'))
+# %% ../nbs/08_finetune.ipynb #54323f9c
+def prepare_finetune(
+    run:str|Path,        # The run folder
+    cfg:FinetuneConfig,  # The settings
+    src:Path,            # The model folder to fine-tune
+    rank:int=0,          # This process's rank (rank 0 writes)
+    world:int=1,         # Processes
+    resume:bool=False,   # Continue a run whose data is already prepared
+) -> tuple:
+    "The model fitted to its chat format, the ids it gained, and the train and val conversations."
+    sft = stage_dir(run, 'sft')
+    data = sft/'data'
+    if rank == 0 and not resume:
+        for d in (data, sft/'lora'):
+            if d.exists(): shutil.rmtree(d)
+        prepare_chat_data(cfg.data, data, CleanConfig(val_fraction=cfg.val_fraction, seed=cfg.seed))
+        has_tok = any((src/f).exists() for f in TOKENIZER_FILES)
+        prepare_tokenizer(src if has_tok else run_file(run, 'tokenizer/tokenizer.json').parent, data/'tokenizer')
+    barrier(world)
+    set_seed(cfg.seed)  # the same new embedding rows on every rank
+    lm = load_model(run, str(src), tokenizer=data/'tokenizer')
+    if not lm.fmt.marks_assistant: raise UserError(f"{data/'tokenizer'}: the tokenizer's chat template does not mark the assistant's tokens")
+    new = fit_to_format(lm.model, lm.fmt)
+    return lm, new, load_conversations(data, 'train', required=True), load_conversations(data, 'val')
 
-def _barrier(world:int):
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
+# %% ../nbs/08_finetune.ipynb #bb64253d
+@dataclass
+class ChatData:
+    "The fine-tuning examples, as the trainer takes them."
+    T:int; examples:int; val_examples:int; tokens:int; share:float; packed:bool; rows:int
+    batches:ChatBatches; val_batches:list; steps:int
 
-# %% ../nbs/08_finetune.ipynb #c6494bcf
+def chat_data(
+    lm,                  # The model and its format (from `prepare_finetune`)
+    train:list[dict],    # Training conversations
+    val:list[dict],      # Held-out conversations
+    cfg:FinetuneConfig,  # The settings
+    rank:int=0,          # This process's rank
+    world:int=1,         # Processes
+) -> ChatData:
+    "Labelled, packed (or padded) rows of the conversations in batches, and the steps a run takes."
+    n_ctx = context_length(lm.model)
+    T = min(cfg.block_size or min(n_ctx, 512), n_ctx)
+    if T < 8: raise UserError(f"--block-size must be at least 8, not {T}")
+    fmt = lm.fmt
+    train_ex, val_ex = fmt.assistant_examples(train, T), fmt.assistant_examples(val, T)
+    share = check_label_share(train_ex, f"{cfg.data} as encoded for {lm.folder}")
+    packed = supports_packing(lm.model)
+    rows = pack_sft(train_ex, T, fmt.pad_id) if packed else train_ex
+    val_rows, B = pack_sft(val_ex, T, fmt.pad_id) if packed else val_ex, cfg.batch_size
+    batches = ChatBatches(rows, B, fmt.pad_id, seed=cfg.seed, rank=rank, world_size=world)
+    val_batches = [pad_collate(val_rows[i:i + B * world], fmt.pad_id) for i in range(0, len(val_rows), B * world)]
+    steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.steps_in_epoch()))
+    return ChatData(T, len(train_ex), len(val_ex), sum(len(e['input_ids']) for e in train_ex), share, packed, len(rows),
+                    batches, val_batches, steps)
+
+# %% ../nbs/08_finetune.ipynb #9ff8ba16
+def measure_replies(
+    model,             # The model, on its device
+    fmt:ChatFormat,    # Its chat format
+    val:list[dict],    # Held-out conversations
+    T:int,             # Tokens an example has at most
+    cfg:FinetuneConfig, # Its seed and `max_new_tokens`
+) -> dict:
+    "Assistant-turn metrics on `val` and sample replies to `PROMPTS`, with the seconds they took."
+    t0 = time.time()
+    return dict(assistant=assistant_metrics(model, fmt, val, T),
+                samples=sample_replies(model, fmt, PROMPTS, sample_settings(cfg.max_new_tokens), cfg.seed, T),
+                seconds=round(time.time() - t0, 2))
+
+# %% ../nbs/08_finetune.ipynb #f469d363
+def train_chat(
+    run:str|Path,        # The run folder
+    lm,                  # The model and its format
+    new:list[int],       # Token ids the model gained (trained too under LoRA)
+    data:ChatData,       # The examples
+    cfg:FinetuneConfig,  # The settings
+    log,                 # The stage's logger
+    rank:int=0,          # This process's rank
+    resume:bool=False,   # Continue from the checkpoint
+) -> tuple:
+    "Train the model on the examples; return the loop's last metrics, the trained (merged) model, and the trained and all parameter counts."
+    sft = stage_dir(run, 'sft')
+    set_seed(cfg.seed)  # the same adapters on every rank
+    model = add_lora(lm.model, cfg.lora_r, cfg.lora_alpha, new_tokens=new) if cfg.lora else lm.model
+    n_train, n_all = trainable_params(model)
+    set_seed(cfg.seed + rank)  # each rank its own dropout
+    tc = TrainConfig(max_steps=data.steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=cfg.lr or default_lr(lm.folder, cfg.lora),
+                     **{k: getattr(cfg, k) for k in ('warmup_steps', 'weight_decay', 'grad_clip', 'precision', 'device', 'seed',
+                                                    'log_every', 'eval_every', 'save_every')})
+    if rank == 0:
+        log.info(f"{'LoRA' if cfg.lora else 'full'} fine-tuning of {lm.folder}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M parameters "
+                 f"trained, {data.steps} steps of {cfg.batch_size} rows, lr {tc.lr:g}" + (f", at most {cfg.minutes:g} min" if cfg.minutes else ''))
+    trainer = Trainer(model, data.batches, tc, sft, val_batches=lambda: data.val_batches, tokenizer_dir=sft/'data'/'tokenizer', logger=log)
+    res = trainer.fit(resume=resume)
+    final = save_merged(trainer.raw_model, sft) if rank == 0 and cfg.lora else trainer.raw_model
+    return dict(res, lr=tc.lr), final, n_train, n_all
+
+# %% ../nbs/08_finetune.ipynb #c1971b24
+def finetune_result(
+    run:str|Path, lm, final, data:ChatData, cfg:FinetuneConfig, # The run, the model before and after, the examples and settings
+    res:dict, before:dict, after:dict,                          # The loop's last metrics, the measurements before and after
+    n_train:int, new:list[int], seconds:float,                  # Parameters trained, ids the tokenizer gained, the stage's time
+) -> dict:
+    "The fine-tune stage's result, as written to `eval/finetune.json`."
+    b, f, data_dir = before['assistant'], after['assistant'], stage_dir(run, 'sft')/'data'
+    return dict(
+        model=dict(name='sft', path=str(stage_dir(run, 'sft')), base=str(lm.folder), architecture=type(final).__name__,
+                   parameters=sum(p.numel() for p in final.parameters()), context=data.T),
+        method=dict(kind='lora' if cfg.lora else 'full', trained_parameters=n_train, lora_r=cfg.lora_r if cfg.lora else None,
+                    lora_alpha=cfg.lora_alpha if cfg.lora else None, new_tokens=len(new)),
+        data=dict(source=cfg.data, folder=str(data_dir), train_conversations=len(load_conversations(data_dir, 'train')),
+                  val_conversations=len(load_conversations(data_dir, 'val')), train_examples=data.examples,
+                  val_examples=data.val_examples, label_share=round(data.share, 4), packed=data.packed, rows=data.rows),
+        split='val',
+        training=dict(steps=res['step'], max_steps=res['max_steps'], loss=res.get('loss'), val_loss=res.get('val_loss'),
+                      lr=res['lr'], elapsed=res['elapsed']),
+        before=b, assistant=f,
+        improvement=dict(perplexity_ratio=round(f['perplexity'] / b['perplexity'], 4)) if b and f else None,
+        samples=compare_replies(before['samples'], after['samples']),
+        seconds=dict(before=before['seconds'], after=after['seconds'], total=round(seconds, 2)))
+
+# %% ../nbs/08_finetune.ipynb #82453dcf
 def run_finetune(
     run:str,                     # The run folder: reads base/ (or --from), writes sft/ and eval/finetune.json
     from_:str='base',            # The model to fine-tune: base (this run's pretrained model) or the path of a Hugging Face causal LM folder
@@ -314,109 +401,32 @@ def run_finetune(
     resume:bool=False,           # Continue from sft/checkpoints/last.pt with the saved settings
 ) -> dict:
     "Fine-tune a model on chat conversations, with the loss on the assistant's replies; write sft/ and eval/finetune.json (before/after)."
-    args = dict(locals())
-    if not resume: _source_model(run, from_)  # a missing model fails before anything is written
-    sft = stage_dir(run, 'sft')
-    dev = _device_for_rank(device)
+    args, t_start = dict(locals()), time.time()
+    if not resume: finetune_source(run, from_)  # a missing model fails before anything is written
+    sft, dev = stage_dir(run, 'sft'), rank_device(device)
     rank, world = init_distributed(dev)
     log = get_logger('finetune', sft if rank == 0 else None)
-    t_start = time.time()
-    with writing_stage(run, 'sft', f'rerun `chatgpt-train finetune --run {run} --resume` to continue from its last checkpoint, or without --resume to start over'):
+    with writing_stage(run, 'finetune'):
         try:
-            if resume:
-                args = resume_args(sft, args, run_finetune, log)
-            a = args
-            if a['lora_r'] < 1 or a['lora_alpha'] < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1, not {a['lora_r']} and {a['lora_alpha']}")
-            if a['epochs'] <= 0: raise UserError(f"--epochs must be positive, not {a['epochs']}")
-            if a['minutes'] < 0: raise UserError(f"--minutes must be 0 (no budget) or more, not {a['minutes']}")
-            src = _source_model(run, a['from_'])
-            data_dir = sft/'data'
-
-            # the data and the tokenizer: made once by rank 0, read by the others and by a resumed run
-            if rank == 0 and not resume:
-                for d in (data_dir, sft/'lora'):
-                    if d.exists(): shutil.rmtree(d)
-                prepare_chat_data(a['data'], data_dir, CleanConfig(val_fraction=a['val_fraction'], seed=a['seed']))
-                prepare_tokenizer(src if _has_tokenizer(src) else require(stage_dir(run, 'tokenizer')/'tokenizer.json',
-                                                                          f'chatgpt-train tokenizer --run {run}').parent, data_dir/'tokenizer')
-            _barrier(world)
-            convs = list(read_jsonl(require(data_dir/'clean'/'conversations.jsonl', 'a run without --resume')))
-            train_convs, val_convs = [c for c in convs if c['split'] == 'train'], [c for c in convs if c['split'] == 'val']
-            fmt = chat_format(data_dir/'tokenizer')
-
-            set_seed(a['seed'])
-            model, new_tokens = load_model(src, fmt)
-            T = min(a['block_size'] or min(context_length(model), 512), context_length(model))
-            if T < 8: raise UserError(f"--block-size must be at least 8, not {T}")
-            train_ex, val_ex = fmt.assistant_examples(train_convs, T), fmt.assistant_examples(val_convs, T)
-            share = check_label_share(train_ex, f"{a['data']} as encoded for {src}")
-            packed = supports_packing(model)
-            rows = pack_sft(train_ex, T, fmt.pad_id) if packed else train_ex
-            val_rows = pack_sft(val_ex, T, fmt.pad_id) if packed else val_ex
-            B = a['batch_size']
-            batches = ChatBatches(rows, B, fmt.pad_id, seed=a['seed'], rank=rank, world_size=world)
-            val_batches = [pad_collate(val_rows[i:i + B * world], fmt.pad_id) for i in range(0, len(val_rows), B * world)]
-            steps = a['max_steps'] or max(1, math.ceil(a['epochs'] * batches.steps_in_epoch()))
+            if resume: args = resume_args(sft, args, run_finetune, log)
+            cfg = FinetuneConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
+            lm, new, train, val = prepare_finetune(run, cfg, finetune_source(run, cfg.from_), rank, world, resume)
+            data = chat_data(lm, train, val, cfg, rank, world)
             if rank == 0:
-                tokens = sum(len(e['input_ids']) for e in train_ex)
-                log.info(f"{len(train_convs):,} train and {len(val_convs):,} val conversations from {a['data']}: {len(train_ex):,} examples, "
-                         f"{tokens:,} tokens, {share:.0%} of them the assistant's; {len(rows):,} {'packed rows' if packed else 'padded rows'} "
-                         f"of up to {T} tokens")
-
-            # before: the starting model on the held-out conversations (measured once; a resumed run reads it back)
-            before_path = data_dir/'before.json'
-            if rank == 0 and not before_path.exists():
-                t0 = time.time()
-                before = dict(assistant=assistant_metrics(model.to(dev), fmt, val_convs, T),
-                              samples=sample_replies(model.to(dev), fmt, PROMPTS, a['max_new_tokens'], seed=a['seed'], context=T))
-                before['seconds'] = round(time.time() - t0, 2)
-                save_json(before, before_path)
-            _barrier(world)
-            before = load_json(before_path)
-
-            set_seed(a['seed'])  # the same adapters on every rank, however the evaluation above drew its samples
-            if a['lora']: model = add_lora(model, a['lora_r'], a['lora_alpha'], new_tokens=new_tokens)
-            n_train, n_all = trainable_params(model)
-            set_seed(a['seed'] + rank)  # each rank its own dropout
-            cfg = TrainConfig(max_steps=steps, minutes=a['minutes'] or None, batch_size=B, lr=a['lr'] or default_lr(src, a['lora']),
-                              warmup_steps=a['warmup_steps'], weight_decay=a['weight_decay'], grad_clip=a['grad_clip'],
-                              precision=a['precision'], device=str(dev), seed=a['seed'], log_every=a['log_every'],
-                              eval_every=a['eval_every'], save_every=a['save_every'])
-            if rank == 0:
-                sft.mkdir(parents=True, exist_ok=True)
-                save_args(sft, 'finetune', {**args, 'block_size': T})
-                log.info(f"{'LoRA' if a['lora'] else 'full'} fine-tuning of {src}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M parameters "
-                         f"trained, {steps} steps of {B} rows, lr {cfg.lr:g}" + (f", at most {a['minutes']:g} min" if a['minutes'] else ''))
-            trainer = Trainer(model, batches, cfg, sft, val_batches=lambda: val_batches, tokenizer_dir=data_dir/'tokenizer', logger=log)
-            res = trainer.fit(resume=resume)
-            final = trainer.raw_model
-            if rank == 0 and a['lora']: final = save_merged(final, sft)
-            _barrier(world)
+                log.info(f"{len(train):,} train and {len(val):,} val conversations from {cfg.data}: {data.examples:,} examples, {data.tokens:,} "
+                         f"tokens, {data.share:.0%} of them the assistant's; {data.rows:,} {'packed' if data.packed else 'padded'} rows of up to {data.T} tokens")
+                if not (sft/'data'/'before.json').exists(): save_json(measure_replies(lm.model.to(dev), lm.fmt, val, data.T, cfg), sft/'data'/'before.json')
+                save_args(sft, 'finetune', {**args, 'block_size': data.T})
+            barrier(world)
+            before = load_json(sft/'data'/'before.json')  # measured once: a resumed run reads it back
+            res, final, n_train, _ = train_chat(run, lm, new, data, cfg, log, rank, resume)
+            barrier(world)
             if rank != 0: return res
-
-            # after: the fine-tuned model, on the same examples and prompts
-            t0 = time.time()
-            after = dict(assistant=assistant_metrics(final, fmt, val_convs, T),
-                         samples=sample_replies(final, fmt, PROMPTS, a['max_new_tokens'], seed=a['seed'], context=T))
-            after['seconds'] = round(time.time() - t0, 2)
-            b, f = before['assistant'], after['assistant']
-            result = dict(
-                model=dict(name='sft', path=str(sft), base=str(src), architecture=type(final).__name__,
-                           parameters=sum(p.numel() for p in final.parameters()), context=T),
-                method=dict(kind='lora' if a['lora'] else 'full', trained_parameters=n_train, lora_r=a['lora_r'] if a['lora'] else None,
-                            lora_alpha=a['lora_alpha'] if a['lora'] else None, new_tokens=len(new_tokens)),
-                data=dict(source=a['data'], folder=str(data_dir), train_conversations=len(train_convs), val_conversations=len(val_convs),
-                          train_examples=len(train_ex), val_examples=len(val_ex), label_share=round(share, 4), packed=packed, rows=len(rows)),
-                split='val',
-                training=dict(steps=res['step'], max_steps=res['max_steps'], loss=res.get('loss'), val_loss=res.get('val_loss'),
-                              lr=cfg.lr, elapsed=res['elapsed']),
-                before=b, assistant=f,
-                improvement=dict(perplexity_ratio=round(f['perplexity'] / b['perplexity'], 4)) if b and f else None,
-                samples=compare_replies(before['samples'], after['samples']),
-                seconds=dict(before=before['seconds'], after=after['seconds'], total=round(time.time() - t_start, 2)))
+            result = finetune_result(run, lm, final, data, cfg, res, before, measure_replies(final, lm.fmt, val, data.T, cfg),
+                                     n_train, new, time.time() - t_start)
             save_json(result, stage_dir(run, 'eval', create=True)/'finetune.json')
-            if b and f:
-                log.info(f"assistant-turn perplexity on {len(val_convs)} held-out conversations: {b['perplexity']:.2f} before, "
-                         f"{f['perplexity']:.2f} after; {time.time() - t_start:.0f} s; wrote {sft} and eval/finetune.json")
+            if result['improvement']:
+                log.info(f"assistant-turn perplexity on {len(val)} held-out conversations: {result['before']['perplexity']:.2f} before, "
+                         f"{result['assistant']['perplexity']:.2f} after; {time.time() - t_start:.0f} s; wrote {sft} and eval/finetune.json")
             return result
         finally: end_distributed()

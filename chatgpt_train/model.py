@@ -12,13 +12,15 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig, PreTrainedModel
 
-from .core import UserError, autocast_dtype
+from .core import UserError, autocast_dtype, get_device, model_dir, run_file
+from .chat_format import ChatFormat, load_chat_format
 
 # %% auto #0
-__all__ = ['PRESETS', 'PICKLE_WEIGHTS', 'DEVICES', 'ModelConfig', 'depth_preset', 'get_preset', 'hf_config', 'make_model',
-           'context_length', 'hf_quiet', 'load_causal_lm', 'count_params', 'matmul_params', 'flops_per_token',
-           'training_memory', 'measure_training_peak', 'kv_cache_bytes', 'training_time', 'model_config',
-           'model_summary', 'recommend_model']
+__all__ = ['PRESETS', 'CPU_TRAINING', 'TRAINING', 'PICKLE_WEIGHTS', 'TOKENIZER_FILES', 'DEVICES', 'ModelConfig', 'depth_preset',
+           'get_preset', 'training_defaults', 'hf_config', 'make_model', 'context_length', 'hf_quiet', 'load_causal_lm',
+           'LoadedModel', 'load_model', 'count_params', 'matmul_params', 'flops_per_token', 'training_memory',
+           'measure_training_peak', 'kv_cache_bytes', 'training_time', 'model_config', 'model_summary',
+           'recommend_model']
 
 # %% ../nbs/05_model.ipynb #468a6cf7
 @dataclass
@@ -33,8 +35,6 @@ class ModelConfig:
     attention:Literal['dense','sparse']='dense' # 'sparse': GPT-3's alternating dense and local layers, built as GPT-Neo
     window:int=256         # How many recent tokens a local ('sparse') layer attends to
     dropout:float=0.0      # Dropout everywhere; 0 trains faster and suits runs shorter than one pass over the data
-    lr:float=1e-3          # Peak AdamW learning rate: the paper's for published sizes, ours for the CPU sizes
-    batch_tokens:int=4096  # Tokens per optimizer step: the paper's for published sizes, ours for the CPU sizes
 
     def __post_init__(self):
         if self.family not in ('gpt1', 'gpt2', 'gpt3'): raise UserError(f"family must be gpt1, gpt2 or gpt3, not {self.family!r}")
@@ -47,7 +47,7 @@ class ModelConfig:
     def head_dim(self) -> int: return self.n_embd // self.n_head
 
 # %% ../nbs/05_model.ipynb #267740bf
-_GPT2 = dict(family='gpt2', n_positions=1024, vocab_size=50257, batch_tokens=512*1024)
+_GPT2 = dict(family='gpt2', n_positions=1024, vocab_size=50257)
 _GPT3 = dict(family='gpt3', n_positions=2048, vocab_size=50257)
 
 PRESETS = {
@@ -56,22 +56,21 @@ PRESETS = {
     'tiny':        dict(n_layer=4,  n_head=4,  n_embd=256,  n_positions=256),          # 5.3M: the default, minutes on 2 cores
     'mini':        dict(n_layer=6,  n_head=6,  n_embd=384,  n_positions=256),          # 13.8M: an hour on 2 cores
     # GPT-1: post-LN, OpenAIGPTLMHeadModel
-    'gpt1':        dict(family='gpt1', n_layer=12, n_head=12, n_embd=768, n_positions=512, vocab_size=40478,
-                        lr=2.5e-4, batch_tokens=64*512),                                   # 117M
+    'gpt1':        dict(family='gpt1', n_layer=12, n_head=12, n_embd=768, n_positions=512, vocab_size=40478), # 117M
     # GPT-2
-    'gpt2':        dict(**_GPT2, n_layer=12, n_head=12, n_embd=768,  lr=6e-4),             # 124M
-    'gpt2-medium': dict(**_GPT2, n_layer=24, n_head=16, n_embd=1024, lr=3e-4),             # 355M
-    'gpt2-large':  dict(**_GPT2, n_layer=36, n_head=20, n_embd=1280, lr=2.5e-4),           # 774M
-    'gpt2-xl':     dict(**_GPT2, n_layer=48, n_head=25, n_embd=1600, lr=2e-4),             # 1558M
+    'gpt2':        dict(**_GPT2, n_layer=12, n_head=12, n_embd=768),    # 124M
+    'gpt2-medium': dict(**_GPT2, n_layer=24, n_head=16, n_embd=1024),   # 355M
+    'gpt2-large':  dict(**_GPT2, n_layer=36, n_head=20, n_embd=1280),   # 774M
+    'gpt2-xl':     dict(**_GPT2, n_layer=48, n_head=25, n_embd=1600),   # 1558M
     # GPT-3, Table 2.1: dense GPT-2 blocks by default; attention='sparse' for the alternating dense/local layers
-    'gpt3-small':  dict(**_GPT3, n_layer=12, n_head=12, n_embd=768,   lr=6.0e-4, batch_tokens=2**19), # 125M
-    'gpt3-medium': dict(**_GPT3, n_layer=24, n_head=16, n_embd=1024,  lr=3.0e-4, batch_tokens=2**19), # 350M
-    'gpt3-large':  dict(**_GPT3, n_layer=24, n_head=16, n_embd=1536,  lr=2.5e-4, batch_tokens=2**19), # 760M
-    'gpt3-xl':     dict(**_GPT3, n_layer=24, n_head=16, n_embd=2048,  lr=2.0e-4, batch_tokens=2**20), # 1.3B (paper: 24 heads)
-    'gpt3-2.7b':   dict(**_GPT3, n_layer=32, n_head=32, n_embd=2560,  lr=1.6e-4, batch_tokens=2**20), # 2.7B
-    'gpt3-6.7b':   dict(**_GPT3, n_layer=32, n_head=32, n_embd=4096,  lr=1.2e-4, batch_tokens=2**21), # 6.7B
-    'gpt3-13b':    dict(**_GPT3, n_layer=40, n_head=40, n_embd=5120,  lr=1.0e-4, batch_tokens=2**21), # 13.0B (paper: 5140 wide)
-    'gpt3-175b':   dict(**_GPT3, n_layer=96, n_head=96, n_embd=12288, lr=0.6e-4, batch_tokens=3_200_000), # 175.0B
+    'gpt3-small':  dict(**_GPT3, n_layer=12, n_head=12, n_embd=768),    # 125M
+    'gpt3-medium': dict(**_GPT3, n_layer=24, n_head=16, n_embd=1024),   # 350M
+    'gpt3-large':  dict(**_GPT3, n_layer=24, n_head=16, n_embd=1536),   # 760M
+    'gpt3-xl':     dict(**_GPT3, n_layer=24, n_head=16, n_embd=2048),   # 1.3B (paper: 24 heads)
+    'gpt3-2.7b':   dict(**_GPT3, n_layer=32, n_head=32, n_embd=2560),   # 2.7B
+    'gpt3-6.7b':   dict(**_GPT3, n_layer=32, n_head=32, n_embd=4096),   # 6.7B
+    'gpt3-13b':    dict(**_GPT3, n_layer=40, n_head=40, n_embd=5120),   # 13.0B (paper: 5140 wide)
+    'gpt3-175b':   dict(**_GPT3, n_layer=96, n_head=96, n_embd=12288),  # 175.0B
 }
 
 # %% ../nbs/05_model.ipynb #9cc08661
@@ -88,6 +87,32 @@ def get_preset(
     if name in PRESETS: return ModelConfig(**PRESETS[name])
     if m := re.fullmatch(r'd([1-9]\d?)', name): return ModelConfig(**depth_preset(int(m.group(1))))
     raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}, or dN for a CPU model of depth N (e.g. d3)")
+
+# %% ../nbs/05_model.ipynb #48077b55
+CPU_TRAINING = dict(lr=1e-3, tokens_per_step=4096)  # the CPU presets and dN
+
+TRAINING = {  # preset: peak learning rate and tokens per optimizer step
+    'gpt1':        dict(lr=2.5e-4, tokens_per_step=64*512),
+    'gpt2':        dict(lr=6e-4,   tokens_per_step=512*1024),
+    'gpt2-medium': dict(lr=3e-4,   tokens_per_step=512*1024),
+    'gpt2-large':  dict(lr=2.5e-4, tokens_per_step=512*1024),
+    'gpt2-xl':     dict(lr=2e-4,   tokens_per_step=512*1024),
+    'gpt3-small':  dict(lr=6.0e-4, tokens_per_step=2**19),
+    'gpt3-medium': dict(lr=3.0e-4, tokens_per_step=2**19),
+    'gpt3-large':  dict(lr=2.5e-4, tokens_per_step=2**19),
+    'gpt3-xl':     dict(lr=2.0e-4, tokens_per_step=2**20),
+    'gpt3-2.7b':   dict(lr=1.6e-4, tokens_per_step=2**20),
+    'gpt3-6.7b':   dict(lr=1.2e-4, tokens_per_step=2**21),
+    'gpt3-13b':    dict(lr=1.0e-4, tokens_per_step=2**21),
+    'gpt3-175b':   dict(lr=0.6e-4, tokens_per_step=3_200_000),
+}
+
+def training_defaults(
+    name:str, # A preset name (see `get_preset`)
+) -> dict:
+    "The learning rate and tokens per step that preset `name` trains with unless told otherwise."
+    get_preset(name)  # an unknown name fails here, with the list of choices
+    return dict(TRAINING.get(name, CPU_TRAINING))
 
 # %% ../nbs/05_model.ipynb #ac1de186
 def _hf_kwargs(cfg:ModelConfig) -> tuple[type, dict]:
@@ -184,6 +209,37 @@ def load_causal_lm(
                             f"safetensors only. If you trust the folder, convert it once: load it with transformers and "
                             f"save_pretrained, which writes model.safetensors") from None
         raise UserError(f"{folder}: not a causal language model folder that transformers can load ({e})") from None
+
+# %% ../nbs/05_model.ipynb #a9b00a90
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json')  # any of these: the folder has its own tokenizer
+
+@dataclass
+class LoadedModel:
+    "A model found by name or path, loaded, and the chat format of its tokenizer."
+    folder:Path             # The model folder
+    model:PreTrainedModel   # The model, in eval mode on the device asked for
+    fmt:ChatFormat          # How it reads conversations
+    tokenizer_dir:Path      # The tokenizer folder used: the model folder, or the run's `tokenizer/`
+
+def load_model(
+    run:str|Path|None,            # The run folder (for base, sft, the newest model, or a model folder without a tokenizer)
+    model:str|None=None,          # base, sft, the path of a model folder, or None for the run's newest model
+    device:str='cpu',             # auto, cpu, cuda, cuda:1 or mps
+    tokenizer:str|Path|None=None, # Use this tokenizer folder instead (the model may have fewer embeddings: the caller grows them)
+) -> LoadedModel:
+    "The model `model` of `run` (or at a path), loaded from safetensors in eval mode, with its tokenizer's chat format."
+    folder = model_dir(run, model)
+    tok_dir = tokenizer
+    if tok_dir is None:
+        if any((folder/f).exists() for f in TOKENIZER_FILES): tok_dir = folder
+        elif run is not None: tok_dir = run_file(run, 'tokenizer/tokenizer.json').parent
+        else: raise UserError(f"{folder} has no tokenizer files: copy them from the run's tokenizer/ folder into it, or give its --run")
+    fmt = load_chat_format(tok_dir)
+    lm = load_causal_lm(folder)
+    n = lm.get_input_embeddings().num_embeddings
+    if tokenizer is None and n < len(fmt.hf):
+        raise UserError(f"{folder} has {n} token embeddings, fewer than the {len(fmt.hf)} tokens of its tokenizer {tok_dir}")
+    return LoadedModel(folder, lm.to(get_device(device)).eval(), fmt, Path(tok_dir))
 
 # %% ../nbs/05_model.ipynb #7e6bac94
 def count_params(

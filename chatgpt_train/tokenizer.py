@@ -15,14 +15,14 @@ import tiktoken
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import chatgpt_train
-from .core import UserError, get_logger, read_jsonl, require, save_args, save_json, stage_dir, writing_stage
+from .core import UserError, get_logger, load_conversations, require, run_file, save_args, save_json, writing_stage
 
 # %% auto #0
 __all__ = ['NLTK_DATA', 'GPT2_SPLIT', 'SPECIAL_TOKENS', 'ROLES', 'CHAT_TEMPLATE', 'write_punkt_tab', 'use_packaged_punkt',
            'word_counts', 'oov_rate', 'plot_zipf', 'pair_counts', 'merge_pair', 'SimpleBPE', 'train_bpe',
            'bytes_to_unicode', 'token_bytes', 'turn_text', 'check_role', 'render_chat', 'save_tokenizer',
            'tiktoken_encoding', 'ChatTokenizer', 'load_tokenizer', 'tokenization_stats', 'token_byte_lengths',
-           'split_turn_texts', 'run_tokenizer']
+           'run_tokenizer']
 
 # %% ../nbs/03_tokenizer.ipynb #3c133859
 NLTK_DATA = Path(chatgpt_train.__file__).parent/'data'/'nltk_data'  # punkt_tab files shipped with the package
@@ -303,9 +303,8 @@ def load_tokenizer(
 ) -> ChatTokenizer:
     "Load our tokenizer from its folder, or from a run folder's `tokenizer/`."
     path = Path(path)
-    if not (path/'tokenizer.json').exists() and path.name != 'tokenizer': path = path/'tokenizer'
-    require(path/'tokenizer.json', f'chatgpt-train tokenizer --run {path.parent}')
-    return ChatTokenizer(path)
+    if (path/'tokenizer.json').exists(): return ChatTokenizer(require(path))  # `require` refuses an unfinished folder
+    return ChatTokenizer(run_file(path.parent if path.name == 'tokenizer' else path, 'tokenizer/tokenizer.json').parent)
 
 # %% ../nbs/03_tokenizer.ipynb #cf18b774
 def tokenization_stats(
@@ -327,25 +326,17 @@ def token_byte_lengths(
     return out
 
 # %% ../nbs/03_tokenizer.ipynb #117a7901
-def split_turn_texts(
-    path:str|Path, # A conversations file (`clean/conversations.jsonl`)
-    split:str,     # "train" or "val"
-) -> list[str]:
-    "The text of every turn of the conversations of `split`."
-    return [turn_text(t) for c in read_jsonl(path) if c.get('split') == split for t in c['turns']]
-
 def run_tokenizer(
     run:str,             # The run folder: reads clean/conversations.jsonl, writes tokenizer/
     vocab_size:int=8192, # Vocabulary size, the 5 special tokens and 256 bytes included
 ) -> Path:
     "Train the byte-level BPE tokenizer on the train split and save it, with its chat template, to `tokenizer/`."
-    src = require(stage_dir(run, 'clean')/'conversations.jsonl', f'chatgpt-train clean --run {run}')
+    texts = lambda split: [turn_text(t) for c in load_conversations(run, split, required=split == 'train') for t in c['turns']]
+    train, val = texts('train'), texts('val')
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
         raise UserError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} (256 bytes, {len(SPECIAL_TOKENS)} special tokens and one merge), not {vocab_size}")
     with writing_stage(run, 'tokenizer') as out:
         log = get_logger('tokenizer', out)
-        train, val = split_turn_texts(src, 'train'), split_turn_texts(src, 'val')
-        if not train: raise UserError(f"{src} has no conversations with split 'train': rerun `chatgpt-train clean --run {run}`")
         t0 = time.time()
         tok = train_bpe(train, vocab_size)
         secs = time.time() - t0

@@ -6,8 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from chatgpt_train.chat import (GREEDY, ChatSession, ChatWidget, GPT2Decoder, SamplingConfig, chat_loop, generate_text,
-                                generate_tokens, load_chat_model, random_chat_model, stream_text)
+from chatgpt_train.chat import ChatSession, ChatWidget, chat_loop
+from chatgpt_train.generate import (GREEDY, GPT2Decoder, SamplingConfig, generate_text, generate_tokens, random_chat_model,
+                                    stream_text)
+from chatgpt_train.model import load_model
 from chatgpt_train.cli import main
 from chatgpt_train.core import save_json
 
@@ -16,13 +18,14 @@ from chatgpt_train.core import save_json
 def folder(tmp_path_factory):
     "A model folder: a micro GPT-2 with random weights and a tokenizer that has multi-byte characters among its tokens."
     texts = ['héllo wörld, ça va? 👋🏽 🎉', '你好，世界。今天好吗？', 'Привет, мир!'] * 20
-    from chatgpt_train.chat import _corpus_texts
+    from chatgpt_train.generate import _corpus_texts
     return random_chat_model(tmp_path_factory.mktemp('models')/'micro', texts=_corpus_texts() + texts, vocab_size=600)
 
 
 @pytest.fixture(scope='module')
 def loaded(folder):
-    return load_chat_model(folder, 'cpu')
+    lm = load_model(None, folder, 'cpu')
+    return lm.model, lm.fmt.hf
 
 
 def chatgpt_train_command() -> list[str]:
@@ -63,8 +66,8 @@ def test_plain_output_one_reply_a_line(folder):
 def test_run_folder_prefers_sft_then_base(folder, tmp_path, monkeypatch):
     import shutil
     from chatgpt_train import chat
-    loaded, load = [], chat.load_chat_model
-    monkeypatch.setattr(chat, 'load_chat_model', lambda f, device: (loaded.append(Path(f)), load(f, device))[1])
+    loaded, load = [], chat.load_model
+    monkeypatch.setattr(chat, 'load_model', lambda *a, **k: (lm := load(*a, **k), loaded.append(lm.folder))[0])
     run = tmp_path/'run'
     shutil.copytree(folder, run/'base')
     rc, out, err = run_cli('chat', '--run', str(run), '--max-new-tokens', '8', '--jsonl', stdin='Hi\n')

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from chatgpt_train import clean
-from chatgpt_train.clean import CleanConfig, clean_conversations, fix_unicode, load_clean, profanity_scores, split_of
+from chatgpt_train.clean import CleanConfig, clean_conversations, fix_unicode, profanity_scores, split_of
 from chatgpt_train.cli import main
-from chatgpt_train.core import UserError, load_json, read_jsonl
+from chatgpt_train.core import UserError, load_conversations, load_json, read_jsonl
 
 
 def conv(id, *texts, **kw):
@@ -66,8 +66,8 @@ def test_cli_end_to_end(tmp_path):
     assert all(r['step'] and r['reason'] for r in removed)
     assert Counter(r['reason'] for r in removed) == Counter({'exact duplicate': 1, 'too few turns': 1,
                                                              'spam-like repetition': 1, 'reply to a dropped turn': 1})
-    # the split: every conversation on one side, both sides present, and what load_clean reads
-    train, val = load_clean(str(tmp_path), 'train'), load_clean(str(tmp_path), 'val')
+    # the split: every conversation on one side, both sides present, and what load_conversations reads
+    train, val = load_conversations(str(tmp_path), 'train'), load_conversations(str(tmp_path), 'val')
     assert len(train) + len(val) == len(kept) and train and val
     assert {c['split'] for c in kept} == {'train', 'val'}
     assert report['split']['near_dups_across_split'] == 0
@@ -221,6 +221,6 @@ def test_near_duplicates_and_split():
     assert (s['near_dups_across_split_found'], s['moved_to_train'], [c['split'] for c in out]) == (1, 1, ['train', 'train'])
 
 
-def test_load_clean_errors(tmp_path):
-    with pytest.raises(UserError, match='chatgpt-train clean --run'): load_clean(str(tmp_path))
-    with pytest.raises(UserError, match='split must be train or val'): load_clean(str(tmp_path), 'test')
+def test_load_conversations_errors(tmp_path):
+    with pytest.raises(UserError, match='chatgpt-train clean --run'): load_conversations(str(tmp_path))
+    with pytest.raises(UserError, match='split must be train or val'): load_conversations(str(tmp_path), 'test')

@@ -236,7 +236,8 @@ def test_report_is_remade_from_the_folder_alone(e2e, tmp_path):
     copy = tmp_path/'demo'  # the same run name, in another place
     shutil.copytree(e2e[0], copy)
     (copy/'report.md').unlink(); shutil.rmtree(copy/'plots')
-    path = cli.write_report(copy)
+    from chatgpt_train.report import write_report
+    path = write_report(copy)
     strip = lambda s: '\n'.join(l for l in s.splitlines() if 'written 20' not in l).replace(str(e2e[0]), str(copy))
     assert strip(path.read_text()) == strip((e2e[0]/'report.md').read_text())
     assert (copy/'plots'/'sft.png').exists()

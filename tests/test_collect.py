@@ -14,7 +14,8 @@ import pytest
 
 from chatgpt_train.cli import main
 from chatgpt_train.core import get_logger
-from chatgpt_train.collect import (RAW_CHARS, conversations_dataset, hf_items, load_conversations, row_to_conversation,
+from chatgpt_train.core import load_conversations
+from chatgpt_train.collect import (RAW_CHARS, conversations_dataset, hf_items, row_to_conversation,
                                    run_collect)
 
 get_logger('collect')  # bind the log's stderr handler now, so progress lines never land in a test's captured stderr
@@ -398,7 +399,7 @@ def test_chitchat(tmp_path):
     report = json.loads((run/'collect'/'report.json').read_text())
     assert report['read'] == 7168 and report['kept'] + report['quarantined'] == 7168
     assert report['kept'] == 7168 and report['turns'] == 138716 and report['stats']['single_turn'] == 3151
-    convs = load_conversations(run)
+    convs = load_conversations(run, stage='collect')
     assert len(convs) == report['conversations'] and len({c['id'] for c in convs}) == len(convs)
     assert all(c['source'] == 'chitchat' and 'start' in c['meta'] for c in convs)
     assert (sum('prompt' in c['meta'] for c in convs), sum('ratings' in c['meta'] for c in convs)) == (6929, 5988)

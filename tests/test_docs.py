@@ -32,8 +32,8 @@ class _VisibleText(html.parser.HTMLParser):
         if not any(self.stack): self.parts.append(data)
     def text(self): return ' '.join(' '.join(self.parts).split())
 
-def rendered_text(page:Path) -> str:
-    "The visible text of `page` after Chromium has loaded it and run its scripts."
+def rendered_dom(page:Path) -> str:
+    "The DOM of `page` after Chromium has loaded it and run its scripts."
     assert CHROMIUM, 'chromium is required for the docs check: apt-get install chromium'
     with subprocess.Popen([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                            '--disable-background-networking', '--disable-component-update', '--disable-sync',
@@ -41,8 +41,16 @@ def rendered_text(page:Path) -> str:
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as p:
         dom, _ = p.communicate(timeout=120)
     assert p.returncode == 0 and dom, f'chromium could not render {page}'
+    return dom
+
+def visible_text(dom:str) -> str:
+    "The text a reader sees in `dom`."
     v = _VisibleText(); v.feed(dom)
     return v.text()
+
+def rendered_text(page:Path) -> str:
+    "The visible text of `page` after Chromium has loaded it and run its scripts."
+    return visible_text(rendered_dom(page))
 
 def test_every_notebook_has_a_page(site):
     nbs = {p.stem for p in (root/'nbs').glob('*.ipynb') if not p.name.startswith('_')}
@@ -61,3 +69,19 @@ def test_index_and_api_page_in_a_browser(site):
     api = rendered_text(site/'00_core.html')
     # show_doc's signature with each parameter's docment, as the reader sees it (spacing comes from the code highlighter)
     assert 'defrun_path(run:str|Path,#Arunfolder,orabarerunname)->Path' in api.replace(' ', '')
+
+
+@needs_chromium
+def test_math_and_links_render_as_a_reader_sees_them(site):
+    "Math becomes MathML (no raw LaTeX on the page), and no Quarto-only link attribute shows, in prose or in show_doc output."
+    dom = rendered_dom(site/'06_train.html')
+    text = visible_text(dom)
+    assert '<math' in dom and '$x_1' not in text and '\\dots' not in text and '\\ln 64' not in text
+    for page in ('00_core.html', '05_model.html', '07_evaluate.html'):
+        assert 'target="_blank"' not in rendered_text(site/page) and 'font-size:smaller' not in rendered_text(site/page), page
+
+
+def test_widgets_without_state_show_their_text(site):
+    "The chat widget, committed without widget state, shows its transcript on the page rather than an empty box."
+    page = (site/'09_chat.html').read_text()
+    assert 'Hello again!' in page and 'No messages yet' not in page.split('Hello again!')[0][-2000:]

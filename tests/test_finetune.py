@@ -11,7 +11,7 @@ from chatgpt_train.core import load_json, stage_dir, write_jsonl
 from chatgpt_train.encode import run_encode
 from chatgpt_train.model import make_model
 from chatgpt_train.tokenizer import run_tokenizer
-from chatgpt_train.train import run_pretrain
+from chatgpt_train.pretrain import run_pretrain
 import chatgpt_train.finetune as ft
 
 # Short rows and few steps: the test's time goes to loading data and models, not to training.

@@ -7,7 +7,8 @@ import torch
 
 from chatgpt_train.cli import main
 from chatgpt_train.core import UserError, load_json
-from chatgpt_train.encode import BlockSampler, load_tokens
+from chatgpt_train.core import load_tokens
+from chatgpt_train.encode import BlockSampler
 from chatgpt_train.model import make_model
 from chatgpt_train.train import NextTokenBlocks, TrainConfig, Trainer, lm_loss
 from toy_run import BIN, ENV, FAST, checkpoint_step, cli, metrics, weights

@@ -6,6 +6,11 @@ Where Quarto is installed, `nbdev_docs` builds the real site from the same noteb
 installed on the machines this project is built and tested on, so this script runs the same processing nbdev runs before it
 calls Quarto (frontmatter, `show_doc` for every exported name with its docments, hidden cells removed) and renders each
 processed notebook with nbconvert, honouring the Quarto cell options nbdev sets (`echo: false`, `include: false`, `output: false`).
+
+What Quarto would do on top, it does here too: math written as `$...$` and `$$...$$` in the notebooks' prose becomes MathML
+(with latex2mathml, when the page is built), which browsers render without any script, so the pages need no network; the
+link attributes Quarto reads (`{target="_blank" ...}`) are removed, in prose and in the `show_doc` output alike; and a
+widget whose state is not saved (notebooks are committed without it) shows the text it carries instead of an empty box.
 """
 import re, shutil, sys
 from pathlib import Path
@@ -18,6 +23,25 @@ from nbdev.quarto import nbdev_sidebar, refresh_quarto_yml
 from nbdev.serve import proc_nbs
 
 _opt = re.compile(r'^#\|\s*([\w-]+)\s*:\s*(.+?)\s*$')
+_QUARTO_ATTRS = re.compile(r'\{target="_blank"[^}]*\}')  # Quarto-only link attributes
+_CODE = re.compile(r'(```.*?```|`[^`\n]*`)', re.S)           # code, where a $ is a dollar
+_MATH = re.compile(r'\$\$(.+?)\$\$|(?<![\\$\w])\$(?=\S)([^$\n]+?)(?<=\S)\$(?![\w$])', re.S)
+WIDGET = 'application/vnd.jupyter.widget-view+json'
+
+def math_to_mathml(md:str) -> str:
+    "`md` with its `$...$` and `$$...$$` math (outside code) turned into MathML."
+    from latex2mathml.converter import convert
+    def one(m): return convert(m[1].strip(), display='block') if m[1] is not None else convert(m[2])
+    parts = _CODE.split(md)
+    return ''.join(p if i % 2 else _MATH.sub(one, p) for i, p in enumerate(parts))
+
+def _outputs(outputs:list) -> list:
+    "Outputs as a page shows them: no Quarto attributes in markdown, and a widget without saved state as its text or HTML."
+    for o in outputs:
+        data = o.get('data', {})
+        if 'text/markdown' in data: data['text/markdown'] = _QUARTO_ATTRS.sub('', ''.join(data['text/markdown']))
+        if WIDGET in data and len(data) > 1: del data[WIDGET]  # its state is not in the notebook: the fallback shows
+    return outputs
 
 def _options(src:str) -> dict:
     "The `#| key: value` Quarto options at the top of a cell."
@@ -41,13 +65,13 @@ def _quarto_like(nb):
         if c.cell_type == 'code':
             o = _options(c.source)
             if o.get('include') == 'false': continue
-            if o.get('output') == 'false': c.outputs = []
+            c.outputs = [] if o.get('output') == 'false' else _outputs(c.outputs)
             c.source = '\n'.join(l for l in c.source.splitlines() if not l.startswith('#|')).strip()
             if o.get('echo') == 'false':
                 if not c.outputs: continue
                 c.metadata['transient'] = {'remove_source': True}
                 c.source = ''
-        if c.cell_type == 'markdown': c.source = re.sub(r'\{target="_blank"[^}]*\}', '', c.source)  # Quarto-only link attributes
+        if c.cell_type == 'markdown': c.source = math_to_mathml(_QUARTO_ATTRS.sub('', c.source))
         cells.append(c)
     nb.cells = cells
     return nb
