@@ -1,13 +1,14 @@
 """How fast does the chat stage generate, what does the key/value cache buy, and how far is batch 1 from the compute bound?
 
-On a GPT-2 of the `mini` preset (6 layers x 384, vocabulary 8,192, random weights) with a 32-token prompt and 256 new
-tokens, greedy, at batch 1 and 8, this measures tokens/s (new tokens of all sequences over the whole call) and time to the
-first new token for:
+On a model of the `mini` preset (6 layers x 384, vocabulary 2,048, random weights; `--family gpt2` for GPT-2 blocks, else
+today's Qwen3 blocks) with a 32-token prompt and 256 new tokens, greedy, at batch 1 and 8, this measures tokens/s (new
+tokens of all sequences over the whole call) and time to the first new token for:
 
 - `transformers`' `generate` with its defaults (its dynamic KV cache): the baseline;
 - the same without the cache (`use_cache=False`): every step reruns the whole text;
-- `chatgpt_train.chat.generate_tokens` with `CacheDecoder` (the model's own forward and cache, without `generate` around it);
-- `generate_tokens` with `GPT2Decoder` (the forward pass written out over the weights, a preallocated cache): what chat uses;
+- `chatgpt_train.generate.generate_tokens` with `CacheDecoder` (the model's own forward and cache, without `generate` around it);
+- `generate_tokens` with the fast decoder of the family, `GPT2Decoder` or `Qwen3Decoder` (the forward pass written out over
+  the weights, a preallocated cache): what chat uses;
 - with `--compile`: `generate` with a static cache and `torch.compile` (forced on CPU, where transformers does not do it itself).
 
 Every variant's tokens are compared with the baseline's: greedy output must be identical. Two bounds put batch 1 in context:
@@ -18,9 +19,10 @@ is shared: read the ratios, which are measured in one run. Usage:
 
     python benchmarks/bench_generate.py                       # mini, prompt 32, 256 new tokens, batches 1 and 8
     python benchmarks/bench_generate.py --preset tiny --threads 1 --repeats 5
+    python benchmarks/bench_generate.py --preset tiny --family gpt2      # GPT-2 blocks of the same shape
     python benchmarks/bench_generate.py --compile             # also a static cache + torch.compile (minutes to compile on CPU)
 
-Results are printed and written to benchmarks/results/bench_generate_PRESET.json.
+Results are printed and written to benchmarks/results/bench_generate_PRESET[_FAMILY].json.
 """
 import argparse, dataclasses, json, os, platform, time
 from pathlib import Path
@@ -28,8 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers.generation.streamers import BaseStreamer
+from transformers.pytorch_utils import Conv1D
 
-from chatgpt_train.chat import GREEDY, generate_tokens
+from chatgpt_train.generate import GREEDY, generate_tokens, make_decoder
 from chatgpt_train.model import make_model
 
 
@@ -78,12 +81,13 @@ def bounds(model, batch, length, repeats):
     "Tokens/s of a forward pass over batch x length positions (compute bound) and of one token's weight matmuls alone."
     x = torch.randint(5, model.config.vocab_size, (batch, length))
     prefill = best_time(lambda: model(input_ids=x), repeats)
-    mats = [w for b in model.transformer.h for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight, b.mlp.c_proj.weight)]
-    ins = {w.shape[0]: torch.randn(1, w.shape[0]) for w in mats}
-    head, h = model.lm_head.weight, torch.randn(1, model.config.n_embd)
+    head = model.get_output_embeddings()
+    mats = [(m.weight, isinstance(m, Conv1D)) for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
+    ins = {w.shape[0 if conv else 1]: torch.randn(1, w.shape[0 if conv else 1]) for w, conv in mats}  # Conv1D stores (in, out)
+    h = torch.randn(1, head.weight.shape[1])
     def one_token():
-        for w in mats: ins[w.shape[0]] @ w
-        F.linear(h, head)
+        for w, conv in mats: ins[w.shape[0]] @ w if conv else F.linear(ins[w.shape[1]], w)
+        F.linear(h, head.weight)
     weights = best_time(lambda: [one_token() for _ in range(20)], repeats) / 20
     return batch * length / prefill, 1 / weights
 
@@ -91,7 +95,8 @@ def bounds(model, batch, length, repeats):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--preset', default='mini', help='model preset (mini: 6 layers x 384)')
-    p.add_argument('--vocab-size', type=int, default=8192)
+    p.add_argument('--family', default=None, help="block design: the preset's (qwen3 for the CPU sizes) or gpt2")
+    p.add_argument('--vocab-size', type=int, default=2048)
     p.add_argument('--prompt-tokens', type=int, default=32)
     p.add_argument('--new-tokens', type=int, default=256)
     p.add_argument('--batches', default='1,8', help='batch sizes, comma-separated')
@@ -100,13 +105,15 @@ def main():
     p.add_argument('--compile', action='store_true', help='also generate with a static cache and torch.compile')
     p.add_argument('--out', help='results file (default: benchmarks/results/bench_generate_PRESET.json)')
     a = p.parse_args()
-    a.out = a.out or str(Path(__file__).parent/'results'/f'bench_generate_{a.preset}.json')
+    a.out = a.out or str(Path(__file__).parent/'results'/f"bench_generate_{a.preset}{'_' + a.family if a.family else ''}.json")
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     T, n = a.prompt_tokens, a.new_tokens
-    model = make_model(a.preset, a.vocab_size, n_positions=max(256, T + n), bos_token_id=0, eos_token_id=None, pad_token_id=0).eval()
+    fam = dict(family=a.family) if a.family else {}
+    model = make_model(a.preset, a.vocab_size, n_positions=max(256, T + n), bos_token_id=0, eos_token_id=None, pad_token_id=0, **fam).eval()
+    fast_name = f'ours, {type(make_decoder(model, 1, T + n)).__name__}'
     params = sum(p.numel() for p in model.parameters())
-    res = dict(preset=a.preset, params=params, prompt_tokens=T, new_tokens=n, threads=torch.get_num_threads(),
+    res = dict(preset=a.preset, family=model.config.model_type, params=params, prompt_tokens=T, new_tokens=n, threads=torch.get_num_threads(),
                torch=torch.__version__, cpu=platform.processor() or platform.machine(), load_before=os.getloadavg()[0], rows=[])
     print(f"{a.preset}: {params/1e6:.1f}M parameters, prompt {T}, {n} new tokens, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
@@ -115,7 +122,7 @@ def main():
         'generate': (lambda m, x, k: hf_generate(m, x, k), True),
         'generate, no cache': (lambda m, x, k: hf_generate(m, x, k, use_cache=False), False),
         'ours, model cache (CacheDecoder)': (lambda m, x, k: ours(m, x, k, fast=False), True),
-        'ours, GPT2Decoder': (lambda m, x, k: ours(m, x, k), True),
+        fast_name: (lambda m, x, k: ours(m, x, k), True),
     }
     if a.compile: variants['generate, static cache + compile'] = (lambda m, x, k: hf_generate(m, x, k, compile=True), True)
     for B in map(int, a.batches.split(',')):
@@ -143,7 +150,7 @@ def main():
     b1 = {r['variant']: r for r in res['rows'] if r['batch'] == 1}
     res['bounds'] = dict(compute_bound_tokens_per_s=round(compute, 1), weight_read_bound_tokens_per_s=round(weights, 1))
     if b1:
-        fast, gen = b1['ours, GPT2Decoder'], b1['generate']
+        fast, gen = b1[fast_name], b1['generate']
         res['batch1'] = dict(
             generate_ms_per_token=gen['ms_per_step'], ours_ms_per_token=fast['ms_per_step'], weight_matmuls_ms=round(1e3 / weights, 2),
             compute_bound_ms_per_token=round(1e3 / compute, 3),

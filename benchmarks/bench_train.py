@@ -7,6 +7,8 @@ Targets from issue 6, all measured in one run, on the same model shape, tokens a
 - (b) a plain PyTorch loop over the same packed batches as ours: `model(x, labels=x).loss`, `loss.backward()`,
   `AdamW.step()`, once in fp32 (what such a loop usually is) and once under the same bf16 autocast as ours (the loop's own
   overhead). Goal: ours at least 0.95x.
+- (c) the model family (issue 15): today's blocks (Qwen3: RoPE, RMSNorm, QK-norm, SwiGLU) against GPT-2 blocks of the same
+  shape and about the same parameter count, both in our Trainer, eager and (with `--compile`) compiled. Goal: at least 0.9x.
 - Model FLOP utilisation: the training FLOPs per token of the model stage (6N plus attention) times our tokens/s, as a fraction
   of the FLOP/s of a large matrix multiply measured here, in fp32 and in bf16.
 
@@ -30,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from chatgpt_train.core import save_json
-from chatgpt_train.encode import BlockSampler, load_tokens
+from chatgpt_train.core import load_tokens
+from chatgpt_train.encode import BlockSampler
 from chatgpt_train.model import flops_per_token, get_preset, make_model, model_config
 from chatgpt_train.train import NextTokenBlocks, TrainConfig, Trainer
 
@@ -60,13 +63,14 @@ def tokens_and_lengths(run, vocab):
 class Ours:
     "Our `Trainer.train_step`: packed blocks, bf16 autocast, fused AdamW, shifted loss over the step's tokens."
     name = 'ours (Trainer, bf16, fused AdamW)'
-    def __init__(self, preset, vocab, toks, T, bs, compile=False):
+    def __init__(self, preset, vocab, toks, T, bs, compile=False, family=None):
         torch.manual_seed(0)
-        self.model = make_model(preset, vocab)
-        cfg = TrainConfig(max_steps=10**6, batch_size=bs, lr=1e-3, precision='bf16', compile=compile, eval_every=10**6, save_every=10**6)
+        self.model = make_model(preset, vocab, **({'family': family} if family else {}))
+        cfg = TrainConfig(max_steps=10**6, warmup_steps=10, batch_size=bs, lr=1e-3, precision='bf16', compile=compile, eval_every=10**6,
+                          save_every=10**6)
         self.t = Trainer(self.model, NextTokenBlocks(BlockSampler(toks, T - 1, bs, seed=0)), cfg, tempfile.mkdtemp(), logger=_quiet())
-        self.t.max_steps, self.t.warmup = 10**6, 10
-        if compile: self.name = 'ours + torch.compile'
+        self.t.plan.fit()
+        self.name = (self.name if family is None else f'ours, {family} blocks') + (' + torch.compile' if compile else '')
     def step(self): return self.t.train_step()['tokens']
 
 
@@ -116,7 +120,7 @@ def _quiet():
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--run', help="take tokens and turn lengths from RUN/encode/")
-    p.add_argument('--preset', default='tiny', help='model preset (default: tiny, 4 layers x 256, context 256)')
+    p.add_argument('--preset', default='tiny', help='model preset (default: tiny, 3 layers x 192, context 256)')
     p.add_argument('--batch-size', type=int, default=16, help='rows of packed blocks a step (ours and plain)')
     p.add_argument('--seed-batch-size', type=int, default=8, help='examples a step for the seed recipe')
     p.add_argument('--steps', type=int, default=3, help='timed steps per variant and round')
@@ -131,7 +135,11 @@ def main():
     T = shape.n_positions
     variants = [Ours(a.preset, vocab, toks, T, a.batch_size), Plain(a.preset, vocab, toks, T, a.batch_size, bf16=False),
                 Plain(a.preset, vocab, toks, T, a.batch_size, bf16=True), Seed(a.preset, vocab, toks, lengths, a.seed_batch_size)]
-    if a.compile: variants.insert(1, Ours(a.preset, vocab, toks, T, a.batch_size, compile=True))
+    other = 'gpt2' if shape.family == 'qwen3' else None  # the family comparison, for today's presets
+    if other: variants.insert(1, Ours(a.preset, vocab, toks, T, a.batch_size, family=other))
+    if a.compile:
+        variants[1:1] = [Ours(a.preset, vocab, toks, T, a.batch_size, compile=True)] + (
+            [Ours(a.preset, vocab, toks, T, a.batch_size, compile=True, family=other)] if other else [])
     mms = [Matmul(torch.float32), Matmul(torch.bfloat16)]
     for v in variants + mms: v.step(); v.step()  # warm up: allocation, oneDNN kernels, compilation
     best = {v.name: 0. for v in variants + mms}
@@ -149,6 +157,10 @@ def main():
                load=os.getloadavg()[0], rows=rows, matmul_fp32_flops=mm32, matmul_bf16_flops=mm16,
                train_flops_per_token=fpt, achieved_flops=ours * fpt, mfu_vs_fp32_matmul=ours * fpt / mm32,
                mfu_vs_bf16_matmul=ours * fpt / mm16)
+    if other:
+        pairs = [(Ours.name, f'ours, {other} blocks')] + ([(Ours.name + ' + torch.compile', f'ours, {other} blocks + torch.compile')] if a.compile else [])
+        res['family_vs_gpt2'] = {k: round(best[k] / best[g], 3) for k, g in pairs}
+        res['gpt2_params'] = next(sum(p.numel() for p in v.model.parameters()) for v in variants if v.name == f'ours, {other} blocks')
     print(f"\n{a.preset}: {res['params']/1e6:.1f}M parameters, blocks of {T}, batch {a.batch_size}; seed recipe: batch "
           f"{a.seed_batch_size} examples of {res['mean_example_tokens']} tokens on average, padded to 512; "
           f"{res['threads']} threads, load {res['load']:.1f}\n")
@@ -157,6 +169,8 @@ def main():
     print(f"\nmatmul 2048^3: fp32 {mm32/1e9:.1f} GFLOP/s, bf16 {mm16/1e9:.1f} GFLOP/s; training FLOPs/token {fpt/1e6:.1f}M; "
           f"ours achieves {res['achieved_flops']/1e9:.1f} GFLOP/s = {res['mfu_vs_fp32_matmul']:.0%} of the fp32 matmul, "
           f"{res['mfu_vs_bf16_matmul']:.0%} of the bf16 matmul")
+    if other: print(f"today's blocks vs GPT-2 blocks ({res['params']/1e6:.2f}M vs {res['gpt2_params']/1e6:.2f}M parameters): "
+                    + ', '.join(f"{k}: {v:.2f}x" for k, v in res['family_vs_gpt2'].items()))
     out = Path(__file__).parent/'results'/'bench_train.json'
     save_json(res, out)
     print(f"wrote {out}")

@@ -23,7 +23,7 @@ def best(fn, n=3):
 
 
 if __name__ == '__main__':
-    import datasets  # imported up front so its import time is not charged to the first collect run
+    import datasets  # noqa: F401 -- imported up front so its import time is not charged to the first collect run
     load = os.getloadavg()[0]  # other processes on the machine slow every number below
     path = package_file(*CHITCHAT)
     base = best(lambda: json.load(open(path, encoding='utf-8')))

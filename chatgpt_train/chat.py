@@ -62,7 +62,7 @@ class ChatSession:
                  safety:bool=True,                  # Check replies with the clean stage's content filter
                  refusal:str=REFUSAL,               # What a flagged reply is replaced with
                  threshold:float=0.95,              # Filter score at or above which a reply is flagged
-                 fast:bool=True,                    # Use `GPT2Decoder` where it applies
+                 fast:bool=True,                    # Use a fast decoder (`GPT2Decoder`, `Qwen3Decoder`) where one applies
                 ):
         self.fmt = tokenizer if isinstance(tokenizer, ChatFormat) else ChatFormat(tokenizer)
         self.model, self.tokenizer, self.system, self.seed, self.fast = model, self.fmt.hf, system, seed, fast

@@ -55,7 +55,8 @@ def stage_parser(
         kw = dict(dest=name, help=(d.docment or '').replace('%', '%%'))  # argparse %-formats help text: "5%" must be "5%%"
         if name.endswith('_') and anno is not bool and get_origin(anno) is not Literal: kw['metavar'] = name[:-1].upper()  # FROM, not FROM_
         if anno is bool:
-            if default is True: p.add_argument('--no-' + dashed, action='store_false', **kw)
+            if default is None: p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, **kw)
+            elif default is True: p.add_argument('--no-' + dashed, action='store_false', **kw)
             else: p.add_argument(flag, action='store_true', **kw)
             continue
         if get_origin(anno) is Literal: kw.update(choices=list(get_args(anno)), type=type(get_args(anno)[0]))
@@ -229,7 +230,7 @@ def run_all(
     source:str='chitchat',     # Pretraining conversations: chitchat (embedded), chatterbot, hf:NAME, or a file or folder
     sft_data:str='chatterbot', # Fine-tuning conversations, in any form --source takes
     limit:int|None=None,       # Read at most this many records of --source (a quick first try)
-    vocab_size:int=8192,       # Tokens in the vocabulary
+    vocab_size:int=2048,       # Tokens in the vocabulary
     max_steps:int|None=None,   # Pretraining steps, instead of the time budget (default: as many as the time allows)
     sft_steps:int|None=None,   # Fine-tuning steps (default: the fine-tune stage's passes over its data)
     batch_size:int=16,         # Sequences per pretraining micro-batch (raise it on a GPU)

@@ -315,8 +315,9 @@ class Progress:
         disable:bool=False,    # Show nothing (e.g. on ranks other than 0)
         log:logging.Logger|None=None, # Where the lines go when not in a terminal (default: stderr)
         every:float=60.,       # Seconds between lines at most, when not in a terminal
+        min_gap:float=5.,      # Seconds between lines at least, but for the last one
     ):
-        self.n, self.desc, self.unit, self.disable, self.log, self.every = initial, desc, unit, disable, log, every
+        self.n, self.desc, self.unit, self.disable, self.log, self.every, self.min_gap = initial, desc, unit, disable, log, every, min_gap
         self.postfix, self.t0, self.bar = {}, time.monotonic(), None
         if not disable and sys.stderr.isatty():
             from tqdm import tqdm
@@ -342,7 +343,8 @@ class Progress:
         "The progress as one line of text."
         pct = 100 * self.n / max(self._total, 1)
         extra = ''.join(f', {k} {v}' for k, v in self.postfix.items())
-        return f"{self.desc}: {self.n:,}/{self._total:,} {self.unit}s ({pct:.0f}%) in {time.monotonic() - self.t0:,.0f} s{extra}"
+        units = self.unit + ('es' if self.unit.endswith(('s', 'x', 'ch', 'sh')) else 's')
+        return f"{self.desc}: {self.n:,}/{self._total:,} {units} ({pct:.0f}%) in {time.monotonic() - self.t0:,.0f} s{extra}"
 
     def _say(self):
         if self.log is not None: self.log.info(self.line())
@@ -354,7 +356,8 @@ class Progress:
         self.n += n
         if self.disable: return
         if self.bar is not None: return self.bar.update(n)
-        if self._tenth(self.n, self._total) > self.shown or time.monotonic() - self.t_line >= self.every: self._say()
+        since = time.monotonic() - self.t_line
+        if (self._tenth(self.n, self._total) > self.shown and since >= self.min_gap) or since >= self.every: self._say()
 
     def close(self):
         "End the display (with a last line, when not in a terminal and the last one was not it)."

@@ -245,11 +245,11 @@ def finetune_source(
 def default_lr(
     folder:str|Path, # The model folder to fine-tune
     lora:bool,       # Whether LoRA adapters are trained
-) -> float:
-    "The peak learning rate the model was pretrained with (from `train_config.json`), else 5e-5; five times that for LoRA."
+) -> tuple[float, float|None]:
+    "The peak rates of AdamW and of Muon (None: no Muon) the model was pretrained with (`train_config.json`), else AdamW at 5e-5; LoRA: AdamW at five times the AdamW peak, at most 5e-3."
     p = Path(folder)/'train_config.json'
-    lr = load_json(p)['lr'] if p.exists() else 5e-5
-    return 5 * lr if lora else lr
+    c = load_json(p) if p.exists() else dict(lr=5e-5)
+    return (min(5 * c['lr'], 5e-3), None) if lora else (c['lr'], c.get('muon_lr'))
 
 # %% ../nbs/08_finetune.ipynb #54323f9c
 def prepare_finetune(
@@ -338,7 +338,8 @@ def train_chat(
     model = add_lora(lm.model, cfg.lora_r, cfg.lora_alpha, new_tokens=new) if cfg.lora else lm.model
     n_train, n_all = trainable_params(model)
     set_seed(cfg.seed + rank)  # each rank its own dropout
-    tc = TrainConfig(max_steps=data.steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=cfg.lr or default_lr(lm.folder, cfg.lora),
+    lr, muon_lr = default_lr(lm.folder, cfg.lora)
+    tc = TrainConfig(max_steps=data.steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=cfg.lr or lr, muon_lr=muon_lr,
                      **{k: getattr(cfg, k) for k in ('warmup_steps', 'weight_decay', 'grad_clip', 'precision', 'device', 'seed',
                                                     'log_every', 'eval_every', 'save_every')})
     if rank == 0:
@@ -386,7 +387,7 @@ def run_finetune(
     minutes:float=1.5,           # Time budget in minutes: training stops when it is spent (0: no budget)
     batch_size:int=8,            # Rows per micro-batch on each process
     block_size:int|None=None,    # Tokens per packed row, and the longest example (default: the model's context, at most 512)
-    lr:float|None=None,          # Peak learning rate (default: the model's pretraining peak if its folder records one, else 5e-5; 5x that with --lora)
+    lr:float|None=None,          # Peak learning rate of AdamW (default: the model's pretraining peak if its folder records one, else 5e-5; 5x that with --lora, at most 5e-3)
     warmup_steps:int|None=None,  # Steps of linear warmup (default: 5% of the steps)
     weight_decay:float=0.1,      # AdamW weight decay on weight matrices
     grad_clip:float=1.0,         # Clip the gradient norm to this (0: off)

@@ -19,8 +19,8 @@ from .tokenizer import SPECIAL_TOKENS, save_tokenizer, train_bpe
 
 # %% auto #0
 __all__ = ['GREEDY', 'PROMPTS', 'random_chat_model', 'SamplingConfig', 'process_logits', 'next_token', 'CacheDecoder',
-           'GPT2Decoder', 'make_decoder', 'generate_tokens', 'stream_text', 'generate_text', 'sample_settings',
-           'sample_replies']
+           'WrittenDecoder', 'GPT2Decoder', 'Qwen3Decoder', 'make_decoder', 'generate_tokens', 'stream_text',
+           'generate_text', 'sample_settings', 'sample_replies']
 
 # %% ../nbs/05a_generate.ipynb #a6286ddf
 def _corpus_texts() -> list[str]:
@@ -139,7 +139,18 @@ class CacheDecoder:
         return out.logits[:, -1]
 
 # %% ../nbs/05a_generate.ipynb #cd7bf3e0
-class GPT2Decoder:
+class WrittenDecoder:
+    "What the written-out decoders share: a prompt starts at position 0, then one token at a time, through the subclass's `forward`."
+    def prefill(self, ids:torch.Tensor) -> torch.Tensor:
+        "Run the prompts `ids` (batch, length) from position 0; the logits of the next token."
+        self.pos = 0
+        return self.forward(ids)
+
+    def step(self, tok:torch.Tensor) -> torch.Tensor:
+        "Feed one new token per sequence, `tok` (batch,); the logits of the next one."
+        return self.forward(tok[:, None])
+
+class GPT2Decoder(WrittenDecoder):
     "Next-token logits for a `GPT2LMHeadModel`: its forward pass written out over its weights, with a preallocated key/value cache."
     def __init__(self,
                  model,          # A `GPT2LMHeadModel` in eval mode (see `GPT2Decoder.supports`)
@@ -182,14 +193,65 @@ class GPT2Decoder:
         self.pos = p + T
         return F.linear(F.layer_norm(x.view(B, T, D)[:, -1], (D,), *self.ln_f, self.eps), self.head)
 
-    def prefill(self, ids:torch.Tensor) -> torch.Tensor:
-        "Run the prompts `ids` (batch, length) from position 0; the logits of the next token."
-        self.pos = 0
-        return self.forward(ids)
 
-    def step(self, tok:torch.Tensor) -> torch.Tensor:
-        "Feed one new token per sequence, `tok` (batch,); the logits of the next one."
-        return self.forward(tok[:, None])
+
+# %% ../nbs/05a_generate.ipynb #50c46e80
+def _rms(x:torch.Tensor, w:torch.Tensor, eps:float) -> torch.Tensor:
+    "RMSNorm as `transformers`' Qwen3 and Llama compute it: in fp32, scaled by the gain in the input's dtype."
+    xf = x.float()
+    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+def _rotate(x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor) -> torch.Tensor:
+    "Rotary positions: each pair of halves of the head turned by the position's angles."
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
+
+class Qwen3Decoder(WrittenDecoder):
+    "Next-token logits for a `Qwen3ForCausalLM`: its forward pass written out over its weights, with a preallocated key/value cache."
+    def __init__(self,
+                 model,          # A `Qwen3ForCausalLM` in eval mode (see `Qwen3Decoder.supports`)
+                 batch_size:int, # Sequences decoded together
+                 max_len:int,    # The most positions a sequence will have (prompt and reply)
+                ):
+        c, m = model.config, model.model
+        from transformers.activations import ACT2FN
+        self.H, self.KV, self.hd, self.eps, self.act = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps, ACT2FN[c.hidden_act]
+        self.embed, self.head, self.norm = m.embed_tokens.weight, model.lm_head.weight, m.norm.weight
+        pos = torch.arange(max_len, device=self.embed.device).float()
+        angles = torch.cat([pos[:, None] * m.rotary_emb.inv_freq.float()[None]] * 2, -1)  # (max_len, head_dim), as transformers makes it
+        self.cos, self.sin = angles.cos().to(self.embed.dtype), angles.sin().to(self.embed.dtype)
+        self.blocks = [(l.input_layernorm.weight, l.self_attn.q_proj.weight, l.self_attn.k_proj.weight, l.self_attn.v_proj.weight,
+                        l.self_attn.q_norm.weight, l.self_attn.k_norm.weight, l.self_attn.o_proj.weight, l.post_attention_layernorm.weight,
+                        l.mlp.gate_proj.weight, l.mlp.up_proj.weight, l.mlp.down_proj.weight) for l in m.layers]
+        shape = (len(m.layers), batch_size, self.KV, max_len, self.hd)
+        self.k, self.v = self.embed.new_empty(shape), self.embed.new_empty(shape)
+        self.pos = 0
+
+    @staticmethod
+    def supports(model) -> bool:
+        "Whether `model` is a Qwen3 whose attention this decoder reproduces (full attention, no biases, plain rotary angles)."
+        c = model.config
+        return (type(model).__name__ == 'Qwen3ForCausalLM' and not c.attention_bias and not getattr(c, 'use_sliding_window', False)
+                and c.rope_parameters.get('rope_type', 'default') == 'default' and c.num_attention_heads % c.num_key_value_heads == 0)
+
+    def forward(self, ids:torch.Tensor) -> torch.Tensor:
+        "Run the new tokens `ids` (batch, n) at the next positions; the logits after the last one, (batch, vocab)."
+        B, T = ids.shape
+        p, H, KV, hd, eps = self.pos, self.H, self.KV, self.hd, self.eps
+        if T > 1 and p: raise ValueError("several tokens at once only for the prompt, at position 0")
+        x, cos, sin = F.embedding(ids, self.embed), self.cos[p:p+T], self.sin[p:p+T]
+        for i, (n1, wq, wk, wv, qn, kn, wo, n2, wg, wu, wd) in enumerate(self.blocks):
+            h = _rms(x, n1, eps)
+            q = _rotate(_rms(F.linear(h, wq).view(B, T, H, hd), qn, eps).transpose(1, 2), cos, sin)
+            self.k[i, :, :, p:p+T] = _rotate(_rms(F.linear(h, wk).view(B, T, KV, hd), kn, eps).transpose(1, 2), cos, sin)
+            self.v[i, :, :, p:p+T] = F.linear(h, wv).view(B, T, KV, hd).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :p+T], self.v[i, :, :, :p+T], is_causal=T > 1, scale=hd**-0.5,
+                                               enable_gqa=KV != H)
+            x = x + F.linear(a.transpose(1, 2).reshape(B, T, H * hd), wo)
+            h = _rms(x, n2, eps)
+            x = x + F.linear(self.act(F.linear(h, wg)) * F.linear(h, wu), wd)
+        self.pos = p + T
+        return F.linear(_rms(x[:, -1], self.norm, eps), self.head)
 
 # %% ../nbs/05a_generate.ipynb #5b55e483
 def make_decoder(
@@ -197,10 +259,12 @@ def make_decoder(
     batch_size:int,      # Sequences decoded together
     max_len:int,         # The most positions a sequence will have
     use_cache:bool=True, # Keep keys and values between steps
-    fast:bool=True,      # Use `GPT2Decoder` where it applies
+    fast:bool=True,      # Use `GPT2Decoder` or `Qwen3Decoder` where they apply
 ):
-    "`GPT2Decoder` for a GPT-2 (with the cache, when `fast`), else `CacheDecoder`."
-    if fast and use_cache and GPT2Decoder.supports(model): return GPT2Decoder(model, batch_size, max_len)
+    "`GPT2Decoder` for a GPT-2, `Qwen3Decoder` for a Qwen3 (with the cache, when `fast`), else `CacheDecoder`."
+    if fast and use_cache:
+        for fast_decoder in (GPT2Decoder, Qwen3Decoder):
+            if fast_decoder.supports(model): return fast_decoder(model, batch_size, max_len)
     return CacheDecoder(model, use_cache)
 
 @torch.inference_mode()
@@ -211,7 +275,7 @@ def generate_tokens(
     stop_ids:Iterable[int]=(),          # Tokens that end a sequence (the end-of-turn token)
     generator:torch.Generator|None=None, # The random stream to draw from
     use_cache:bool=True,                # Keep keys and values between steps
-    fast:bool=True,                     # Use `GPT2Decoder` where it applies
+    fast:bool=True,                     # Use a fast decoder (`GPT2Decoder`, `Qwen3Decoder`) where one applies
 ) -> Iterator[torch.Tensor]:
     "Yield the next token of each sequence, (batch,), until all have met a stop token or the length limit."
     cfg = cfg or SamplingConfig()
@@ -243,7 +307,7 @@ def stream_text(
     cfg:SamplingConfig|None=None,       # Sampling settings
     generator:torch.Generator|None=None, # The random stream to draw from
     stop_ids:Iterable[int]|None=None,   # Tokens that end the reply (default: every special token)
-    fast:bool=True,                     # Use `GPT2Decoder` where it applies
+    fast:bool=True,                     # Use a fast decoder (`GPT2Decoder`, `Qwen3Decoder`) where one applies
 ) -> Iterator[str]:
     "Yield the reply to `prompt_ids` in pieces as it is generated; together they are the decoded reply."
     stop = set(tokenizer.all_special_ids if stop_ids is None else stop_ids)

@@ -10,51 +10,61 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig, PreTrainedModel, Qwen3Config
 
 from .core import UserError, autocast_dtype, get_device, model_dir, run_file
 from .chat_format import ChatFormat, load_chat_format
 
 # %% auto #0
-__all__ = ['PRESETS', 'CPU_TRAINING', 'TRAINING', 'PICKLE_WEIGHTS', 'TOKENIZER_FILES', 'DEVICES', 'ModelConfig', 'depth_preset',
-           'get_preset', 'training_defaults', 'hf_config', 'make_model', 'context_length', 'hf_quiet', 'load_causal_lm',
-           'LoadedModel', 'load_model', 'count_params', 'matmul_params', 'flops_per_token', 'training_memory',
-           'measure_training_peak', 'kv_cache_bytes', 'training_time', 'model_config', 'model_summary',
-           'recommend_model']
+__all__ = ['PRESETS', 'CPU_TRAINING', 'PAPER_TRAINING', 'TRAINING', 'PICKLE_WEIGHTS', 'TOKENIZER_FILES', 'QWEN3_FP32', 'QWEN3_E',
+           'DEVICES', 'ModelConfig', 'depth_preset', 'get_preset', 'training_defaults', 'hf_config', 'make_model',
+           'context_length', 'hf_quiet', 'load_causal_lm', 'LoadedModel', 'load_model', 'count_params', 'matmul_params',
+           'flops_per_token', 'training_memory', 'measure_training_peak', 'kv_cache_bytes', 'training_time',
+           'model_config', 'model_summary', 'recommend_model']
 
 # %% ../nbs/05_model.ipynb #468a6cf7
 @dataclass
 class ModelConfig:
     "The shape of a GPT: enough to build it, count it and cost it."
-    family:Literal['gpt1','gpt2','gpt3']='gpt2' # Block design: GPT-1 (post-LN), GPT-2 (pre-LN) or GPT-3 (GPT-2 blocks, see `attention`)
+    family:Literal['gpt1','gpt2','gpt3','qwen3']='gpt2' # Block design: GPT-1 (post-LN), GPT-2 (pre-LN), GPT-3 (GPT-2 blocks, see `attention`), or today's (Qwen3)
     n_layer:int=4          # Transformer blocks (depth)
     n_head:int=4           # Attention heads per block; `n_embd` must divide by it
     n_embd:int=256         # Width of the residual stream (d_model)
     n_positions:int=256    # Context length in tokens
-    vocab_size:int=8192    # Tokens in the vocabulary: our tokenizer's for our models, the paper's for published sizes
+    vocab_size:int=2048    # Tokens in the vocabulary: our tokenizer's for our models, the paper's for published sizes
     attention:Literal['dense','sparse']='dense' # 'sparse': GPT-3's alternating dense and local layers, built as GPT-Neo
     window:int=256         # How many recent tokens a local ('sparse') layer attends to
     dropout:float=0.0      # Dropout everywhere; 0 trains faster and suits runs shorter than one pass over the data
+    ffn:int|None=None      # Hidden width of the MLP (None: 4 x n_embd for GPT blocks, 8/3 x n_embd to a multiple of 64 for qwen3)
+    tie_embeddings:bool=True # qwen3: the output layer is the token embedding (GPT blocks always tie them)
+    rope_theta:float=10000.  # qwen3: the base of the rotary angles
 
     def __post_init__(self):
-        if self.family not in ('gpt1', 'gpt2', 'gpt3'): raise UserError(f"family must be gpt1, gpt2 or gpt3, not {self.family!r}")
+        if self.family not in ('gpt1', 'gpt2', 'gpt3', 'qwen3'): raise UserError(f"family must be gpt1, gpt2, gpt3 or qwen3, not {self.family!r}")
         if self.attention not in ('dense', 'sparse'): raise UserError(f"attention must be 'dense' or 'sparse', not {self.attention!r}")
         if self.attention == 'sparse' and self.family != 'gpt3': raise UserError("sparse attention is a GPT-3 option: use family='gpt3'")
         if min(self.n_layer, self.n_head, self.n_embd, self.n_positions, self.vocab_size) < 1: raise UserError(f"sizes must be positive: {self}")
         if self.n_embd % self.n_head: raise UserError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if self.ffn is not None and self.family != 'qwen3': raise UserError("ffn sets the gated MLP's width: use family='qwen3'")
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
+
+    @property
+    def ffn_dim(self) -> int:
+        "The MLP's hidden width."
+        if self.ffn: return self.ffn
+        return 4 * self.n_embd if self.family != 'qwen3' else max(64, round(8 * self.n_embd / 3 / 64) * 64)
 
 # %% ../nbs/05_model.ipynb #267740bf
 _GPT2 = dict(family='gpt2', n_positions=1024, vocab_size=50257)
 _GPT3 = dict(family='gpt3', n_positions=2048, vocab_size=50257)
 
 PRESETS = {
-    # CPU sizes, GPT-2 blocks, our vocabulary: d_model = 64 x depth, one head per 64 dims (the `dN` knob below)
-    'micro':       dict(n_layer=2,  n_head=2,  n_embd=128,  n_positions=256),          # 1.5M at vocab 8192: smoke tests
-    'tiny':        dict(n_layer=4,  n_head=4,  n_embd=256,  n_positions=256),          # 5.3M: the default, minutes on 2 cores
-    'mini':        dict(n_layer=6,  n_head=6,  n_embd=384,  n_positions=256),          # 13.8M: an hour on 2 cores
+    # CPU sizes, today's blocks (qwen3), our vocabulary: d_model = 64 x depth, one head per 64 dims (the `dN` knob below)
+    'micro':       dict(family='qwen3', n_layer=2, n_head=2, n_embd=128, n_positions=256),  # 0.6M at vocab 2048: smoke tests
+    'tiny':        dict(family='qwen3', n_layer=3, n_head=3, n_embd=192, n_positions=256),  # 1.7M: the default, minutes on 2 cores
+    'mini':        dict(family='qwen3', n_layer=6, n_head=6, n_embd=384, n_positions=256),  # 11.4M: an hour on 2 cores
     # GPT-1: post-LN, OpenAIGPTLMHeadModel
     'gpt1':        dict(family='gpt1', n_layer=12, n_head=12, n_embd=768, n_positions=512, vocab_size=40478), # 117M
     # GPT-2
@@ -77,8 +87,8 @@ PRESETS = {
 def depth_preset(
     depth:int, # Number of transformer blocks; width is 64 x depth
 ) -> dict:
-    "A CPU-sized preset by depth alone: `depth` blocks of `depth` heads of 64, context 256."
-    return dict(n_layer=depth, n_head=depth, n_embd=64*depth, n_positions=256)
+    "A CPU-sized preset by depth alone: `depth` blocks of `depth` heads of 64, context 256, today's blocks."
+    return dict(family='qwen3', n_layer=depth, n_head=depth, n_embd=64*depth, n_positions=256)
 
 def get_preset(
     name:str, # A key of `PRESETS`, or `dN` for depth N (e.g. "d3")
@@ -89,7 +99,8 @@ def get_preset(
     raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}, or dN for a CPU model of depth N (e.g. d3)")
 
 # %% ../nbs/05_model.ipynb #48077b55
-CPU_TRAINING = dict(lr=1e-3, tokens_per_step=4096)  # the CPU presets and dN
+CPU_TRAINING = dict(lr=3e-3, muon_lr=3e-3, schedule='wsd', tokens_per_step=4096)  # the CPU presets and dN
+PAPER_TRAINING = dict(muon_lr=None, schedule='cosine')  # the published sizes: AdamW (no Muon) and a cosine, as in the papers
 
 TRAINING = {  # preset: peak learning rate and tokens per optimizer step
     'gpt1':        dict(lr=2.5e-4, tokens_per_step=64*512),
@@ -110,14 +121,20 @@ TRAINING = {  # preset: peak learning rate and tokens per optimizer step
 def training_defaults(
     name:str, # A preset name (see `get_preset`)
 ) -> dict:
-    "The learning rate and tokens per step that preset `name` trains with unless told otherwise."
+    "The learning rates, tokens per step and schedule that preset `name` trains with unless told otherwise."
     get_preset(name)  # an unknown name fails here, with the list of choices
-    return dict(TRAINING.get(name, CPU_TRAINING))
+    return {**PAPER_TRAINING, **TRAINING[name]} if name in TRAINING else dict(CPU_TRAINING)
 
 # %% ../nbs/05_model.ipynb #ac1de186
 def _hf_kwargs(cfg:ModelConfig) -> tuple[type, dict]:
     "The `transformers` config class for `cfg` and its arguments."
     ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if cfg.family == 'qwen3':
+        return Qwen3Config, dict(num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+                                 hidden_size=cfg.n_embd, head_dim=cfg.head_dim, intermediate_size=cfg.ffn_dim,
+                                 max_position_embeddings=cfg.n_positions, vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings,
+                                 rope_parameters=dict(rope_type='default', rope_theta=cfg.rope_theta), attention_dropout=cfg.dropout,
+                                 attention_bias=False, rms_norm_eps=1e-6, use_cache=False, **ids)
     if cfg.family == 'gpt1':
         return OpenAIGPTConfig, dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, n_positions=cfg.n_positions,
                                      vocab_size=cfg.vocab_size, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
@@ -137,7 +154,7 @@ def hf_config(
     cfg:ModelConfig, # The shape to build
     **extra,         # Settings of the `transformers` config to set too, e.g. `eos_token_id=1`
 ) -> PretrainedConfig:
-    "The `transformers` config (GPT-1, GPT-2 or GPT-Neo) that builds `cfg`."
+    "The `transformers` config (GPT-1, GPT-2, GPT-Neo or Qwen3) that builds `cfg`."
     cls, kw = _hf_kwargs(cfg)
     known = set(cls().to_dict()) | set(kw)
     if bad := sorted(set(extra) - known):
@@ -185,12 +202,13 @@ def context_length(
 # %% ../nbs/05_model.ipynb #17e3cc73
 @contextlib.contextmanager
 def hf_quiet():
-    "A block in which `transformers` draws no progress bars of its own (callers show theirs, or need none)."
+    "A block in which `transformers` draws no progress bars of its own (callers show theirs, or need none) and prints only errors."
     from transformers.utils import logging as hf_logging
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    was, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
     try: yield
     finally:
+        hf_logging.set_verbosity(level)
         if was: hf_logging.enable_progress_bar()
 
 PICKLE_WEIGHTS = ('*.bin', '*.pt', '*.pth', '*.ckpt', '*.pkl')  # weight files that unpickling could turn into code
@@ -247,6 +265,10 @@ def count_params(
 ) -> dict:
     "Parameters of `cfg`: `total`, `non_embedding` (blocks and final LayerNorm) and `embedding` (tokens and positions)."
     d, L = cfg.n_embd, cfg.n_layer
+    if cfg.family == 'qwen3':  # 4d² of attention, three MLP matrices, two RMSNorms and the per-head QK-norms; no position table
+        non_emb = L*(4*d*d + 3*d*cfg.ffn_dim + 2*d + 2*cfg.head_dim) + d
+        emb = cfg.vocab_size*d*(1 if cfg.tie_embeddings else 2)
+        return dict(total=non_emb + emb, non_embedding=non_emb, embedding=emb)
     small = 10*d if cfg.attention == 'sparse' else 13*d  # biases and LayerNorms of a block
     non_emb = L*(12*d*d + small) + (0 if cfg.family == 'gpt1' else 2*d)
     emb = cfg.vocab_size*d + cfg.n_positions*d
@@ -256,8 +278,10 @@ def count_params(
 def matmul_params(
     cfg:ModelConfig, # The shape
 ) -> int:
-    "Weights used in matrix multiplies per token: the blocks' and the (tied) output layer's."
-    return 12*cfg.n_layer*cfg.n_embd**2 + cfg.vocab_size*cfg.n_embd
+    "Weights used in matrix multiplies per token: the blocks' and the output layer's."
+    d = cfg.n_embd
+    block = 4*d*d + 3*d*cfg.ffn_dim if cfg.family == 'qwen3' else 4*d*d + 2*d*cfg.ffn_dim
+    return cfg.n_layer*block + cfg.vocab_size*d
 
 def flops_per_token(
     cfg:ModelConfig,      # The shape
@@ -268,6 +292,8 @@ def flops_per_token(
     return 6*matmul_params(cfg) + 12*cfg.n_layer*T*cfg.n_embd
 
 # %% ../nbs/05_model.ipynb #1ae1b7eb
+QWEN3_FP32, QWEN3_E = 36, 4  # bytes a stream value of today's block keeps for the backward pass: in fp32, and per byte of the autocast dtype (fitted)
+
 def _elt_bytes(precision:str) -> int:
     "Bytes of one activation value under `precision` (autocast: 16-bit matmul inputs)."
     if precision not in ('auto', 'bf16', 'fp16', 'fp32'): raise UserError(f"precision must be auto, bf16, fp16 or fp32, not {precision!r}")
@@ -279,12 +305,15 @@ def training_memory(
     n_ctx:int|None=None,     # Tokens per sequence (default: the full context)
     precision:str='bf16',    # 'fp32', or 'bf16'/'fp16'/'auto' autocast with fp32 weights
     checkpointing:bool=False, # Activation checkpointing: keep block inputs only, recompute the rest
+    muon:bool=False,         # The hidden matrices train with Muon (one momentum buffer) rather than AdamW (two moments)
 ) -> dict:
-    "Estimated bytes to train `cfg` with AdamW: `weights`, `gradients`, `optimizer`, `activations` and their `total`."
+    "Estimated bytes to train `cfg`: `weights`, `gradients`, `optimizer`, `activations` and their `total`."
     e, P = _elt_bytes(precision), count_params(cfg)['total']
     B, T, d, V, L = batch_size, n_ctx or cfg.n_positions, cfg.n_embd, cfg.vocab_size, cfg.n_layer
     btd = B*T*d
-    block = btd*(8 + 14*e)
+    if cfg.family == 'qwen3':  # RMSNorms and QK-norms keep fp32 copies; rotary, SwiGLU and its 8/3-wide hidden layer keep theirs
+        block = btd*(QWEN3_FP32 + QWEN3_E*e) + B*T*cfg.ffn_dim*4*e
+    else: block = btd*(8 + 14*e)
     if cfg.family == 'gpt1': block += btd*12*e                          # GELU as a chain of element-wise ops
     if cfg.family == 'gpt1' or cfg.attention == 'sparse':                # no fused attention: the softmax is kept
         block += B*cfg.n_head*T*T*(4 if e == 4 else 4 + e)
@@ -294,7 +323,8 @@ def training_memory(
         acts = L*btd*4 + max(head, block + 8*btd) + copies // max(L, 1)   # block inputs; then the larger of head or one recomputed block
     else:
         acts = L*block + head + copies
-    mem = dict(weights=4*P, gradients=4*P, optimizer=8*P, activations=acts)
+    hidden = matmul_params(cfg) - cfg.vocab_size*d if muon else 0  # the blocks' matrices
+    mem = dict(weights=4*P, gradients=4*P, optimizer=8*P - 4*hidden, activations=acts)
     return {**mem, 'total': sum(mem.values())}
 
 # %% ../nbs/05_model.ipynb #6b9948f4
@@ -372,10 +402,10 @@ def kv_cache_bytes(
     return 2 * cfg.n_layer * batch_size * (n_ctx or cfg.n_positions) * cfg.n_embd * dtype_bytes
 
 # %% ../nbs/05_model.ipynb #08ce632b
-DEVICES = {  # name: sustained FLOP/s for training, and memory in bytes
-    'laptop-cpu':   dict(flops=1.7e11,         memory=16e9, note='2 CPU cores, bf16 autocast, measured'),
-    'consumer-gpu': dict(flops=0.4 * 165e12,   memory=24e9, note='RTX 4090, 40% of 165 TFLOP/s bf16'),
-    'h100':         dict(flops=0.4 * 989e12,   memory=80e9, note='H100 SXM, 40% of 989 TFLOP/s bf16'),
+DEVICES = {  # name: sustained FLOP/s for training, memory in bytes, and the compute-optimal tokens per parameter
+    'laptop-cpu':   dict(flops=1.1e11,       memory=16e9, tokens_per_param=3, note='2 CPU cores, bf16 autocast, compiled, measured'),
+    'consumer-gpu': dict(flops=0.4 * 165e12, memory=24e9, tokens_per_param=20, note='RTX 4090, 40% of 165 TFLOP/s bf16'),
+    'h100':         dict(flops=0.4 * 989e12, memory=80e9, tokens_per_param=20, note='H100 SXM, 40% of 989 TFLOP/s bf16'),
 }
 
 def training_time(
@@ -395,9 +425,12 @@ def model_config(
     if isinstance(x, str): return get_preset(x)
     if isinstance(x, ModelConfig): return x
     c = getattr(x, 'config', x)
-    if c.model_type not in ('gpt2', 'openai-gpt', 'gpt_neo'): raise UserError(f"model type {c.model_type!r} is not one of ours (gpt2, openai-gpt, gpt_neo)")
+    if c.model_type not in ('gpt2', 'openai-gpt', 'gpt_neo', 'qwen3'): raise UserError(f"model type {c.model_type!r} is not one of ours (gpt2, openai-gpt, gpt_neo, qwen3)")
     common = dict(n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_embd=c.hidden_size,
                   n_positions=c.max_position_embeddings, vocab_size=c.vocab_size)
+    if c.model_type == 'qwen3':
+        return ModelConfig(family='qwen3', dropout=c.attention_dropout, ffn=c.intermediate_size, tie_embeddings=c.tie_word_embeddings,
+                           rope_theta=c.rope_parameters['rope_theta'], **common)
     if c.model_type == 'gpt2': return ModelConfig(family='gpt2', dropout=c.resid_pdrop, **common)
     if c.model_type == 'openai-gpt': return ModelConfig(family='gpt1', dropout=c.resid_pdrop, **common)
     return ModelConfig(family='gpt3', attention='sparse', window=c.window_size, dropout=c.resid_dropout, **common)
@@ -422,8 +455,8 @@ def recommend_model(
     device:str='laptop-cpu',    # A key of `DEVICES`
     flops:float|None=None,      # Compute budget in FLOPs (instead of `hours`)
     memory:float|None=None,     # Device memory in bytes (default: the device's)
-    vocab_size:int=8192,        # Vocabulary of our tokenizer
-    tokens_per_param:float=20,  # Compute-optimal tokens per parameter (Hoffmann et al. 2022)
+    vocab_size:int=2048,        # Vocabulary of our tokenizer
+    tokens_per_param:float|None=None, # Compute-optimal tokens per parameter (default: the device's; Hoffmann et al. 2022: 20)
     max_epochs:float=4,         # Passes over the data worth making (Muennighoff et al. 2023)
     presets:list[str]|None=None, # Candidates (default: all presets but GPT-1)
 ) -> dict:
@@ -431,6 +464,7 @@ def recommend_model(
     if device not in DEVICES: raise UserError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if (hours is None) == (flops is None): raise UserError("give the budget as hours or as flops (one of them)")
     dev = DEVICES[device]
+    tokens_per_param = tokens_per_param or dev.get('tokens_per_param', 20)
     C = flops if flops is not None else hours * 3600 * dev['flops']
     memory = memory or dev['memory']
     n_compute = math.sqrt(C / (6 * tokens_per_param))

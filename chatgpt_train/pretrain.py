@@ -43,11 +43,14 @@ def pretrain_config(
     "The `TrainConfig` of a pretraining run."
     shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(inspect.signature(run_pretrain).parameters)
     d = training_defaults(args['preset'])
-    cfg = TrainConfig(**{**{k: args[k] for k in shared}, 'lr': args['lr'] or d['lr'],
-                         'tokens_per_step': args['tokens_per_step'] or d['tokens_per_step']})
+    given = {k: args[k] for k in shared}
+    defaulted = {k: d[k] if given[k] is None else given[k] for k in ('lr', 'tokens_per_step', 'schedule')}
+    muon = d['muon_lr'] if given['muon_lr'] is None else given['muon_lr'] or None  # 0: no Muon
+    cfg = TrainConfig(**{**given, **defaulted, 'muon_lr': muon})
     if cfg.max_steps is None and cfg.minutes is None:  # one pass over the training tokens
         per_micro = cfg.batch_size * T * world
         cfg.max_steps = max(1, n_train // (max(1, round(cfg.tokens_per_step / per_micro)) * per_micro))
+    if args['compile'] is None: cfg.compile = (cfg.minutes or 0) >= 5 or (cfg.minutes is None and cfg.max_steps >= 500)
     return cfg
 
 # %% ../nbs/06a_pretrain.ipynb #6c3fe1fb
@@ -85,12 +88,14 @@ def run_pretrain(
     batch_size:int=16,             # Sequences per micro-batch on each process (lower it if memory runs out)
     block_size:int|None=None,      # Tokens per sequence (default: the model's context length)
     tokens_per_step:int|None=None, # Tokens per optimizer step over all processes, by accumulating micro-batches (default: the preset's)
-    lr:float|None=None,            # Peak learning rate (default: the preset's)
+    lr:float|None=None,            # Peak learning rate of AdamW (default: the preset's)
+    muon_lr:float|None=None,       # Peak learning rate of Muon for the hidden matrices (default: the preset's; 0: AdamW for every weight)
+    schedule:Literal['wsd','cosine']|None=None, # After warmup: hold then decay linearly (wsd), or a cosine (default: the preset's)
     warmup_steps:int|None=None,    # Steps of linear warmup (default: 5% of the steps)
     weight_decay:float=0.1,        # AdamW weight decay on weight matrices
     grad_clip:float=1.0,           # Clip the gradient norm to this (0: off)
     precision:Literal['auto','bf16','fp16','fp32']='auto', # Number format: auto is bf16 autocast where supported, fp16 on older GPUs
-    compile:bool=False,            # torch.compile the model (pays about 20 s up front on CPU)
+    compile:bool|None=None,        # torch.compile the model (default: for runs of 5 minutes or 500 steps and more, where it pays)
     device:str='auto',             # auto, cpu, cuda, cuda:1 or mps
     eval_every:int=50,             # Held-out loss every this many steps
     eval_batches:int=20,           # Held-out batches per evaluation

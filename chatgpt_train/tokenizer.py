@@ -161,7 +161,7 @@ ROLES = ('system', 'user', 'assistant')
 
 def train_bpe(
     texts:Iterable[str],  # Training texts (turns)
-    vocab_size:int=8192,  # Vocabulary size, special tokens and the 256 bytes included
+    vocab_size:int=2048,  # Vocabulary size, special tokens and the 256 bytes included
 ) -> Tokenizer:
     "A byte-level BPE trained on `texts` with Hugging Face `tokenizers`; the special tokens get ids 0-4."
     tok = Tokenizer(models.BPE())
@@ -328,7 +328,7 @@ def token_byte_lengths(
 # %% ../nbs/03_tokenizer.ipynb #117a7901
 def run_tokenizer(
     run:str,             # The run folder: reads clean/conversations.jsonl, writes tokenizer/
-    vocab_size:int=8192, # Vocabulary size, the 5 special tokens and 256 bytes included
+    vocab_size:int=2048, # Vocabulary size, the 5 special tokens and 256 bytes included
 ) -> Path:
     "Train the byte-level BPE tokenizer on the train split and save it, with its chat template, to `tokenizer/`."
     texts = lambda split: [turn_text(t) for c in load_conversations(run, split, required=split == 'train') for t in c['turns']]

@@ -151,9 +151,11 @@ def test_stream_pieces_add_up_to_the_decoded_reply_for_any_tokens(loaded):
         assert all(p and not p.endswith('\ufffd') for p in pieces[:-1])
 
 
-@pytest.mark.parametrize('preset, overrides', [('micro', {}), ('micro', dict(family='gpt3', attention='sparse', window=8)),
-                                               ('micro', dict(family='gpt1'))])
-def test_greedy_equals_generate_for_every_family(preset, overrides):
+@pytest.mark.parametrize('preset, overrides, fast', [('micro', {}, 'Qwen3Decoder'), ('micro', dict(family='gpt2'), 'GPT2Decoder'),
+                                                     ('micro', dict(family='gpt3', attention='sparse', window=8), 'CacheDecoder'),
+                                                     ('micro', dict(family='gpt1'), 'CacheDecoder')])
+def test_greedy_equals_generate_for_every_family(preset, overrides, fast):
+    from chatgpt_train.generate import make_decoder
     from chatgpt_train.model import make_model
     torch.manual_seed(0)
     model = make_model(preset, 300, pad_token_id=0, **overrides).eval()
@@ -162,7 +164,8 @@ def test_greedy_equals_generate_for_every_family(preset, overrides):
     for kw in [dict(), dict(fast=False), dict(use_cache=False)]:
         ours = torch.stack(list(generate_tokens(model, x, dataclasses.replace(GREEDY, max_new_tokens=30), **kw)), 1)
         assert torch.equal(ours, ref), (overrides, kw)
-    assert GPT2Decoder.supports(model) == (overrides == {})
+    assert type(make_decoder(model, 2, 40)).__name__ == fast
+    assert GPT2Decoder.supports(model) == (fast == 'GPT2Decoder')
 
 
 def test_a_batch_decodes_like_each_row_alone(loaded):

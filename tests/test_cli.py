@@ -295,8 +295,9 @@ def test_interrupted_pretraining_resumes(e2e, tmp_path):
     (run/'base'/'metrics.jsonl').unlink()  # the step counts below must come from the new run
     argv = [a if a != '10' else '25' for a in TINY] + ['--chats', '0']  # more pretraining steps: pretraining is redone
     # the command as a user runs it, but only up to pretraining: the evaluations and fine-tuning are tested above
-    code = ('import sys; from chatgpt_train import cli; steps = cli.pipeline_steps; '
-            'cli.pipeline_steps = lambda a: steps(a)[:5]; sys.exit(cli.main(sys.argv[1:]))')
+    # Ctrl-C as in a terminal, also when pytest itself runs in the background (which starts children with SIGINT ignored)
+    code = ('import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from chatgpt_train import cli; '
+            'steps = cli.pipeline_steps; cli.pipeline_steps = lambda a: steps(a)[:5]; sys.exit(cli.main(sys.argv[1:]))')
     cmd = [sys.executable, '-c', code, 'run', '--run', str(run), *argv]
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run/'base'/'metrics.jsonl'

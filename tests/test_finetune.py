@@ -90,7 +90,7 @@ def test_lora_on_a_local_file_merges_into_a_plain_folder(run, toy):
     base, merged = load_file(run/'base'/'model.safetensors'), load_file(sft/'model.safetensors')
     assert base.keys() == merged.keys()  # the original architecture, no peft names
     changed = [k for k in base if not torch.equal(base[k], merged[k])]
-    assert changed and all(k.endswith('.weight') and '.h.' in k for k in changed)  # only the adapted linear layers moved
+    assert changed and all(k.endswith('.weight') and ('.h.' in k or '.layers.' in k) for k in changed)  # only the blocks' adapted linear layers moved
     # the merged folder computes what the adapters did: compare with peft's model of base + adapters
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -114,7 +114,7 @@ def gpt2_style_folder(folder: Path, texts: list[str]) -> Path:
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = GPT2TokenizerFast(tokenizer_object=t, bos_token='<|endoftext|>', eos_token='<|endoftext|>', unk_token='<|endoftext|>')
     tok.save_pretrained(folder)
-    make_model('micro', vocab_size=len(tok), n_positions=128).save_pretrained(folder)
+    make_model('micro', vocab_size=len(tok), n_positions=128, family='gpt2').save_pretrained(folder)
     return folder
 
 

@@ -1,7 +1,8 @@
 "The pretrain stage from the command line: torchrun (DDP, FSDP) against one process, accumulation, bad input, non-finite loss (kills: test_reliability)."
-import shutil, subprocess, sys
+import re, shutil, subprocess, sys, time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,24 +45,30 @@ def torchrun(run: Path, *args) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_matches_one_process(toy, tmp_path):
-    "2 processes (gloo) with 2 rows each, DDP and FSDP, make the same updates as 1 process with 4 rows."
-    runs = {k: tmp_path/k for k in ('one', 'ddp', 'fsdp')}
+    """2 processes (gloo) with 2 rows each make the same updates as 1 process with 4 rows: DDP with Muon (the default recipe),
+    and FSDP, which shards each matrix over the processes and so trains the hidden matrices with AdamW (against AdamW alone)."""
+    runs = {k: tmp_path/k for k in ('one', 'one-adamw', 'ddp', 'fsdp')}
     for d in runs.values(): shutil.copytree(toy, d)
     common = ['--preset', 'micro', '--block-size', '32', '--tokens-per-step', '128', '--precision', 'fp32', '--max-steps', '4',
               '--eval-every', '2', '--eval-batches', '2', '--log-every', '1']
-    one = cli('pretrain', '--run', str(runs['one']), *common, '--batch-size', '4')
-    assert one.returncode == 0, one.stderr
-    for k, extra in (('ddp', []), ('fsdp', ['--fsdp'])):
+    for k, extra in (('one', []), ('one-adamw', ['--muon-lr', '0'])):
+        one = cli('pretrain', '--run', str(runs[k]), *common, '--batch-size', '4', *extra)
+        assert one.returncode == 0, one.stderr
+    # Muon orthogonalises each update in bf16, as PyTorch's does: two processes that add their halves of the gradient round
+    # differently from one process adding all of it, and the weights end a bf16 rounding apart (about 1% at most here) while
+    # the losses agree to 1e-4. AdamW in fp32 has no such step: the FSDP run matches to float precision.
+    for k, extra, ref, (rtol, atol) in (('ddp', [], 'one', (0.05, 5e-3)), ('fsdp', ['--fsdp'], 'one-adamw', (1e-4, 1e-5))):
         r = torchrun(runs[k], *common, '--batch-size', '2', *extra)
         assert r.returncode == 0, r.stderr[-3000:]
-        a, b = weights(runs['one']), weights(runs[k])
+        if k == 'fsdp': assert 'train with AdamW, not Muon' in r.stderr
+        a, b = weights(runs[ref]), weights(runs[k])
         assert a.keys() == b.keys()
-        for n in a: torch.testing.assert_close(b[n], a[n], rtol=1e-4, atol=1e-5, msg=f'{k}: {n}')
-        m1, m2 = metrics(runs['one']), metrics(runs[k])
+        for n in a: torch.testing.assert_close(b[n], a[n], rtol=rtol, atol=atol, msg=f'{k}: {n}')
+        m1, m2 = metrics(runs[ref]), metrics(runs[k])
         assert [r['step'] for r in m2] == [r['step'] for r in m1]  # rank 0 alone wrote, each line once
         for r1, r2 in zip(m1, m2):
             for key in ('loss', 'val_loss'):
-                if key in r1: assert r2[key] == pytest.approx(r1[key], abs=1e-4)
+                if key in r1: assert r2[key] == pytest.approx(r1[key], abs=3e-4)
         assert checkpoint_step(runs[k]) == 4
 
 
@@ -90,7 +97,8 @@ def test_accumulation_matches_a_bigger_batch(toy, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(run):
     r = cli('pretrain', '--run', str(run), *FAST, '--max-steps', '10', '--lr', '1e30', '--warmup-steps', '1', '--save-every', '1')
     assert r.returncode == 2
-    assert 'the loss became nan at step 2 of 10' in r.stderr and 'after step 1, is kept' in r.stderr
+    # today's blocks normalise every input, so their loss can stay finite while the gradient is already NaN: either stops it
+    assert re.search(r'the (loss|gradient norm) became nan at step 2 of 10', r.stderr) and 'after step 1, is kept' in r.stderr
     assert 'Traceback' not in r.stderr
     assert checkpoint_step(run) == 1
 
@@ -110,6 +118,24 @@ def test_time_budget(run):
     assert cfg['max_steps'] is None and cfg['minutes'] == 0.05
     assert state['max_steps'] >= 1 and 1 <= state['step'] <= state['max_steps']  # planned from the measured speed
     assert (run/'base'/'model.safetensors').exists()
+
+
+def test_a_slower_machine_shortens_the_run_and_the_rate_never_jumps(run, tmp_path):
+    "Under a time budget, steps that suddenly take three times as long end the run sooner; the learning rate follows time smoothly."
+    class Slowing(NextTokenBlocks):
+        def __next__(self):
+            if self.sampler.step > 40: time.sleep(0.03)  # from step 40 on the machine is busy
+            return super().__next__()
+    sampler = BlockSampler(load_tokens(run, 'train'), 31, 4, seed=0)
+    torch.manual_seed(0)
+    cfg = TrainConfig(minutes=0.1, batch_size=4, lr=3e-3, muon_lr=1e-2, precision='fp32', log_every=1, eval_every=10**6, save_every=10**6)
+    t = Trainer(make_model('micro', 300), Slowing(sampler), cfg, tmp_path/'base')
+    t.fit()
+    lrs = [r['lr'] for r in t.history if 'lr' in r]
+    after_warmup = np.array(lrs[t.plan.warmup:])
+    assert len(lrs) > 50 and np.abs(np.diff(after_warmup)).max() < 0.05 * 3e-3  # no jump: each step moves the rate a little
+    assert after_warmup[-1] < 0.2 * 3e-3 and after_warmup.max() == pytest.approx(3e-3)  # held at the peak, then decayed to the floor
+    assert t.elapsed <= 0.1 * 60
 
 
 def test_bad_input(run, tmp_path, capsys):
