@@ -9,6 +9,7 @@ from fastcore.docments import docments
 from chatgpt_train import cli, collect
 from chatgpt_train.cli import COMMANDS, main
 from chatgpt_train.core import load_json
+from toy_run import ctrl_c_reaches_it
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'CHATGPT_TRAIN_HOME': '', 'HF_HUB_OFFLINE': '1'}
@@ -295,11 +296,10 @@ def test_interrupted_pretraining_resumes(e2e, tmp_path):
     (run/'base'/'metrics.jsonl').unlink()  # the step counts below must come from the new run
     argv = [a if a != '10' else '25' for a in TINY] + ['--chats', '0']  # more pretraining steps: pretraining is redone
     # the command as a user runs it, but only up to pretraining: the evaluations and fine-tuning are tested above
-    # Ctrl-C as in a terminal, also when pytest itself runs in the background (which starts children with SIGINT ignored)
-    code = ('import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from chatgpt_train import cli; '
-            'steps = cli.pipeline_steps; cli.pipeline_steps = lambda a: steps(a)[:5]; sys.exit(cli.main(sys.argv[1:]))')
+    code = ('import sys; from chatgpt_train import cli; steps = cli.pipeline_steps; '
+            'cli.pipeline_steps = lambda a: steps(a)[:5]; sys.exit(cli.main(sys.argv[1:]))')
     cmd = [sys.executable, '-c', code, 'run', '--run', str(run), *argv]
-    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_it)
     metrics = run/'base'/'metrics.jsonl'
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:

@@ -10,7 +10,7 @@ import torch
 import chatgpt_train.train as train_mod
 from chatgpt_train.cli import main
 from chatgpt_train.core import INCOMPLETE, LOCK, write_jsonl
-from toy_run import BIN, ENV, FAST, checkpoint_step, cli, metrics, weights
+from toy_run import BIN, ENV, FAST, checkpoint_step, cli, ctrl_c_reaches_it, metrics, weights
 
 KILLS = 3  # SIGKILLs survived by one pretraining run (the README's reliability section quotes it)
 SEED = int(os.environ.get('RELIABILITY_SEED', time.time_ns() % 10_000))  # the kill moments; rerun a failure with this seed
@@ -68,7 +68,7 @@ def driver(tmp_path_factory) -> Path:
 def start(*args, log: Path, driver=None, fault=()) -> subprocess.Popen:
     "Start a command in the background, its stderr going to `log` (a pipe could fill up and stall it)."
     cmd = [sys.executable, str(driver), *fault, *args] if driver else [str(BIN/'chatgpt-train'), *args]
-    p = subprocess.Popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, 'w'))
+    p = subprocess.Popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, 'w'), preexec_fn=ctrl_c_reaches_it)
     p.log = log
     return p
 

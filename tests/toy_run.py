@@ -1,5 +1,5 @@
 "A run folder prepared for pretraining, and how the tests start `chatgpt-train`: shared by the train and reliability tests."
-import json, os, random, subprocess, sys
+import json, os, random, signal, subprocess, sys
 from pathlib import Path
 
 import torch
@@ -15,6 +15,11 @@ FAST = ['--preset', 'micro', '--block-size', '32', '--batch-size', '4', '--token
         '--eval-batches', '2']
 # One thread a process: bit-for-bit repeatable, and fair to the other work on a small shared machine.
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'CHATGPT_TRAIN_HOME': ''}
+
+
+def ctrl_c_reaches_it():
+    "For `preexec_fn`: a child that Ctrl-C stops, also when the tests run as a shell's background job (it starts those with SIGINT ignored, and children inherit that)."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def make_run(folder: Path, n=300, seed=0) -> Path:
