@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, TextIO
 import torch
 
 from .core import UserError, get_logger
-from .clean import profanity_scores
+from .content import CATEGORIES, DEFAULT_DROP, content_flags
 from .chat_format import ChatFormat
 from .model import context_length, load_model
 from .generate import SamplingConfig, stream_text
@@ -25,16 +25,16 @@ _SENTENCE_END = re.compile(r'[.!?\n]\s*$')
 class ReplyFilter:
     "Pass a streamed reply through the clean stage's content filter, a word at a time; a flagged reply stops where it is caught."
     def __init__(self,
-                 threshold:float=0.95,      # Score at or above which a reply is flagged (the clean stage's default)
-                 use_classifier:bool=True,  # Use alt-profanity-check where installed (else the blocklist alone)
+                 block:Iterable[str]=DEFAULT_DROP, # Content categories that withdraw a reply (the clean stage's default: the severe ones)
+                 use_classifier:bool=True,         # Use alt-profanity-check where installed (else the patterns alone)
                 ):
-        self.threshold, self.use_classifier = threshold, use_classifier
-        self.flagged, self.score = False, 0.
+        self.block, self.use_classifier = frozenset(block), use_classifier
+        self.flagged, self.category = False, None
 
     def check(self, text:str, full:bool=True) -> bool:
-        "Whether `text` is flagged: by the blocklist, and by the classifier too when `full`."
-        self.score = profanity_scores([text], use_classifier=full and self.use_classifier)[0] if text.strip() else 0.
-        self.flagged = self.score >= self.threshold
+        "Whether `text` is in a blocked category: by the patterns, and the classifier too when `full`."
+        self.category = content_flags([text], use_classifier=full and self.use_classifier)[0].category if text.strip() else None
+        self.flagged = self.category in self.block
         return self.flagged
 
     def __call__(self, pieces:Iterable[str]) -> Iterator[str]:
@@ -61,13 +61,13 @@ class ChatSession:
                  seed:int|None=42,                  # Seed of the sampler: the same messages get the same replies (None: random)
                  safety:bool=True,                  # Check replies with the clean stage's content filter
                  refusal:str=REFUSAL,               # What a flagged reply is replaced with
-                 threshold:float=0.95,              # Filter score at or above which a reply is flagged
+                 block:Iterable[str]=DEFAULT_DROP,  # Content categories whose replies are withdrawn
                  fast:bool=True,                    # Use a fast decoder (`GPT2Decoder`, `Qwen3Decoder`) where one applies
                 ):
         self.fmt = tokenizer if isinstance(tokenizer, ChatFormat) else ChatFormat(tokenizer)
         self.model, self.tokenizer, self.system, self.seed, self.fast = model, self.fmt.hf, system, seed, fast
         self.sampling = dataclasses.replace(sampling) if sampling else SamplingConfig()  # a copy: the widget changes it
-        self.filter = ReplyFilter(threshold) if safety else None
+        self.filter = ReplyFilter(block) if safety else None
         self.refusal, self.n_ctx = refusal, context_length(model)
         self.generator = torch.Generator(device=next(model.parameters()).device)
         self.history = []
@@ -253,15 +253,15 @@ def run_chat(
     run:str|None=None,              # A run folder: chat with its newest model (sft/, else base/)
     model:str|None=None,            # A model folder (config.json, weights and tokenizer files), instead of --run
     system:str|None=None,           # A system prompt
-    temperature:float=0.8,          # Divide the logits by this; 0 takes the most probable token (greedy)
-    top_k:int=50,                   # Draw only from the k most probable tokens (0: all)
-    top_p:float=0.95,               # Draw only from the most probable tokens whose probabilities add up to p (1: all)
-    repetition_penalty:float=1.1,   # Make tokens that are already in the text less likely (1: off)
+    temperature:float=SamplingConfig.temperature, # Divide the logits by this; 0 takes the most probable token (greedy)
+    top_k:int=SamplingConfig.top_k, # Draw only from the k most probable tokens (0: all)
+    top_p:float=SamplingConfig.top_p, # Draw only from the most probable tokens whose probabilities add up to p (1: all)
+    repetition_penalty:float=SamplingConfig.repetition_penalty, # Make tokens that are already in the text less likely (1: off)
     max_new_tokens:int=128,         # Longest reply in tokens
     seed:int=42,                    # Seed of the sampler: the same lines get the same replies
     safety:bool=True,               # Check replies with the clean stage's content filter (--no-safety: off)
     refusal:str=REFUSAL,            # What a flagged reply is replaced with
-    threshold:float=0.95,           # Filter score at or above which a reply is flagged
+    block:str='self_harm,violence,hate,sexual', # Content categories whose replies are withdrawn, comma-separated; add mild to withdraw profanity and insults
     jsonl:bool=False,               # With piped input, print each exchange as a JSON line {"user", "assistant", "flagged"}
     device:str='auto',              # auto, cpu, cuda, cuda:1 or mps
 ) -> ChatSession:
@@ -271,7 +271,9 @@ def run_chat(
     log = get_logger('chat')
     lm = load_model(run, model, device)
     log.info('loaded %s', lm.folder)
-    session = ChatSession(lm.model, lm.fmt, system, sampling, seed, safety, refusal, threshold)
+    blocked = {c.strip() for c in block.split(',') if c.strip()}
+    if unknown := blocked - set(CATEGORIES): raise UserError(f"--block: unknown content categories {', '.join(sorted(unknown))}; use {', '.join(CATEGORIES)}")
+    session = ChatSession(lm.model, lm.fmt, system, sampling, seed, safety, refusal, blocked)
     interactive = sys.stdin.isatty()
     if interactive: sys.stderr.write(f'chatting with {lm.folder} ({CHAT_HELP})\n')
     lines = _typed_lines('you> ', sys.stderr) if interactive else sys.stdin

@@ -14,13 +14,14 @@ from datasketch import MinHash, MinHashLSH
 
 from .core import UserError, run_file, save_json, write_jsonl, read_jsonl, save_args, get_logger, writing_stage
 from .collect import too_deep
+from .content import CATEGORIES, CONTENT_THRESHOLD, SEVERE, content_flags, profanity_classifier, stands_alone
 
 # %% auto #0
-__all__ = ['ZERO_WIDTH', 'PLACEHOLDERS', 'UNICODE_CATEGORIES', 'CHAT_WORDS', 'BLOCKLIST', 'ROLES', 'MAX_DEPTH', 'tidy_whitespace',
+__all__ = ['ZERO_WIDTH', 'PLACEHOLDERS', 'UNICODE_CATEGORIES', 'CHAT_WORDS', 'ROLES', 'MAX_DEPTH', 'tidy_whitespace',
            'fix_unicode', 'lowercase', 'mask_personal', 'remove_unwanted', 'load_symspell', 'word_counts', 'SpellFixer',
-           'blocklisted', 'profanity_classifier', 'profanity_scores', 'compression_ratio', 'turn_problem', 'dedup_key',
-           'shingles', 'jaccard', 'NearDupIndex', 'split_of', 'split_conversations', 'decode_text', 'StepLog',
-           'CleanConfig', 'conversation_problem', 'clean_conversations', 'run_clean']
+           'compression_ratio', 'turn_problem', 'dedup_key', 'shingles', 'jaccard', 'NearDupIndex', 'split_of',
+           'split_conversations', 'decode_text', 'StepLog', 'CleanConfig', 'conversation_problem',
+           'clean_conversations', 'run_clean']
 
 # %% ../nbs/02_clean.ipynb #255f51bb
 # zero-width space, word joiner, byte-order mark, soft hyphen, Mongolian vowel separator; the joiners U+200C/D stay
@@ -154,41 +155,6 @@ class SpellFixer:
             if fix != w: self.changed[w, fix] += 1
             return fix
         return _WORD.sub(sub, text)
-
-# %% ../nbs/02_clean.ipynb #4a0ff8f6
-BLOCKLIST = frozenset('''fuck fucks fucked fucker fuckers fucking fuckin motherfucker motherfuckers motherfucking shit shits
-shitty shitting bullshit cunt cunts asshole assholes bitch bitches whore whores slut sluts slutty faggot faggots fag fags
-nigger niggers nigga niggas retard retards retarded twat twats wanker wankers dickhead dickheads kike kikes spic spics
-tranny trannies'''.split())
-_BLOCKED = re.compile(r'\b(?:' + '|'.join(sorted(BLOCKLIST)) + r')\b', re.I)
-_STEMS = tuple(sorted({w[:4] for w in BLOCKLIST}))  # plain substring tests of these skip the regex on almost every turn
-
-def blocklisted(
-    text:str, # Any text
-) -> bool:
-    "Whether `text` holds a word of `BLOCKLIST`."
-    low = text.lower()
-    return any(s in low for s in _STEMS) and _BLOCKED.search(text) is not None
-
-@functools.lru_cache(maxsize=1)
-def profanity_classifier() -> Callable|None:
-    "alt-profanity-check's `predict_prob`, or None (logged once) when it is not installed or does not load."
-    try:
-        from profanity_check import predict_prob
-        return predict_prob
-    except Exception as e:  # a missing package, or one pickled for another scikit-learn
-        logging.getLogger('clean').warning("alt-profanity-check is not available (%s): flagging with the built-in blocklist only; "
-                                    "`pip install 'chatgpt-train[profanity]'` adds the classifier", e)
-        return None
-
-def profanity_scores(
-    texts:list[str],            # The turns to score
-    use_classifier:bool=True,   # Use alt-profanity-check when it is installed
-) -> list[float]:
-    "For each text, the probability that it is inappropriate: the classifier's, or 1 for a blocklisted word."
-    clf = profanity_classifier() if use_classifier else None
-    scores = [float(p) for p in clf(texts)] if clf is not None and texts else [0.] * len(texts)
-    return [1. if blocklisted(t) else s for t, s in zip(texts, scores)]
 
 # %% ../nbs/02_clean.ipynb #7778170f
 def compression_ratio(
@@ -404,13 +370,14 @@ def _map_texts(c:dict, fn:Callable[[str], str], log:StepLog) -> dict:
             log.stats['turns_changed'] += 1
     return c if turns is None else {**c, 'turns': turns}
 
-def _drop_turns(c:dict, bad:dict, log:StepLog, replies:bool=True) -> dict|None:
-    "`c` without the turns in `bad` ({index: (reason, detail)}) and, if `replies`, the turn after each; same-speaker neighbours are joined."
+def _drop_turns(c:dict, bad:dict, log:StepLog, replies:bool|Callable=True) -> dict|None:
+    "`c` without the turns in `bad` ({index: (reason, detail)}) and the turn after each if `replies` (or `replies(reply, dropped)` is false); same-speaker neighbours are joined."
     if not bad: return c
-    gone = dict(bad)
+    gone, ts = dict(bad), c['turns']
     if replies:
         for k in sorted(bad):
-            if k + 1 < len(c['turns']): gone.setdefault(k + 1, ('reply to a dropped turn', f'turn {k} was dropped: {bad[k][0]}'))
+            if k + 1 < len(ts) and not (callable(replies) and replies(ts[k + 1]['text'], ts[k]['text'])):
+                gone.setdefault(k + 1, ('reply to a dropped turn', f'turn {k} was dropped: {bad[k][0]}'))
     if len(gone) == len(c['turns']): return log.drop(c, *bad[min(bad)])
     out, gap = [], False
     for i, t in enumerate(c['turns']):
@@ -433,8 +400,9 @@ class CleanConfig:
     remove_categories:str='Co,Cn'   # Unicode categories to delete, comma-separated ("So" would delete emoji)
     spelling:bool=False             # Correct misspellings, conservatively, with symspellpy
     spelling_min_count:int=5        # Words seen this often in the corpus count as spelt right
-    profanity:Literal['turn', 'conversation', 'off']='turn' # What a flagged turn costs: itself and its reply, the whole conversation, or nothing (off: no scoring)
-    profanity_threshold:float=0.95  # Score at or above which a turn is flagged (a blocklisted word scores 1)
+    profanity:Literal['turn', 'conversation', 'off']='turn' # What a dropped turn costs: itself (and its reply, unless that stands alone), the whole conversation, or nothing (off: no judging)
+    profanity_threshold:float=CONTENT_THRESHOLD  # The classifier's score from which a turn without a listed word counts as mild
+    drop_categories:str=','.join(SEVERE)  # Content categories to drop, comma-separated, of self_harm, violence, hate, sexual, mild
     min_turns:int=2                 # Drop conversations with fewer turns
     max_turn_chars:int=2000         # Drop turns longer than this (and their replies)
     spam_ratio:float=0.3            # Drop turns of 100+ characters that compress below this share of their size (0: off)
@@ -449,6 +417,8 @@ class CleanConfig:
         if self.profanity not in ('turn', 'conversation', 'off'):
             raise bad(f"profanity must be turn, conversation or off, not {self.profanity!r}")
         if not 0 <= self.profanity_threshold <= 1: raise bad(f"profanity_threshold must be in [0, 1], not {self.profanity_threshold}")
+        if unknown := self.dropped - set(CATEGORIES):
+            raise bad(f"unknown content categories {', '.join(sorted(unknown))} in drop_categories: use {', '.join(CATEGORIES)}")
         if not 0 < self.near_dup_threshold <= 1: raise bad(f"near_dup_threshold must be in (0, 1], not {self.near_dup_threshold}")
         if not 0 <= self.val_fraction < 1: raise bad(f"val_fraction must be in [0, 1), not {self.val_fraction}")
         if not 0 <= self.spam_ratio < 1: raise bad(f"spam_ratio must be in [0, 1), not {self.spam_ratio}")
@@ -456,6 +426,11 @@ class CleanConfig:
             if getattr(self, name) < 1: raise bad(f"{name} must be at least 1, not {getattr(self, name)}")
         unknown = self.categories - UNICODE_CATEGORIES
         if unknown: raise bad(f"unknown Unicode categories {', '.join(sorted(unknown))} in remove_categories")
+
+    @property
+    def dropped(self) -> frozenset:
+        "`drop_categories` as a set."
+        return frozenset(c.strip() for c in self.drop_categories.split(',') if c.strip())
 
     @property
     def categories(self) -> frozenset:
@@ -513,18 +488,21 @@ def _spelling(convs, cfg, log):
     return out
 
 def _profanity(convs, cfg, log):
-    scores = iter(profanity_scores([t['text'] for c in convs for t in c['turns']]))
-    log.extra.update(scorer='alt-profanity-check + blocklist' if profanity_classifier() else 'blocklist', flagged_turns=0)
+    flags = iter(content_flags([t['text'] for c in convs for t in c['turns']], cfg.profanity_threshold))
+    found, drop = Counter(), cfg.dropped
+    log.extra.update(scorer='patterns + alt-profanity-check' if profanity_classifier() else 'patterns', flagged=found)
     def one(c):
-        s = [next(scores) for _ in c['turns']]
-        hits = {i: ('inappropriate content', f'scored {x:.3f} (threshold {cfg.profanity_threshold})')
-                for i, x in enumerate(s) if x >= cfg.profanity_threshold}
-        log.extra['flagged_turns'] += len(hits)
+        fs = [next(flags) for _ in c['turns']]
+        found.update(f.category for f in fs if f.category)
+        hits = {i: (f'{f.category} content', f'"{f.match}"' + (f', classifier {f.score:.3f}' if f.score else ''))
+                for i, f in enumerate(fs) if f.category in drop}
         if hits and cfg.profanity == 'conversation':
             k = min(hits)
-            return log.drop(c, 'inappropriate content', f'turn {k} {hits[k][1]}')
-        return _drop_turns(c, hits, log)
-    return _each(convs, one, log)
+            return log.drop(c, hits[k][0], f'turn {k}: {hits[k][1]}')
+        return _drop_turns(c, hits, log, replies=stands_alone)
+    out = _each(convs, one, log)
+    log.extra['flagged'] = dict(found)
+    return out
 
 def _quality(convs, cfg, log):
     def one(c):
@@ -608,8 +586,9 @@ def run_clean(
     remove_categories:str='Co,Cn',    # Unicode categories to delete, comma-separated ("So" would delete emoji)
     spelling:bool=False,              # Correct misspellings, conservatively, with symspellpy
     spelling_min_count:int=5,         # Words seen this often in the corpus count as spelt right
-    profanity:Literal['turn', 'conversation', 'off']='turn', # What a flagged turn costs: itself and its reply, the whole conversation, or nothing (off: no scoring)
-    profanity_threshold:float=0.95,   # Score at or above which a turn is flagged (a blocklisted word scores 1)
+    profanity:Literal['turn', 'conversation', 'off']='turn', # What a dropped turn costs: itself (and its reply, unless that stands alone), the whole conversation, or nothing (off: no judging)
+    profanity_threshold:float=CONTENT_THRESHOLD, # The classifier's score from which a turn without a listed word counts as mild
+    drop_categories:str='self_harm,violence,hate,sexual', # Content categories to drop, comma-separated; add mild to drop profanity and insults too
     min_turns:int=2,                  # Drop conversations with fewer turns
     max_turn_chars:int=2000,          # Drop turns longer than this (and their replies)
     spam_ratio:float=0.3,             # Drop turns of 100+ characters that compress below this share of their size (0: off)

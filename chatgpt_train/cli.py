@@ -15,9 +15,9 @@ from .core import (INCOMPLETE, STAGES, Stage, UserError, get_logger, load_args, 
                                 save_json, stage)
 
 # %% auto #0
-__all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'PRETRAIN_EVAL_BATCHES', 'available_commands',
-           'StageParser', 'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps', 'step_state',
-           'sample_chat', 'run_all']
+__all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'PRETRAIN_EVAL_BATCHES',
+           'available_commands', 'StageParser', 'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps',
+           'step_state', 'sample_chat', 'run_all']
 
 # %% ../nbs/10_cli.ipynb #c67544b5
 RUN_ABOUT = 'all of the above, from nothing to a chat model and RUN/report.md'
@@ -114,7 +114,8 @@ def main(
     return 0
 
 # %% ../nbs/10_cli.ipynb #1fcf8544
-PRETRAIN_SHARE = 0.8  # of `--minutes`, for pretraining; data preparation, fine-tuning and the evaluations take the rest
+PRETRAIN_SHARE = 0.7  # of `--minutes`, for pretraining
+FINETUNE_SHARE = 0.1  # of `--minutes`, for fine-tuning at most; data preparation and the evaluations take the rest
 PRETRAIN_EVAL_BATCHES = 8  # held-out batches per evaluation during pretraining: enough for the curve, a few % of the time
 
 @dataclass
@@ -157,8 +158,9 @@ def pipeline_steps(
                                           batch_size=a['batch_size'], eval_batches=PRETRAIN_EVAL_BATCHES, device=a['device'], seed=a['seed']),
              ('encode',)),
         Step('evaluate base', 'evaluate', dict(model='base', **ev), ('pretrain',)),
-        Step('finetune', 'finetune', dict(from_='base', data=a['sft_data'], lora=a['lora'], max_steps=a['sft_steps'], minutes=0,
-                                          device=a['device'], seed=a['seed']), ('pretrain',)),
+        Step('finetune', 'finetune', dict(from_='base', data=a['sft_data'], mix=a['sft_mix'], lora=a['lora'], max_steps=a['sft_steps'],
+                                          minutes=0 if a['sft_steps'] else round(FINETUNE_SHARE * m, 2), device=a['device'], seed=a['seed']),
+             ('pretrain',)),
         Step('evaluate sft', 'evaluate', dict(model='sft', **ev), ('finetune',)),
     ]
 
@@ -226,13 +228,14 @@ def _take(step:Step, state:str, run:str, stamps:dict, path:Path) -> str:
 def run_all(
     run:str,                   # The run folder (or a name under $CHATGPT_TRAIN_HOME): every stage writes its folder in it
     preset:str='tiny',         # Model size: a preset of the model stage (micro, tiny, mini, gpt2, ...) or dN
-    minutes:float=15.,         # Time for the whole run: pretraining gets 80% of it, data, fine-tuning and evaluation the rest
+    minutes:float=15.,         # Time for the whole run: pretraining gets 70% of it, fine-tuning at most 10%, data and evaluation the rest
     source:str='chitchat',     # Pretraining conversations: chitchat (embedded), chatterbot, hf:NAME, or a file or folder
-    sft_data:str='chatterbot', # Fine-tuning conversations, in any form --source takes
+    sft_data:str='chatterbot', # Fine-tuning conversations for the assistant's role, in any form --source takes
+    sft_mix:float=0.9,         # Share of the fine-tuning text drawn from the run's own conversations (0: --sft-data alone)
     limit:int|None=None,       # Read at most this many records of --source (a quick first try)
     vocab_size:int=2048,       # Tokens in the vocabulary
     max_steps:int|None=None,   # Pretraining steps, instead of the time budget (default: as many as the time allows)
-    sft_steps:int|None=None,   # Fine-tuning steps (default: the fine-tune stage's passes over its data)
+    sft_steps:int|None=None,   # Fine-tuning steps (default: the fine-tune stage's passes over its data, within its time)
     batch_size:int=16,         # Sequences per pretraining micro-batch (raise it on a GPU)
     lora:bool=False,           # Fine-tune LoRA adapters instead of every weight
     eval_tokens:int=32768,     # Held-out tokens each evaluation scores (0: the whole split)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses, datetime, math, re, time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -15,16 +15,17 @@ import torch
 from .core import (MODEL_DIRS, Progress, UserError, autocast, get_logger, load_conversations, load_json, load_meta,
                                 load_tokens, model_dir, run_file, run_lock, save_args, save_json, stage_dir)
 from .tokenizer import turn_text
-from .chat_format import IGNORE_INDEX, ChatFormat
-from .encode import pad_collate
+from .chat_format import IGNORE_INDEX, ChatFormat, load_chat_format
 from .model import LoadedModel, context_length, load_model
 from .generate import PROMPTS, sample_replies, sample_settings
 from .train import lm_loss
+from .replies import NotAPrefix, example_nlls, generated_metrics, model_scorer, response_selection, selection_items
 
 # %% auto #0
-__all__ = ['MAX_DEFAULT_CONTEXT', 'EVAL_KEYS', 'window_spans', 'token_nlls', 'lm_metrics', 'UnigramLM', 'BigramLM', 'masked_nll',
-           'assistant_metrics', 'samples_table', 'eval_name', 'trained_context', 'held_out', 'results_table',
-           'EvalConfig', 'eval_windows', 'baseline_metrics', 'evaluation_parts', 'run_evaluate']
+__all__ = ['MAX_DEFAULT_CONTEXT', 'EVAL_KEYS', 'REPLY_SETS', 'window_spans', 'token_nlls', 'lm_metrics', 'UnigramLM', 'BigramLM',
+           'masked_nll', 'assistant_metrics', 'samples_table', 'eval_name', 'trained_context', 'held_out',
+           'results_table', 'EvalConfig', 'eval_windows', 'bigram_scorer', 'reply_data', 'reply_metrics',
+           'baseline_metrics', 'evaluation_parts', 'log_replies', 'replies_table', 'run_evaluate']
 
 # %% ../nbs/07_evaluate.ipynb #c8df81de
 def window_spans(
@@ -135,7 +136,6 @@ class BigramLM:
         return -np.log(self.prob(ids[:-1], ids[1:]))
 
 # %% ../nbs/07_evaluate.ipynb #70e6f4cd
-@torch.no_grad()
 def masked_nll(
     model,                 # A causal language model
     examples:list[dict],   # Dicts with `input_ids` and `labels` (-100 where nothing is scored)
@@ -143,18 +143,9 @@ def masked_nll(
     batch_size:int=8,      # Examples per forward pass; the result does not depend on it
     precision:str='fp32',  # "fp32", or autocast to "bf16"/"fp16"/"auto"
 ) -> tuple[float, int]:
-    "The summed NLL in nats of the labelled tokens of `examples`, and how many there are."
-    dev = next(model.parameters()).device
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]['input_ids']))  # similar lengths together: little padding
-    total, count = 0., 0
-    model.eval()
-    for k in range(0, len(order), batch_size):
-        batch = {k2: v.to(dev) for k2, v in pad_collate([examples[i] for i in order[k:k + batch_size]], pad_id).items()}
-        labels = batch.pop('labels')
-        with autocast(dev, precision): logits = model(**batch, use_cache=False).logits
-        total += lm_loss(logits, labels, reduction='sum').double().item()
-        count += int((labels[:, 1:] != IGNORE_INDEX).sum())
-    return total, count
+    "The summed NLL in nats of the labelled tokens of `examples` (`example_nlls` summed), and how many there are."
+    total = float(example_nlls(model, examples, pad_id, batch_size, precision).sum())
+    return total, sum(int(y != IGNORE_INDEX) for e in examples for y in e['labels'][1:])  # label 0 has nothing before it
 
 def assistant_metrics(
     model,                 # A causal language model
@@ -233,7 +224,8 @@ EVAL_KEYS = {
     'assistant':   "the assistant's replies only, given the conversation before them: loss, perplexity, bits_per_byte, tokens, text_bytes, examples, conversations (null if the model's format does not mark assistant tokens, or no scored conversation has a reply)",
     'samples':     "replies to the fixed prompts: a list of {prompt, greedy, sampled}",
     'sampling':    "how the samples were drawn: the settings of each (greedy, sampled: temperature, top_k, top_p, repetition_penalty, max_new_tokens) and the seed",
-    'seconds':     "time taken by each part: held_out, baselines, assistant, samples, total",
+    'replies':     "does a reply fit its message (07a_replies), on chitchat (the held-out split, all of it, not only the conversations scored for perplexity) and sft_data (the held-out split of sft/data; null until the fine-tune stage has written it): each {conversations, selection, generated}. selection: {items, candidates, chance, loglik, pmi, bigram_loglik}: hits@1, the share of items (one answered user turn of each of the first selection_items conversations) whose true reply ranks first among `candidates` (it and replies of other conversations), ranked by the mean log-likelihood of a reply token given the context, by PMI (log P(reply | context) - log P(reply)), and by the run's bigram table; ties are shared, so chance (1/candidates) is what a model that cannot tell replies apart gets. generated: one greedy reply to each of the first reply_items of the same contexts: replies, distinct_1, distinct_2, repeat_4gram (share with a word 4-gram twice), mean_words, empty (share), top ([{reply, share}]), pmi_per_token (mean), sampling, examples ([{context_last_user_turn, reply, true_reply}]). Either is null when skipped (0 items), a data set null when absent; note: why all are null, if the model's format cannot score replies",
+    'seconds':     "time taken by each part: held_out, baselines, assistant, samples, selection and generated (the replies), total",
     'created':     "when the evaluation ran (UTC, ISO 8601)",
 }
 
@@ -259,11 +251,17 @@ class EvalConfig:
     samples:bool=True            # Answer the fixed prompts, greedy and sampled
     max_new_tokens:int=48        # Longest sample reply, in tokens
     seed:int=0                   # Seed of the sampled replies
+    selection_items:int=200      # Response selection on up to this many conversations of each data set (0: skip)
+    reply_items:int=100          # Greedy replies to up to this many of their contexts, for the reply statistics (0: skip)
+    reply_len:int=160            # Most tokens of a reply-metric example, context and reply: the context's earliest turns go first
 
     def __post_init__(self):
         if self.max_tokens < 0: raise UserError(f"--max-tokens must be 0 (the whole split) or more, not {self.max_tokens}")
         if self.batch_size < 1: raise UserError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.max_new_tokens < 1: raise UserError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
+        for k in ('selection_items', 'reply_items'):
+            if getattr(self, k) < 0: raise UserError(f"--{k.replace('_', '-')} must be 0 (skip) or more, not {getattr(self, k)}")
+        if self.reply_len < 16: raise UserError(f"--reply-len must be at least 16, not {self.reply_len}")
 
 def eval_windows(
     lm:LoadedModel,  # The model (and its folder, for the context it was trained with)
@@ -277,6 +275,53 @@ def eval_windows(
     return C, S
 
 # %% ../nbs/07_evaluate.ipynb #a034a9e2
+def bigram_scorer(
+    run:str|Path, # The run folder: its training tokens estimate the table
+) -> Callable[[list[dict]], np.ndarray]:
+    "A scorer for `response_selection`: examples in the run's tokenizer -> the summed bigram NLL of each one's labelled tokens."
+    bi = BigramLM(load_tokens(run, 'train'), load_meta(run)['vocab_size'])
+    return lambda examples: np.array([bi.nlls(e['input_ids'])[np.asarray(e['labels'][1:]) != IGNORE_INDEX].sum() for e in examples],
+                                     dtype=np.float64)
+
+REPLY_SETS = ('chitchat', 'sft_data')  # the data sets of the reply metrics
+
+def reply_data(
+    run:str|Path,      # The run folder
+    convs:list[dict],  # The held-out chitchat conversations: the whole split, since response selection needs many
+) -> dict:
+    "The conversations of each of `REPLY_SETS`: `convs`, and the held-out split of the fine-tuning data (None until `sft/data/` has it)."
+    sft = Path(run)/'sft'/'data'
+    return dict(chitchat=convs, sft_data=load_conversations(sft, 'val') if (sft/'clean'/'conversations.jsonl').exists() else None)
+
+def reply_metrics(
+    run:str|Path,      # The run folder (its tokenizer and training tokens make the bigram baseline)
+    lm:LoadedModel,    # The model and its format
+    convs:list[dict],  # The held-out chitchat conversations: the whole split, since response selection needs many
+    C:int,             # Most tokens an example has
+    cfg:EvalConfig,    # selection_items, reply_items, max_new_tokens, batch_size, precision, seed
+) -> tuple[dict, dict]:
+    "Response selection beside the bigram table, and generated-reply statistics, on each data set of `reply_data`; and the seconds they took."
+    out, secs = dict(dict.fromkeys(REPLY_SETS), note=None), dict(selection=0., generated=0.)
+    if not (cfg.selection_items or cfg.reply_items): return out, secs
+    # reply examples are short (reply_len tokens): four times the windows' batch size, measured 2.3x faster on 2 cores than the same
+    score = model_scorer(lm.model, lm.fmt.pad_id, 4 * cfg.batch_size, cfg.precision)
+    greedy = sample_settings(cfg.max_new_tokens)['greedy']
+    run_fmt, bigram, L = load_chat_format(Path(run)/'tokenizer'), bigram_scorer(run), min(C, cfg.reply_len)
+    try:
+        for name, data in reply_data(run, convs).items():
+            if data is None: continue
+            items, t0 = selection_items(data, max(cfg.selection_items, cfg.reply_items)), time.time()
+            sel = response_selection(items[:cfg.selection_items], lm.fmt, score, L)
+            if sel: sel['bigram_loglik'] = response_selection(items[:cfg.selection_items], run_fmt, bigram, L, pmi=False)['loglik']
+            secs['selection'], t0 = secs['selection'] + time.time() - t0, time.time()
+            gen = generated_metrics(lm.model, lm.fmt, items[:cfg.reply_items], greedy, score, cfg.seed, L)
+            secs['generated'] += time.time() - t0
+            out[name] = dict(conversations=len(data), selection=sel, generated=gen)
+    except NotAPrefix as e:  # a template that renders the asked-for turn unlike the same turn in the conversation: no reply metrics
+        out = dict(dict.fromkeys(REPLY_SETS), note=str(e))
+    return out, secs
+
+# %% ../nbs/07_evaluate.ipynb #d4dc01f4
 def baseline_metrics(
     run:str|Path,      # The run folder (its training tokens estimate the baselines)
     ids:np.ndarray,    # The held-out ids in the run's tokenizer
@@ -295,7 +340,7 @@ def evaluation_parts(
     C:int, S:int,      # Context and stride of the windows
     cfg:EvalConfig,    # The settings
 ) -> tuple[dict, dict]:
-    "The numbers of an evaluation (held_out, baselines, assistant, samples, sampling, stream tokens) and the seconds each part took."
+    "The numbers of an evaluation (held_out, baselines, assistant, samples, sampling, replies, stream tokens) and the seconds each part took."
     fmt, text_bytes, secs, t0 = lm.fmt, sum(len(turn_text(t).encode('utf-8')) for c in convs for t in c['turns']), {}, time.time()
     stream = np.array([i for c in convs for i in fmt.conversation(c['turns'])], dtype=np.int64)  # in ours: exactly `ids`
     held = lm_metrics(token_nlls(lm.model, stream, C, S, cfg.batch_size, cfg.precision, progress=True), text_bytes)
@@ -308,8 +353,35 @@ def evaluation_parts(
     samples = sample_replies(lm.model, fmt, PROMPTS, settings, cfg.seed, C) if cfg.samples else []
     secs['samples'] = time.time() - t0
     sampling = dict(**{k: dataclasses.asdict(v) for k, v in settings.items()}, seed=cfg.seed)
-    return dict(held_out=held, baselines=baselines, assistant=assistant, samples=samples, sampling=sampling,
-                tokens=len(stream), text_bytes=text_bytes), secs
+    replies, reply_secs = reply_metrics(run, lm, load_conversations(run, 'val'), C, cfg)  # all of them, not the first max_tokens
+    return dict(held_out=held, baselines=baselines, assistant=assistant, samples=samples, sampling=sampling, replies=replies,
+                tokens=len(stream), text_bytes=text_bytes), secs | reply_secs
+
+# %% ../nbs/07_evaluate.ipynb #bebfd879
+def log_replies(
+    log,            # The stage's logger
+    name:str,       # The model's name
+    replies:dict,   # An evaluation's `replies`
+):
+    "Log the hits@1 of response selection on each data set (or why there are none)."
+    if replies.get('note'): log.warning(f"{name}: no reply metrics: {replies['note']}")
+    sel = {k: v['selection'] for k in REPLY_SETS if (v := replies.get(k)) and v['selection']}
+    if sel: log.info(f"{name}: response selection, hits@1 of {next(iter(sel.values()))['candidates']}: " + '; '.join(
+        f"{k} loglik {s['loglik']:.2f}, pmi {s['pmi']:.2f} (bigram {s['bigram_loglik']:.2f}, chance {s['chance']:.2f}, {s['items']} items)"
+        for k, s in sel.items()))
+
+def replies_table(
+    result:dict, # An evaluation, as `run_evaluate` returns it (or `load_json('eval/base.json')`)
+):
+    "Response selection (hits@1) and generated-reply statistics, a column for each data set, as a `pandas` table."
+    import pandas as pd
+    cols = {}
+    for k in REPLY_SETS:
+        r = result['replies'].get(k) or {}
+        s, g = r.get('selection') or {}, r.get('generated') or {}
+        cols[k] = {**{f'hits@1 {m}': s.get(m) for m in ('loglik', 'pmi', 'bigram_loglik', 'chance')},
+                   **{m: g.get(m) for m in ('distinct_1', 'distinct_2', 'repeat_4gram', 'mean_words', 'empty', 'pmi_per_token')}}
+    return pd.DataFrame(cols)
 
 # %% ../nbs/07_evaluate.ipynb #72c8de3a
 def run_evaluate(
@@ -324,8 +396,11 @@ def run_evaluate(
     samples:bool=True,            # Answer the fixed prompts, greedy and sampled (--no-samples skips them)
     max_new_tokens:int=48,        # Longest sample reply, in tokens
     seed:int=0,                   # Seed of the sampled replies
+    selection_items:int=200,      # Response selection (hits@1 of 10) on up to this many conversations of each data set (0: skip)
+    reply_items:int=100,          # Greedy replies to up to this many of their contexts, for the reply statistics (0: skip)
+    reply_len:int=160,            # Most tokens of a reply-metric example, context and reply: the context's earliest turns go first
 ) -> dict:
-    "Perplexity and bits per byte of a model on the held-out split beside uniform, unigram and bigram baselines, its assistant-turn perplexity, and sample replies; writes eval/NAME.json."
+    "Perplexity and bits per byte of a model on the held-out split beside uniform, unigram and bigram baselines, its assistant-turn perplexity, reply metrics and sample replies; writes eval/NAME.json."
     args, t_start = dict(locals()), time.time()
     cfg = EvalConfig(**{k: v for k, v in args.items() if k not in ('run', 'model')})
     model_dir(run, model); run_file(run, 'tokenizer/tokenizer.json')  # what is missing is said before any work
@@ -347,7 +422,7 @@ def run_evaluate(
             data=dict(conversations=len(convs), split_conversations=n_split, tokens=parts['tokens'], scored_tokens=parts['tokens'] - 1,
                       text_bytes=parts['text_bytes'], max_tokens=cfg.max_tokens),
             settings=dict(context=C, stride=S, batch_size=cfg.batch_size, precision=cfg.precision, device=str(next(lm.model.parameters()).device)),
-            **{k: parts[k] for k in ('held_out', 'baselines', 'assistant', 'samples', 'sampling')},
+            **{k: parts[k] for k in ('held_out', 'baselines', 'assistant', 'samples', 'sampling', 'replies')},
             seconds={**{k: round(v, 2) for k, v in secs.items()}, 'total': round(time.time() - t_start, 2)},
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
         save_json(result, out/f'{name}.json')
@@ -357,4 +432,5 @@ def run_evaluate(
         log.info(f"{name}: perplexity {h['perplexity']:.2f} (uniform {b['uniform']['perplexity']:.0f}, unigram {b['unigram']['perplexity']:.2f}, "
                  f"bigram {b['bigram']['perplexity']:.2f}){asst}; "
                  f"{h['bits_per_byte']:.3f} bits per byte; {result['seconds']['total']:.0f} s; wrote {out/f'{name}.json'}")
+        log_replies(log, name, result['replies'])
         return result

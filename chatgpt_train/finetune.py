@@ -24,10 +24,10 @@ from .train import TrainConfig, Trainer, barrier, end_distributed, init_distribu
 from .evaluate import assistant_metrics
 
 # %% auto #0
-__all__ = ['ADAPTER_FILES', 'prepare_chat_data', 'prepare_tokenizer', 'fit_to_format', 'label_share', 'check_label_share',
-           'supports_packing', 'ChatBatches', 'add_lora', 'trainable_params', 'save_merged', 'compare_replies',
-           'FinetuneConfig', 'finetune_source', 'default_lr', 'prepare_finetune', 'ChatData', 'chat_data',
-           'measure_replies', 'train_chat', 'finetune_result', 'run_finetune']
+__all__ = ['ADAPTER_FILES', 'SFT_LR_FRACTION', 'prepare_chat_data', 'prepare_tokenizer', 'fit_to_format', 'label_share',
+           'check_label_share', 'supports_packing', 'ChatBatches', 'add_lora', 'trainable_params', 'save_merged',
+           'compare_replies', 'FinetuneConfig', 'finetune_source', 'default_lr', 'prepare_finetune', 'ChatData',
+           'chat_data', 'measure_replies', 'train_chat', 'finetune_result', 'run_finetune']
 
 # %% ../nbs/08_finetune.ipynb #6f28fe10
 def prepare_chat_data(
@@ -126,44 +126,54 @@ def supports_packing(
 
 # %% ../nbs/08_finetune.ipynb #11ac2e99
 class ChatBatches:
-    "Shuffled batches of rows (packed rows, or single examples padded to the longest of their batch), epoch after epoch; resumable."
+    "Shuffled batches of rows (packed, or single examples padded to the longest of their batch), a share of them from a second set; resumable."
     def __init__(self,
-        rows:list[dict],    # Dicts of `input_ids`, `labels` (and `position_ids` for packed rows)
-        batch_size:int,     # Rows in this process's batch
-        pad_id:int,         # Token for padded positions
-        seed:int=0,         # Fixes each epoch's order
-        rank:int=0,         # This process's index under torchrun
-        world_size:int=1,   # Number of processes
+        rows:list[dict],         # Dicts of `input_ids`, `labels` (and `position_ids` for packed rows)
+        batch_size:int,          # Rows in this process's batch
+        pad_id:int,              # Token for padded positions
+        seed:int=0,              # Fixes each pass's order
+        rank:int=0,              # This process's index under torchrun
+        world_size:int=1,        # Number of processes
+        extra:list[dict]=(),     # A second set of rows, each pass in its own order (the run's own conversations)
+        share:float=0.,          # The share of all rows drawn from `extra` (0: none; less than 1)
     ):
-        if len(rows) < batch_size * world_size:
+        if not 0 <= share < 1 or (share and not extra): raise UserError(f"the share of rows from the second set must be in [0, 1), with rows to draw: not {share} of {len(extra)} rows")
+        if len(rows) < (1 - share) * batch_size * world_size:
             raise UserError(f"{len(rows)} rows of examples are fewer than one batch of {batch_size * world_size}: "
                             f"use a smaller --batch-size (at most {max(1, len(rows) // world_size)}) or more data")
         self.rows, self.batch_size, self.pad_id, self.seed, self.rank, self.world_size = rows, batch_size, pad_id, seed, rank, world_size
-        self.epoch, self.step = 0, 0
+        self.extra, self.share, self.step = list(extra), share, 0
 
     def steps_in_epoch(self) -> int:
-        "Batches in an epoch; the rows left over are served in a later epoch's order."
-        return len(self.rows) // (self.batch_size * self.world_size)
+        "Batches in a pass over `rows` (with their share of `extra`)."
+        return max(1, int(len(self.rows) / ((1 - self.share) * self.batch_size * self.world_size)))
 
-    def order(self, epoch:int) -> np.ndarray:
-        "The order of the rows in `epoch`."
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+    def order(self, epoch:int, extra:bool=False) -> np.ndarray:
+        "The order of the rows (or of `extra`) in their `epoch`-th pass."
+        return np.random.default_rng([self.seed, epoch, int(extra)]).permutation(len(self.extra if extra else self.rows))
+
+    def row(self, k:int) -> dict:
+        "Row `k` of the stream: rows and `extra` interleaved so that any run of them holds `share` of `extra`, each source shuffled pass by pass."
+        j = math.floor(k * self.share)
+        extra = math.floor((k + 1) * self.share) > j  # the running count of `extra` rows steps up here
+        src, i = (self.extra, j) if extra else (self.rows, k - j)
+        return src[self.order(i // len(src), extra)[i % len(src)]]
 
     def __iter__(self): return self
 
     def __next__(self) -> dict:
-        if self.step >= self.steps_in_epoch(): self.epoch, self.step = self.epoch + 1, 0
         first = (self.step * self.world_size + self.rank) * self.batch_size
         self.step += 1
-        return pad_collate([self.rows[i] for i in self.order(self.epoch)[first:first + self.batch_size]], self.pad_id)
+        return pad_collate([self.row(k) for k in range(first, first + self.batch_size)], self.pad_id)
 
     def state_dict(self) -> dict:
-        return dict(seed=self.seed, epoch=self.epoch, step=self.step, rows=len(self.rows), batch_size=self.batch_size, world_size=self.world_size)
+        return dict(seed=self.seed, step=self.step, rows=len(self.rows), extra=len(self.extra), share=self.share,
+                    batch_size=self.batch_size, world_size=self.world_size)
 
     def load_state_dict(self, d:dict):
-        for k, v in dict(rows=len(self.rows), batch_size=self.batch_size, world_size=self.world_size).items():
-            if d[k] != v: raise UserError(f"cannot resume the data order: it was saved with {k}={d[k]}, this run has {k}={v}")
-        self.seed, self.epoch, self.step = d['seed'], d['epoch'], d['step']
+        for k, v in dict(rows=len(self.rows), extra=len(self.extra), share=self.share, batch_size=self.batch_size, world_size=self.world_size).items():
+            if d.get(k) != v: raise UserError(f"cannot resume the data order: it was saved with {k}={d.get(k)}, this run has {k}={v}")
+        self.seed, self.step = d['seed'], d['step']
 
 # %% ../nbs/08_finetune.ipynb #08831ad5
 def add_lora(
@@ -226,8 +236,10 @@ class FinetuneConfig:
     max_steps:int|None=None; minutes:float=1.5; batch_size:int=8; block_size:int|None=None; lr:float|None=None
     warmup_steps:int|None=None; weight_decay:float=0.1; grad_clip:float=1.0; precision:str='auto'; device:str='auto'
     val_fraction:float=0.1; eval_every:int=25; save_every:int=100; log_every:int=5; seed:int=42; max_new_tokens:int=40
+    mix:float=0.9
 
     def __post_init__(self):
+        if not 0 <= self.mix < 1: raise UserError(f"--mix must be at least 0 and less than 1, not {self.mix}")
         if self.lora_r < 1 or self.lora_alpha < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1, not {self.lora_r} and {self.lora_alpha}")
         if self.epochs <= 0: raise UserError(f"--epochs must be positive, not {self.epochs}")
         if self.minutes < 0: raise UserError(f"--minutes must be 0 (no budget) or more, not {self.minutes}")
@@ -242,14 +254,19 @@ def finetune_source(
         raise UserError(f"{folder} is where this run writes its fine-tuned model: copy it elsewhere to fine-tune it again")
     return folder
 
+SFT_LR_FRACTION = 0.1  # of the pretraining peaks, for full fine-tuning (measured at the end of this notebook)
+
 def default_lr(
-    folder:str|Path, # The model folder to fine-tune
-    lora:bool,       # Whether LoRA adapters are trained
+    folder:str|Path,   # The model folder to fine-tune
+    lora:bool,         # Whether LoRA adapters are trained
+    lr:float|None=None, # The AdamW rate asked for (None: the default)
 ) -> tuple[float, float|None]:
-    "The peak rates of AdamW and of Muon (None: no Muon) the model was pretrained with (`train_config.json`), else AdamW at 5e-5; LoRA: AdamW at five times the AdamW peak, at most 5e-3."
+    "The peak rates of AdamW and of Muon (None: no Muon): `SFT_LR_FRACTION` of the pretraining peaks in `train_config.json`, else AdamW at 5e-5; `lr` sets AdamW and scales Muon with it; LoRA: AdamW alone, five times the pretraining peak, at most 5e-3."
     p = Path(folder)/'train_config.json'
     c = load_json(p) if p.exists() else dict(lr=5e-5)
-    return (min(5 * c['lr'], 5e-3), None) if lora else (c['lr'], c.get('muon_lr'))
+    if lora: return (lr or min(5 * c['lr'], 5e-3), None)
+    adamw = lr or SFT_LR_FRACTION * c['lr']
+    return adamw, c.get('muon_lr') and c['muon_lr'] * adamw / c['lr']
 
 # %% ../nbs/08_finetune.ipynb #54323f9c
 def prepare_finetune(
@@ -260,7 +277,7 @@ def prepare_finetune(
     world:int=1,         # Processes
     resume:bool=False,   # Continue a run whose data is already prepared
 ) -> tuple:
-    "The model fitted to its chat format, the ids it gained, and the train and val conversations."
+    "The model fitted to its chat format, the ids it gained, the train and val conversations, and the run's own train and val ones to mix in."
     sft = stage_dir(run, 'sft')
     data = sft/'data'
     if rank == 0 and not resume:
@@ -274,22 +291,28 @@ def prepare_finetune(
     lm = load_model(run, str(src), tokenizer=data/'tokenizer')
     if not lm.fmt.marks_assistant: raise UserError(f"{data/'tokenizer'}: the tokenizer's chat template does not mark the assistant's tokens")
     new = fit_to_format(lm.model, lm.fmt)
-    return lm, new, load_conversations(data, 'train', required=True), load_conversations(data, 'val')
+    own = (stage_dir(run, 'clean')/'conversations.jsonl').exists() and cfg.mix > 0
+    if cfg.mix > 0 and not own and rank == 0:
+        get_logger('finetune').warning(f"{run} has no clean/conversations.jsonl to mix in: fine-tuning on {cfg.data} alone")
+    return (lm, new, load_conversations(data, 'train', required=True), load_conversations(data, 'val'),
+            *((load_conversations(run, 'train'), load_conversations(run, 'val')) if own else ([], [])))
 
 # %% ../nbs/08_finetune.ipynb #bb64253d
 @dataclass
 class ChatData:
     "The fine-tuning examples, as the trainer takes them."
     T:int; examples:int; val_examples:int; tokens:int; share:float; packed:bool; rows:int
-    batches:ChatBatches; val_batches:list; steps:int
+    batches:ChatBatches; val_batches:list; steps:int; mix:float; own_conversations:int; own_rows:int
 
 def chat_data(
-    lm,                  # The model and its format (from `prepare_finetune`)
-    train:list[dict],    # Training conversations
-    val:list[dict],      # Held-out conversations
-    cfg:FinetuneConfig,  # The settings
-    rank:int=0,          # This process's rank
-    world:int=1,         # Processes
+    lm,                     # The model and its format (from `prepare_finetune`)
+    train:list[dict],       # Training conversations
+    val:list[dict],         # Held-out conversations
+    cfg:FinetuneConfig,     # The settings
+    rank:int=0,             # This process's rank
+    world:int=1,            # Processes
+    own_train:list[dict]=(), # The run's own training conversations, `cfg.mix` of the rows
+    own_val:list[dict]=(),   # The run's own held-out conversations, scored with `val`
 ) -> ChatData:
     "Labelled, packed (or padded) rows of the conversations in batches, and the steps a run takes."
     n_ctx = context_length(lm.model)
@@ -299,13 +322,15 @@ def chat_data(
     train_ex, val_ex = fmt.assistant_examples(train, T), fmt.assistant_examples(val, T)
     share = check_label_share(train_ex, f"{cfg.data} as encoded for {lm.folder}")
     packed = supports_packing(lm.model)
-    rows = pack_sft(train_ex, T, fmt.pad_id) if packed else train_ex
-    val_rows, B = pack_sft(val_ex, T, fmt.pad_id) if packed else val_ex, cfg.batch_size
-    batches = ChatBatches(rows, B, fmt.pad_id, seed=cfg.seed, rank=rank, world_size=world)
+    pack = lambda ex: pack_sft(ex, T, fmt.pad_id) if packed else ex
+    rows, own_rows, B = pack(train_ex), pack(fmt.assistant_examples(own_train, T)), cfg.batch_size
+    val_rows, mix = pack(val_ex), cfg.mix if own_rows else 0.
+    val_rows += pack(fmt.assistant_examples(own_val, T))[:len(val_rows)]  # as many of the run's: both count, and the evaluations stay short
+    batches = ChatBatches(rows, B, fmt.pad_id, seed=cfg.seed, rank=rank, world_size=world, extra=own_rows, share=mix)
     val_batches = [pad_collate(val_rows[i:i + B * world], fmt.pad_id) for i in range(0, len(val_rows), B * world)]
     steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.steps_in_epoch()))
     return ChatData(T, len(train_ex), len(val_ex), sum(len(e['input_ids']) for e in train_ex), share, packed, len(rows),
-                    batches, val_batches, steps)
+                    batches, val_batches, steps, mix, len(own_train), len(own_rows))
 
 # %% ../nbs/08_finetune.ipynb #9ff8ba16
 def measure_replies(
@@ -338,8 +363,8 @@ def train_chat(
     model = add_lora(lm.model, cfg.lora_r, cfg.lora_alpha, new_tokens=new) if cfg.lora else lm.model
     n_train, n_all = trainable_params(model)
     set_seed(cfg.seed + rank)  # each rank its own dropout
-    lr, muon_lr = default_lr(lm.folder, cfg.lora)
-    tc = TrainConfig(max_steps=data.steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=cfg.lr or lr, muon_lr=muon_lr,
+    lr, muon_lr = default_lr(lm.folder, cfg.lora, cfg.lr)
+    tc = TrainConfig(max_steps=data.steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=lr, muon_lr=muon_lr,
                      **{k: getattr(cfg, k) for k in ('warmup_steps', 'weight_decay', 'grad_clip', 'precision', 'device', 'seed',
                                                     'log_every', 'eval_every', 'save_every')})
     if rank == 0:
@@ -364,7 +389,7 @@ def finetune_result(
         method=dict(kind='lora' if cfg.lora else 'full', trained_parameters=n_train, lora_r=cfg.lora_r if cfg.lora else None,
                     lora_alpha=cfg.lora_alpha if cfg.lora else None, new_tokens=len(new)),
         data=dict(source=cfg.data, folder=str(data_dir), train_conversations=len(load_conversations(data_dir, 'train')),
-                  val_conversations=len(load_conversations(data_dir, 'val')), train_examples=data.examples,
+                  val_conversations=len(load_conversations(data_dir, 'val')), mix=data.mix, own_conversations=data.own_conversations, own_rows=data.own_rows, train_examples=data.examples,
                   val_examples=data.val_examples, label_share=round(data.share, 4), packed=data.packed, rows=data.rows),
         split='val',
         training=dict(steps=res['step'], max_steps=res['max_steps'], loss=res.get('loss'), val_loss=res.get('val_loss'),
@@ -379,6 +404,7 @@ def run_finetune(
     run:str,                     # The run folder: reads base/ (or --from), writes sft/ and eval/finetune.json
     from_:str='base',            # The model to fine-tune: base (this run's pretrained model) or the path of a Hugging Face causal LM folder
     data:str='chatterbot',       # Conversations: chatterbot (English, with its bot profile), hf:NAME, or a file or folder the collect stage reads
+    mix:float=0.9,               # Share of the training rows drawn from this run's own conversations (clean/'s train split; its val split is scored too); 0: --data alone
     lora:bool=False,             # Train LoRA adapters instead of every weight; they are merged into sft/ and kept in sft/lora/
     lora_r:int=16,               # LoRA rank
     lora_alpha:int=32,           # LoRA scale: updates are multiplied by alpha / r
@@ -387,7 +413,7 @@ def run_finetune(
     minutes:float=1.5,           # Time budget in minutes: training stops when it is spent (0: no budget)
     batch_size:int=8,            # Rows per micro-batch on each process
     block_size:int|None=None,    # Tokens per packed row, and the longest example (default: the model's context, at most 512)
-    lr:float|None=None,          # Peak learning rate of AdamW (default: the model's pretraining peak if its folder records one, else 5e-5; 5x that with --lora, at most 5e-3)
+    lr:float|None=None,          # Peak learning rate of AdamW, Muon's moved with it (default: a tenth of the pretraining peaks if the folder records them, else 5e-5; LoRA: 5x the AdamW peak, at most 5e-3)
     warmup_steps:int|None=None,  # Steps of linear warmup (default: 5% of the steps)
     weight_decay:float=0.1,      # AdamW weight decay on weight matrices
     grad_clip:float=1.0,         # Clip the gradient norm to this (0: off)
@@ -411,11 +437,12 @@ def run_finetune(
         try:
             if resume: args = resume_args(sft, args, run_finetune, log)
             cfg = FinetuneConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
-            lm, new, train, val = prepare_finetune(run, cfg, finetune_source(run, cfg.from_), rank, world, resume)
-            data = chat_data(lm, train, val, cfg, rank, world)
+            lm, new, train, val, own_train, own_val = prepare_finetune(run, cfg, finetune_source(run, cfg.from_), rank, world, resume)
+            data = chat_data(lm, train, val, cfg, rank, world, own_train, own_val)
             if rank == 0:
                 log.info(f"{len(train):,} train and {len(val):,} val conversations from {cfg.data}: {data.examples:,} examples, {data.tokens:,} "
-                         f"tokens, {data.share:.0%} of them the assistant's; {data.rows:,} {'packed' if data.packed else 'padded'} rows of up to {data.T} tokens")
+                         f"tokens, {data.share:.0%} of them the assistant's; {data.rows:,} {'packed' if data.packed else 'padded'} rows of up to {data.T} tokens"
+                         + (f"; {data.mix:.0%} of the rows from {data.own_rows:,} of this run's ({data.own_conversations:,} conversations)" if data.mix else ''))
                 if not (sft/'data'/'before.json').exists(): save_json(measure_replies(lm.model.to(dev), lm.fmt, val, data.T, cfg), sft/'data'/'before.json')
                 save_args(sft, 'finetune', {**args, 'block_size': data.T})
             barrier(world)

@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import UserError, atomic_path, load_json, maker, read_metrics, run_path
 
 # %% auto #0
-__all__ = ['PIPELINE_FILE', 'REPORT_INPUTS', 'read_input', 'md_table', 'write_report', 'summary_lines']
+__all__ = ['PIPELINE_FILE', 'REPORT_INPUTS', 'REPLY_DATA', 'read_input', 'md_table', 'write_report', 'summary_lines']
 
 # %% ../nbs/09a_report.ipynb #bd41ec5b
 PIPELINE_FILE = 'pipeline.json'  # in the run folder: what each step of `chatgpt-train run` ran with and when it finished
@@ -22,8 +22,8 @@ REPORT_INPUTS = {  # a file of the run: the keys the report reads from it
                               'measured_on', 'bytes_per_token', 'chars_per_token'),
     'encode/meta.json':      ('conversations', 'tokens', 'text_tokens', 'bytes_per_token', 'dtype'),
     'base/args.json':        ('args',),
-    'eval/base.json':        ('data', 'held_out', 'baselines', 'assistant', 'samples'),
-    'eval/sft.json':         ('data', 'held_out', 'baselines', 'assistant', 'samples'),
+    'eval/base.json':        ('data', 'held_out', 'baselines', 'assistant', 'samples', 'replies'),
+    'eval/sft.json':         ('data', 'held_out', 'baselines', 'assistant', 'samples', 'replies'),
     'eval/finetune.json':    ('data', 'before', 'assistant', 'samples'),
     PIPELINE_FILE:           (),
 }
@@ -157,6 +157,32 @@ def _eval_section(root:Path) -> str:
                    f"{ft['assistant']['perplexity']:.2f} after.")
     return '\n\n'.join(out)
 
+# %% ../nbs/09a_report.ipynb #17d2e4ca
+def _replies_row(data:str, model:str, d:dict) -> dict:
+    s, g = d['selection'] or {}, d['generated'] or {}
+    top = (g.get('top') or [None])[0]
+    return {'data': data, 'model': model, 'items': s.get('items'), 'loglik': s.get('loglik'), 'PMI': s.get('pmi'),
+            'bigram': s.get('bigram_loglik'), 'distinct-1': g.get('distinct_1'), 'distinct-2': g.get('distinct_2'),
+            'repeated 4-gram': g.get('repeat_4gram'), 'words': g.get('mean_words'), 'empty': g.get('empty'),
+            'PMI a token': g.get('pmi_per_token'), 'most frequent reply': f"{top['reply']} ({top['share']:.0%})" if top else None}
+
+REPLY_DATA = {'chitchat': 'held-out chats', 'sft_data': 'fine-tuning data'}  # the data sets of an evaluation's `replies`
+
+def _replies_section(root:Path) -> str:
+    ev = {k: r['replies'] for k in ('base', 'sft') if (r := read_input(root, f'eval/{k}.json'))}
+    found = [(label, k, rep[data]) for data, label in REPLY_DATA.items() for k, rep in ev.items() if rep.get(data)]
+    notes = [f"*{k}: no reply metrics: {rep['note']}*" for k, rep in ev.items() if rep.get('note')]
+    if not found and not notes: return ''  # no evaluation yet (the evaluation section says so), or the metrics were skipped
+    sel = next((d['selection'] for _, _, d in found if d['selection']), None)
+    n = f"hits@1 of {sel['candidates']} (chance {sel['chance']:.2f})" if sel else 'hits@1'
+    return '\n\n'.join(['## Replies', f"**Replies: response selection {n} and generated-reply statistics.** Each held-out "
+        "conversation is cut at one reply to a user turn; the model ranks the true reply among replies of other conversations, by its "
+        "likelihood (loglik), by PMI (how much the conversation raised the reply's probability, which a generic reply does not earn) "
+        "and, as a baseline, by the run's bigram table. Then it writes its own greedy reply to each: distinct-1 and distinct-2 are "
+        "the shares of distinct words and word pairs (low: the same few things to everyone), repeated 4-gram the share of replies "
+        "that loop, empty the share of replies with no text, and PMI a token whether the reply depends on the conversation.",
+        md_table([_replies_row(*f) for f in found]), *notes])
+
 # %% ../nbs/09a_report.ipynb #a90dd1bd
 def _samples_section(root:Path) -> str:
     base, sft, ft = (read_input(root, f'eval/{k}.json') for k in ('base', 'sft', 'finetune'))
@@ -194,7 +220,7 @@ def write_report(
     head = (f"# Run report: {root.name}\n\n> From raw conversations to a chat model with `chatgpt_train` {__version__}: the numbers of "
             f"every stage of `{root}`, written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} from the files the stages left.")
     parts = [head, _data_section(root), _tokenizer_section(root), _model_section(root), _curves_section(root),
-             _eval_section(root), _samples_section(root), _time_section(root)]
+             _eval_section(root), _replies_section(root), _samples_section(root), _time_section(root)]
     path = root/'report.md'
     with atomic_path(path) as t: t.write_text('\n\n'.join(p for p in parts if p) + '\n', encoding='utf-8')
     return path

@@ -129,7 +129,7 @@ def test_interactive_loop_streams_and_withdraws_a_flagged_reply(loaded):
     model, tok = loaded
     end = tok.convert_tokens_to_ids('<|end|>')
     polite = Scripted(model.config, len(tok), tok.encode('fine, thanks', add_special_tokens=False) + [end])
-    rude = Scripted(model.config, len(tok), tok.encode('shut up you bitch', add_special_tokens=False) + [end])
+    rude = Scripted(model.config, len(tok), tok.encode('shut up you faggot', add_special_tokens=False) + [end])
     out, err = io.StringIO(), io.StringIO()
     chat_loop(ChatSession(polite, tok, fast=False), ['How are you?'], out, err, interactive=True)
     assert out.getvalue() == 'model> fine, thanks\n'

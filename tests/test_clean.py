@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from chatgpt_train import clean
-from chatgpt_train.clean import CleanConfig, clean_conversations, fix_unicode, profanity_scores, split_of
+from chatgpt_train import content
+from chatgpt_train.clean import CleanConfig, clean_conversations, fix_unicode, split_of
+from chatgpt_train.content import content_flags, load_content_labels, filter_scores
 from chatgpt_train.cli import main
 from chatgpt_train.core import UserError, load_conversations, load_json, read_jsonl
 
@@ -164,33 +165,48 @@ def test_fix_unicode_leaves_no_controls(text):
     assert fix_unicode(out) == fix_unicode(fix_unicode(out))
 
 
-def test_profanity_falls_back_to_blocklist(monkeypatch):
-    clean.profanity_classifier.cache_clear()
+def test_content_filter_falls_back_to_patterns(monkeypatch):
+    content.profanity_classifier.cache_clear()
     monkeypatch.setitem(sys.modules, 'profanity_check', None)  # import now fails, as when the extra is not installed
     msgs = []
     handler = logging.Handler(); handler.emit = lambda r: msgs.append(r.getMessage())
     log = logging.getLogger('clean'); log.addHandler(handler)
     try:
-        assert profanity_scores(['you are a stupid idiot', 'what the fuck', 'have a nice day']) == [0., 1., 0.]
-        kept, report = clean_conversations([conv('p', 'hi', 'what the fuck', 'sorry', 'fine')], CleanConfig(val_fraction=0))
+        flags = content_flags(['you are a stupid idiot', 'I will kill you', 'have a nice day'])
+        kept, report = clean_conversations([conv('p', 'hi', 'I will kill you', 'sorry', 'fine')], CleanConfig(val_fraction=0))
     finally:
-        log.removeHandler(handler); clean.profanity_classifier.cache_clear()
+        log.removeHandler(handler); content.profanity_classifier.cache_clear()
+    assert [f.category for f in flags] == ['mild', 'violence', None] and all(f.score == 0 for f in flags)
     assert any('alt-profanity-check is not available' in m for m in msgs)
-    assert [t['text'] for t in kept[0]['turns']] == ['hi', 'fine']
-    assert {s['step']: s for s in report['steps']}['profanity']['scorer'] == 'blocklist'
+    assert [t['text'] for t in kept[0]['turns']] == ['hi', 'fine']  # the threat, and the reply that needs it
+    assert {s['step']: s for s in report['steps']}['profanity']['scorer'] == 'patterns'
 
 
-def test_profanity_classifier_and_actions():
-    pytest.importorskip('profanity_check')
-    clean.profanity_classifier.cache_clear()
-    high, low = profanity_scores(['you are a stupid idiot', 'have a nice day'])
-    assert high > 0.9 and low < 0.5
-    convs = [conv('p', 'hi', 'you are a stupid idiot', 'sorry', 'fine', 'good', 'bye')]
-    kept, _ = clean_conversations(convs, CleanConfig(val_fraction=0))
-    assert [t['text'] for t in kept[0]['turns']] == ['hi', 'fine', 'good', 'bye']
+def test_content_filter_actions():
+    convs = [conv('p', 'hi', 'you are a stupid idiot', 'sorry', 'fine', 'you should go kill yourself', 'Anyway, what classes are you taking next semester?')]
+    kept, report = clean_conversations(convs, CleanConfig(val_fraction=0))
+    assert [t['text'] for t in kept[0]['turns']] == ['hi', 'you are a stupid idiot', 'sorry', 'fine\nAnyway, what classes are you taking next semester?']
+    assert {s['step']: s for s in report['steps']}['profanity']['flagged'] == {'mild': 1, 'self_harm': 1}
+    removed = []
+    mild_too = clean_conversations(convs, CleanConfig(val_fraction=0, drop_categories='mild,self_harm'), removed)[0]
+    assert [t['text'] for t in mild_too[0]['turns']] == ['hi', 'fine\nAnyway, what classes are you taking next semester?']
+    assert {r['reason'] for r in removed} >= {'mild content', 'self_harm content', 'reply to a dropped turn'}
     assert clean_conversations(convs, CleanConfig(val_fraction=0, profanity='conversation'))[0] == []
     assert len(clean_conversations(convs, CleanConfig(val_fraction=0, profanity='off'))[0][0]['turns']) == 6
-    assert len(clean_conversations(convs, CleanConfig(val_fraction=0, profanity_threshold=1.))[0][0]['turns']) == 6
+    with pytest.raises(UserError, match='unknown content categories rude'): CleanConfig(drop_categories='rude')
+
+
+def test_content_filter_on_the_labelled_sample():
+    "Precision and recall of the default filter on the hand-labelled turns that ship with the package (see 02a_content)."
+    pytest.importorskip('profanity_check')
+    rows = load_content_labels()
+    assert len([r for r in rows if r['source'] == 'chitchat']) >= 300
+    flags = content_flags([r['text'] for r in rows])
+    corpus = [(r['label'], f) for r, f in zip(rows, flags) if r['source'] == 'chitchat']
+    flagged = filter_scores([l for l, _ in corpus], [f for _, f in corpus], frozenset(content.CATEGORIES))
+    assert flagged['precision'] >= 0.8 and flagged['recall'] >= 0.8, flagged
+    dropped = filter_scores([r['label'] for r in rows], flags)
+    assert dropped['positives'] >= 30 and dropped['precision'] >= 0.8 and dropped['recall'] >= 0.8, dropped
 
 
 def test_spelling_flag(tmp_path):

@@ -237,6 +237,7 @@ def test_any_hugging_face_model_folder(run, base, tmp_path, template, fmt):
     (['--stride', '32'], 'stride must be between 1 and context - 1 = 31'),
     (['--context', '999'], "model's context length"),
     (['--max-tokens', '-1'], '--max-tokens must be 0'),
+    (['--selection-items', '-1'], '--selection-items must be 0 (skip) or more'),
 ])
 def test_mistakes_are_explained(run, argv, message):
     rc, err = run_cli('evaluate', '--run', run, *argv)
@@ -255,3 +256,15 @@ def test_stale_token_files_are_caught(run, tmp_path):
     write_jsonl([dict(c, split='train') for c in make_conversations(20)], other/'clean'/'conversations.jsonl')
     rc, err = run_cli('evaluate', '--run', other)
     assert rc == 2 and 'no held-out conversations' in err, err
+
+
+def test_reply_metrics(run, base):
+    "Response selection and generated-reply statistics on the held-out chats (details and exact cases in test_replies.py)."
+    r = base['replies']
+    assert r['sft_data'] is None and r['note'] is None  # no fine-tuning data in this run
+    sel, gen = r['chitchat']['selection'], r['chitchat']['generated']
+    assert sel['items'] == base['data']['conversations'] and sel['candidates'] == 10 and sel['chance'] == 0.1
+    assert all(0 <= sel[k] <= 1 for k in ('loglik', 'pmi', 'bigram_loglik'))
+    assert gen['replies'] == sel['items'] and gen['sampling']['temperature'] == 0 and gen['sampling']['max_new_tokens'] == 12
+    assert all(0 <= gen[k] <= 1 for k in ('distinct_1', 'distinct_2', 'repeat_4gram', 'empty') if gen[k] is not None)
+    assert base['seconds']['selection'] > 0 and base['seconds']['generated'] > 0
