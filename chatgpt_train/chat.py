@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, TextIO
 import torch
 
 from .core import UserError, get_logger
-from .content import CATEGORIES, DEFAULT_DROP, content_flags
+from .content import CATEGORIES, DEFAULT_DROP, SEVERE, content_flags
 from .chat_format import ChatFormat
 from .model import context_length, load_model
 from .generate import SamplingConfig, stream_text
@@ -261,7 +261,7 @@ def run_chat(
     seed:int=42,                    # Seed of the sampler: the same lines get the same replies
     safety:bool=True,               # Check replies with the clean stage's content filter (--no-safety: off)
     refusal:str=REFUSAL,            # What a flagged reply is replaced with
-    block:str='self_harm,violence,hate,sexual', # Content categories whose replies are withdrawn, comma-separated; add mild to withdraw profanity and insults
+    block:str=','.join(SEVERE),     # Content categories whose replies are withdrawn, comma-separated; add mild to withdraw profanity and insults
     jsonl:bool=False,               # With piped input, print each exchange as a JSON line {"user", "assistant", "flagged"}
     device:str='auto',              # auto, cpu, cuda, cuda:1 or mps
 ) -> ChatSession:

@@ -588,7 +588,7 @@ def run_clean(
     spelling_min_count:int=5,         # Words seen this often in the corpus count as spelt right
     profanity:Literal['turn', 'conversation', 'off']='turn', # What a dropped turn costs: itself (and its reply, unless that stands alone), the whole conversation, or nothing (off: no judging)
     profanity_threshold:float=CONTENT_THRESHOLD, # The classifier's score from which a turn without a listed word counts as mild
-    drop_categories:str='self_harm,violence,hate,sexual', # Content categories to drop, comma-separated; add mild to drop profanity and insults too
+    drop_categories:str=','.join(SEVERE), # Content categories to drop, comma-separated; add mild to drop profanity and insults too
     min_turns:int=2,                  # Drop conversations with fewer turns
     max_turn_chars:int=2000,          # Drop turns longer than this (and their replies)
     spam_ratio:float=0.3,             # Drop turns of 100+ characters that compress below this share of their size (0: off)
