@@ -251,7 +251,7 @@ def chat_loop(
 # %% ../nbs/09_chat.ipynb #bd2a9a77
 def run_chat(
     run:str|None=None,              # A run folder: chat with its newest model (sft/, else base/)
-    model:str|None=None,            # A model folder (config.json, weights and tokenizer files), instead of --run
+    model:str|None=None,            # A model folder (config.json, weights and tokenizer files) or a hub id, instead of --run
     system:str|None=None,           # A system prompt
     temperature:float=SamplingConfig.temperature, # Divide the logits by this; 0 takes the most probable token (greedy)
     top_k:int=SamplingConfig.top_k, # Draw only from the k most probable tokens (0: all)

@@ -91,10 +91,14 @@ class ChatFormat:
         ours:ChatTokenizer|None=None, # Our fast tokenizer of the same folder, when `hf` is ours
     ):
         self.hf, self.ours = hf, ours
-        self.special = set(hf.all_special_ids) | (set(ours.special.values()) if ours else set())
+        added = {i for i, t in hf.added_tokens_decoder.items() if t.special}  # <|im_end|> and the like, not always in all_special_ids
+        self.special = set(hf.all_special_ids) | added | (set(ours.special.values()) if ours else set())
         self.template = ours is None and bool(getattr(hf, 'chat_template', None))
         eos = hf.eos_token_id if hf.eos_token_id is not None else hf.bos_token_id
         self.stop = [ours.end_id] if ours else [] if eos is None else [eos]
+        ends = self._turn_ends() if self.template else []
+        self.stop = list(dict.fromkeys(ends + self.stop))  # ChatML's <|im_end|> is often not the eos
+        self._end_text = hf.convert_ids_to_tokens(ends[0]) if ends else None
         self.pad_id = ours.pad_id if ours else next((i for i in (hf.pad_token_id, eos) if i is not None), 0)
         start = hf.bos_token_id if hf.bos_token_id is not None else hf.eos_token_id
         self._start = [] if start is None else [start]  # separates conversations in the plain format
@@ -106,12 +110,29 @@ class ChatFormat:
 
     @property
     def marks_assistant(self) -> bool:
-        "Whether the format can tell the assistant's tokens apart: ours, or a template with `{% generation %}` marks."
-        return bool(self.ours) or (self.template and re.search(r'\{%-?\s*generation\s*-?%\}', self.hf.chat_template) is not None)
+        "Whether the format can tell the assistant's tokens apart: ours, or any chat template (see `assistant_examples`)."
+        return bool(self.ours) or self.template
+
+    @property
+    def generation_marks(self) -> bool:
+        "Whether the chat template marks the assistant's part with `{% generation %}`."
+        return self.template and re.search(r'\{%-?\s*generation\s*-?%\}', self.hf.chat_template) is not None
 
     def _template_ids(self, turns, **kw) -> dict:
-        msgs = [dict(role=t['role'], content=turn_text(t)) for t in turns]
-        return self.hf.apply_chat_template(msgs, tokenize=True, return_dict=True, **kw)
+        return self.hf.apply_chat_template(_messages(turns), tokenize=True, return_dict=True, **kw)
+
+    def _template_text(self, turns, gen:bool=False) -> str:
+        return self.hf.apply_chat_template(_messages(turns), tokenize=False, add_generation_prompt=gen)
+
+    def _turn_ends(self) -> list[int]:
+        "The special token the template writes right after a reply (`<|im_end|>`, `<|eot_id|>`), as a list of 0 or 1 ids."
+        probe = [dict(role='user', text='Hi'), dict(role='assistant', text='Hello')]
+        try: p, r = self._template_text(probe[:1], gen=True), self._template_text(probe)
+        except Exception: return []  # jinja raises its own kinds; a template that wants more (a system turn): the eos alone
+        tail = r[len(p):].partition('Hello')[2] if r.startswith(p) else ''
+        return [i for i in self.hf(tail, add_special_tokens=False)['input_ids'][:1] if i in self.special]
+
+def _messages(turns) -> list[dict]: return [dict(role=t['role'], content=turn_text(t)) for t in turns]
 
 # %% ../nbs/03a_chat_format.ipynb #9cb971c7
 @patch
@@ -143,18 +164,45 @@ def text_bytes(self:ChatFormat, ids:list[int]) -> int:
 
 # %% ../nbs/03a_chat_format.ipynb #a3c2ab28
 @patch
+def reply_spans(self:ChatFormat,
+    turns:list[dict], # A conversation
+) -> list[tuple[str, list[tuple[int, int]]]]:
+    "Texts as the template renders them, each with the character spans of the replies to label in it (a template's format only)."
+    full, pairs = self._template_text(turns), []
+    for i, t in enumerate(turns):
+        if t['role'] != 'assistant' or i == 0: continue  # an opening assistant turn answers nothing
+        p, r = self._template_text(turns[:i], gen=True), self._template_text(turns[:i + 1])
+        if not r.startswith(p):
+            raise UserError(f"{self.hf.name_or_path}: its chat template renders an answered conversation that does not start with the prompt "
+                            f"asking for the answer, so the assistant's tokens cannot be found; give the template {{% generation %}} marks")
+        k = r.find(self._end_text, len(p)) if self._end_text else -1
+        pairs.append((p, r[:k + len(self._end_text)] if k >= 0 else r))  # up to the end of turn: the separator after it is the template's
+    if all(full.startswith(r) for _, r in pairs): return [(full, [(len(p), len(r)) for p, r in pairs])] if pairs else []
+    return [(r, [(len(p), len(r))]) for p, r in pairs]
+
+@patch
+def _span_example(self:ChatFormat, text:str, spans:list[tuple[int, int]], max_len:int) -> dict:
+    "`text` tokenized as `apply_chat_template` does, the tokens overlapping `spans` labelled."
+    enc = self.hf(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc['input_ids'])[:max_len], enc['offset_mapping'][:max_len]
+    return dict(input_ids=ids, labels=[i if any(a < e and s < b for s, e in spans) else IGNORE_INDEX for i, (a, b) in zip(ids, offsets)])
+
+@patch
 def assistant_examples(self:ChatFormat,
     convs:list[dict], # Conversations
     max_len:int,      # Most tokens an example has (the context)
 ) -> list[dict]:
-    "`input_ids` and `labels` (-100 except on the assistant's tokens) covering the conversations; [] if the format has no assistant marks."
+    "`input_ids` and `labels` (-100 except on the assistant's tokens) covering the conversations; [] for the plain format."
     if self.ours: return [e for c in convs for e in encode_sft_windows(c, self.ours, max_len)]
     if not self.marks_assistant: return []
     out = []
     for c in convs:
-        enc = self._template_ids(c['turns'], return_assistant_tokens_mask=True)
-        ids, mask = list(enc['input_ids'])[:max_len], list(enc['assistant_masks'])[:max_len]
-        if any(mask): out.append(dict(input_ids=ids, labels=[i if m else IGNORE_INDEX for i, m in zip(ids, mask)]))
+        if self.generation_marks:
+            enc = self._template_ids(c['turns'], return_assistant_tokens_mask=True)
+            ids, mask = list(enc['input_ids'])[:max_len], list(enc['assistant_masks'])[:max_len]
+            ex = [dict(input_ids=ids, labels=[i if m else IGNORE_INDEX for i, m in zip(ids, mask)])]
+        else: ex = [self._span_example(text, spans, max_len) for text, spans in self.reply_spans(c['turns'])]
+        out += [e for e in ex if any(l != IGNORE_INDEX for l in e['labels'])]
     return out
 
 # %% ../nbs/03a_chat_format.ipynb #0ae62285

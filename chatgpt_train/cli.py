@@ -11,7 +11,7 @@ from typing import Literal, get_args, get_origin
 
 from fastcore.docments import docments
 
-from .core import (INCOMPLETE, STAGES, Stage, UserError, get_logger, load_args, load_json, run_lock, run_path,
+from .core import (INCOMPLETE, STAGES, Stage, UserError, get_logger, load_args, load_json, model_dir, run_lock, run_path,
                                 save_json, stage)
 
 # %% auto #0
@@ -147,21 +147,23 @@ def pipeline_steps(
     args:dict, # The arguments of `run_all`
 ) -> list[Step]:
     "The steps `run_all` takes, in order, with the arguments each stage gets."
-    a, m = args, args['minutes']
+    a, m, src = args, args['minutes'], args.get('from_')
     ev = dict(max_tokens=a['eval_tokens'], device=a['device'])
+    start = Step('pretrain', 'pretrain', dict(preset=a['preset'], max_steps=a['max_steps'], minutes=None if a['max_steps'] else round(PRETRAIN_SHARE * m, 2),
+                                              batch_size=a['batch_size'], eval_batches=PRETRAIN_EVAL_BATCHES, device=a['device'], seed=a['seed']),
+                 ('encode',))
+    share = FINETUNE_SHARE + (PRETRAIN_SHARE if src else 0)  # a model from elsewhere: fine-tuning has pretraining's time too
     return [
         Step('collect', 'collect', dict(source=a['source'], limit=a['limit'])),
         Step('clean', 'clean', dict(seed=a['seed']), ('collect',)),
         Step('tokenizer', 'tokenizer', dict(vocab_size=a['vocab_size']), ('clean',)),
         Step('encode', 'encode', {}, ('clean', 'tokenizer')),
-        Step('pretrain', 'pretrain', dict(preset=a['preset'], max_steps=a['max_steps'], minutes=None if a['max_steps'] else round(PRETRAIN_SHARE * m, 2),
-                                          batch_size=a['batch_size'], eval_batches=PRETRAIN_EVAL_BATCHES, device=a['device'], seed=a['seed']),
-             ('encode',)),
-        Step('evaluate base', 'evaluate', dict(model='base', **ev), ('pretrain',)),
-        Step('finetune', 'finetune', dict(from_='base', data=a['sft_data'], mix=a['sft_mix'], lora=a['lora'], max_steps=a['sft_steps'],
-                                          minutes=0 if a['sft_steps'] else round(FINETUNE_SHARE * m, 2), device=a['device'], seed=a['seed']),
-             ('pretrain',)),
-        Step('evaluate sft', 'evaluate', dict(model='sft', **ev), ('finetune',)),
+        *([] if src else [start]),
+        Step('evaluate base', 'evaluate', dict(model=src or 'base', name='base', **ev), ('encode',) if src else ('pretrain',)),
+        Step('finetune', 'finetune', dict(from_=src or 'base', data=a['sft_data'], mix=a['sft_mix'], lora=a['lora'], max_steps=a['sft_steps'],
+                                          minutes=0 if a['sft_steps'] else round(share * m, 2), device=a['device'], seed=a['seed']),
+             ('clean',) if src else ('pretrain',)),
+        Step('evaluate sft', 'evaluate', dict(model='sft', name='sft', **ev), ('finetune',)),
     ]
 
 # %% ../nbs/10_cli.ipynb #122a55e1
@@ -228,7 +230,8 @@ def _take(step:Step, state:str, run:str, stamps:dict, path:Path) -> str:
 def run_all(
     run:str,                   # The run folder (or a name under $CHATGPT_TRAIN_HOME): every stage writes its folder in it
     preset:str='tiny',         # Model size: a preset of the model stage (micro, tiny, mini, gpt2, ...) or dN
-    minutes:float=15.,         # Time for the whole run: pretraining gets 70% of it, fine-tuning at most 10%, data and evaluation the rest
+    from_:str|None=None,       # Fine-tune this model (a hub id or a model folder) instead of pretraining one; the data stages still run, for the evaluation and the mix
+    minutes:float=15.,         # Time for the whole run: pretraining gets 70% of it, fine-tuning at most 10% (80% with --from), data and evaluation the rest
     source:str='chitchat',     # Pretraining conversations: chitchat (embedded), chatterbot, hf:NAME, or a file or folder
     sft_data:str='chatterbot', # Fine-tuning conversations for the assistant's role, in any form --source takes
     sft_mix:float=0.9,         # Share of the fine-tuning text drawn from the run's own conversations (0: --sft-data alone)
@@ -237,7 +240,7 @@ def run_all(
     max_steps:int|None=None,   # Pretraining steps, instead of the time budget (default: as many as the time allows)
     sft_steps:int|None=None,   # Fine-tuning steps (default: the fine-tune stage's passes over its data, within its time)
     batch_size:int=16,         # Sequences per pretraining micro-batch (raise it on a GPU)
-    lora:bool=False,           # Fine-tune LoRA adapters instead of every weight
+    lora:bool|None=None,       # Fine-tune LoRA adapters instead of every weight (default: for models over 200M parameters)
     eval_tokens:int=32768,     # Held-out tokens each evaluation scores (0: the whole split)
     device:str='auto',         # auto, cpu, cuda, cuda:1 or mps
     seed:int=42,               # Seed of the split, the initial weights, the data order and the samples
@@ -252,6 +255,7 @@ def run_all(
     if not minutes > 0: raise UserError(f"--minutes must be positive, not {minutes}")
     if not 0 <= chats <= len(PROMPTS): raise UserError(f"--chats must be between 0 and {len(PROMPTS)}, not {chats}")
     get_preset(preset)  # an unknown preset fails now, not after minutes of data preparation
+    if from_: model_dir(None, from_, '--from')  # and so does a model that cannot be had (a hub model is downloaded now)
     with run_lock(run, 'the whole pipeline (chatgpt-train run)'):
         root = run_path(run)
         log, path = get_logger('run', root), root/PIPELINE_FILE

@@ -12,11 +12,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_DIRS', 'MODEL_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LOCK', 'SPLITS', 'META_KEYS', 'UserError',
-           'run_path', 'Stage', 'stage', 'maker', 'stage_dir', 'require', 'run_file', 'atomic_path', 'save_json',
-           'load_json', 'write_jsonl', 'read_jsonl', 'save_args', 'load_args', 'set_seed', 'get_device',
+__all__ = ['STAGES', 'STAGE_DIRS', 'MODEL_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LOCK', 'SPLITS', 'META_KEYS', 'HUB_FILES',
+           'UserError', 'run_path', 'Stage', 'stage', 'maker', 'stage_dir', 'require', 'run_file', 'atomic_path',
+           'save_json', 'load_json', 'write_jsonl', 'read_jsonl', 'save_args', 'load_args', 'set_seed', 'get_device',
            'autocast_dtype', 'autocast', 'get_logger', 'Progress', 'run_lock', 'writing_stage', 'load_conversations',
-           'load_meta', 'load_tokens', 'read_metrics', 'model_dir']
+           'load_meta', 'load_tokens', 'read_metrics', 'is_hub_id', 'hub_model', 'hub_revision', 'model_dir']
 
 # %% ../nbs/00_core.ipynb #936c4cd1
 class UserError(Exception):
@@ -40,8 +40,8 @@ class Stage:
     module:str           # The module of chatgpt_train that holds the function
     func:str             # The stage function, e.g. "run_pretrain"
     about:str            # What it does, one line of `chatgpt-train --help`
-    writes:tuple=()      # What it writes, relative to the run: folders end in "/", "{model}" is filled from its arguments
-    done:str|None=None   # The file whose presence says it finished ("{model}" filled in as in `writes`)
+    writes:tuple=()      # What it writes, relative to the run: folders end in "/", "{name}" is filled from its arguments
+    done:str|None=None   # The file whose presence says it finished ("{name}" filled in as in `writes`)
     resumable:bool=False # It can continue from its folder's `checkpoints/last.pt` with --resume
 
     @property
@@ -69,7 +69,7 @@ STAGES = (
     Stage('pretrain', 'pretrain', 'run_pretrain', 'train a GPT from a preset on the tokens into RUN/base/', ('base/',),
           'base/model.safetensors', resumable=True),
     Stage('evaluate', 'evaluate', 'run_evaluate', 'perplexity and bits per byte beside baselines, and sample replies, into RUN/eval/',
-          ('eval/{model}.json',), 'eval/{model}.json'),
+          ('eval/{name}.json',), 'eval/{name}.json'),
     Stage('finetune', 'finetune', 'run_finetune', "fine-tune a model for chat, the loss on the assistant's replies, into RUN/sft/",
           ('sft/', 'eval/finetune.json'), 'sft/model.safetensors', resumable=True),
     Stage('chat', 'chat', 'run_chat', 'talk to a model in the terminal'),
@@ -212,11 +212,12 @@ def save_args(
     folder:str|Path, # The stage's folder
     stage:str,       # The stage's name, e.g. "collect"
     args:dict,       # The arguments it ran with
+    **extra,         # More to record beside them (a hub model's id and revision)
 ) -> Path:
     "Write `args.json` in `folder`: the stage, its arguments, the library version and the time."
     from chatgpt_train import __version__
     return save_json(dict(stage=stage, args=args, version=__version__,
-                          created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')),
+                          created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), **extra),
                      Path(folder)/'args.json')
 
 def load_args(
@@ -520,13 +521,52 @@ def read_metrics(
     return out
 
 # %% ../nbs/00_core.ipynb #79635077
+HUB_FILES = ['*.json', '*.safetensors', '*.txt', '*.model', '*.jinja', '*.tiktoken']  # configs, weights, tokenizers: never pickles or code
+_HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[\w./-]+)?')
+
+def is_hub_id(
+    name:str|Path, # What was given as a model
+) -> bool:
+    "Whether `name` reads as a hub id (`gpt2`, `org/name`, with an optional `@revision`) and is no path on this machine."
+    return isinstance(name, str) and _HUB_ID.fullmatch(name) is not None and not Path(name).expanduser().exists() and '..' not in name
+
+def hub_model(
+    spec:str,                           # A hub id, optionally `@revision`: gpt2, HuggingFaceTB/SmolLM2-135M-Instruct@main
+    flag:str='--model',                 # The flag it came from, for the message when it cannot be had
+    cache_dir:str|Path|None=None,       # The hub cache (default: huggingface_hub's, `$HF_HUB_CACHE`)
+) -> Path:
+    "The local folder of hub model `spec`: downloaded (configs, tokenizer, safetensors) or, offline, found in the cache."
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    repo, _, rev = spec.partition('@')
+    fail = lambda why: UserError(f"cannot download {spec}: {why}")
+    try: folder = Path(snapshot_download(repo, revision=rev or None, allow_patterns=HUB_FILES, cache_dir=cache_dir))
+    except LocalEntryNotFoundError:  # no network, and not in the cache
+        raise fail(f"no network (and no folder {spec} here); download it where there is one (`hf download {repo} --local-dir DIR`) and pass {flag} DIR") from None
+    except GatedRepoError: raise fail("the model is gated: accept its terms on huggingface.co and log in (`hf auth login`)") from None
+    except RepositoryNotFoundError: raise fail(f"no model {repo} on the hub (or it is private: log in with `hf auth login`)") from None
+    except RevisionNotFoundError: raise fail(f"{repo} has no revision {rev!r}") from None
+    except (HfHubHTTPError, OSError) as e: raise fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if not any(folder.glob('*.safetensors')):
+        raise UserError(f"{spec} has no safetensors weights, and we load no pickles (they can run code): pick a model that has them")
+    return folder
+
+def hub_revision(
+    folder:str|Path, # A model folder
+) -> str|None:
+    "The commit of a hub cache snapshot (`.../snapshots/COMMIT`), None for any other folder."
+    p = Path(folder).resolve()
+    return p.name if p.parent.name == 'snapshots' and p.parent.parent.name.startswith('models--') else None
+
+# %% ../nbs/00_core.ipynb #9b1b9873
 def model_dir(
     run:str|Path|None,     # The run folder (needed for a stage's model)
-    model:str|None=None,   # "base" or "sft" (see `MODEL_DIRS`), the path of a model folder, or None for the run's newest model
+    model:str|None=None,   # "base" or "sft" (see `MODEL_DIRS`), the path of a model folder, a hub id, or None for the run's newest model
+    flag:str='--model',    # The flag `model` came from, for messages
 ) -> Path:
-    "The folder of `model`, checked to hold a Hugging Face model (a `config.json`)."
+    "The folder of `model`, checked to hold a Hugging Face model (a `config.json`); a hub id is downloaded (or found in the cache)."
     if model in MODEL_DIRS:
-        if run is None: raise UserError(f"--model {model} names a model of a run: give --run too")
+        if run is None: raise UserError(f"{flag} {model} names a model of a run: give --run too")
         return run_file(run, f'{model}/config.json').parent
     if model is None:
         if run is None: raise UserError("give a model folder or a run folder")
@@ -534,8 +574,8 @@ def model_dir(
             if (run_path(run)/name/'config.json').exists(): return run_file(run, f'{name}/config.json').parent
         raise UserError(f"{run_path(run)} has no model yet (none of {', '.join(f'{m}/' for m in reversed(MODEL_DIRS))}): "
                         f"run `{maker(f'{MODEL_DIRS[0]}/').hint(run)}` first")
-    folder = Path(model).expanduser()
+    folder = hub_model(model, flag) if is_hub_id(model) else Path(model).expanduser()
     if not (folder/'config.json').is_file():
         raise UserError(f"{folder} is not a model folder ({folder/'config.json'} not found): give "
-                        f"{', '.join(MODEL_DIRS)} or the folder of a Hugging Face model")
+                        f"{', '.join(MODEL_DIRS)}, the folder of a Hugging Face model or a hub id")
     return folder

@@ -253,7 +253,7 @@ class EvalConfig:
     seed:int=0                   # Seed of the sampled replies
     selection_items:int=200      # Response selection on up to this many conversations of each data set (0: skip)
     reply_items:int=100          # Greedy replies to up to this many of their contexts, for the reply statistics (0: skip)
-    reply_len:int=160            # Most tokens of a reply-metric example, context and reply: the context's earliest turns go first
+    reply_len:int=256            # Most tokens of a reply-metric example, context and reply: the context's earliest turns go first
 
     def __post_init__(self):
         if self.max_tokens < 0: raise UserError(f"--max-tokens must be 0 (the whole split) or more, not {self.max_tokens}")
@@ -386,7 +386,7 @@ def replies_table(
 # %% ../nbs/07_evaluate.ipynb #72c8de3a
 def run_evaluate(
     run:str,                      # The run folder: reads clean/, tokenizer/, encode/ and the model; writes eval/NAME.json
-    model:str='base',             # base, sft, or the path of any Hugging Face model folder
+    model:str='base',             # base, sft, the path of any Hugging Face model folder, or a hub id
     max_tokens:int=65536,         # Score the first held-out conversations up to this many tokens (0: the whole split)
     context:int|None=None,        # Tokens per window (default: the context the model was trained with, at most 2048)
     stride:int|None=None,         # How far windows move; past the first, each token sees at least context - stride tokens (default: context // 2)
@@ -398,18 +398,19 @@ def run_evaluate(
     seed:int=0,                   # Seed of the sampled replies
     selection_items:int=200,      # Response selection (hits@1 of 10) on up to this many conversations of each data set (0: skip)
     reply_items:int=100,          # Greedy replies to up to this many of their contexts, for the reply statistics (0: skip)
-    reply_len:int=160,            # Most tokens of a reply-metric example, context and reply: the context's earliest turns go first
+    reply_len:int=256,            # Most tokens of a reply-metric example, context and reply: the context's earliest turns go first
+    name:str|None=None,           # Write eval/NAME.json (default: base, sft, or the model folder's or hub model's name)
 ) -> dict:
     "Perplexity and bits per byte of a model on the held-out split beside uniform, unigram and bigram baselines, its assistant-turn perplexity, reply metrics and sample replies; writes eval/NAME.json."
     args, t_start = dict(locals()), time.time()
-    cfg = EvalConfig(**{k: v for k, v in args.items() if k not in ('run', 'model')})
+    cfg = EvalConfig(**{k: v for k, v in args.items() if k not in ('run', 'model', 'name')})
     model_dir(run, model); run_file(run, 'tokenizer/tokenizer.json')  # what is missing is said before any work
     convs, ids, n_split = held_out(run, cfg.max_tokens)
     lm = load_model(run, model, cfg.device)
     C, S = eval_windows(lm, cfg)
     with run_lock(run, 'eval/'):
         out = stage_dir(run, 'eval', create=True)
-        name, log, n_params = eval_name(model), get_logger('evaluate', out), sum(p.numel() for p in lm.model.parameters())
+        name, log, n_params = eval_name(name or model), get_logger('evaluate', out), sum(p.numel() for p in lm.model.parameters())
         log.info(f"{name}: {n_params:,} parameters, {lm.fmt.kind} format; {len(convs):,} of {n_split:,} held-out conversations; "
                  f"windows of {C} every {S} on {next(lm.model.parameters()).device}")
         parts, secs = evaluation_parts(run, lm, convs, ids, C, S, cfg)

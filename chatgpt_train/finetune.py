@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_finetune.ipynb #d4e63dd0
 from __future__ import annotations
-import math, os, shutil, tempfile, time
+import dataclasses, math, os, re, shutil, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,22 +12,25 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .core import (UserError, get_logger, load_conversations, load_json, model_dir, run_file, save_args, save_json,
-                                set_seed, stage_dir, write_jsonl, writing_stage)
+from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json, model_dir, run_file,
+                                save_args, save_json, set_seed, stage_dir, write_jsonl, writing_stage)
 from .collect import collect, iter_source
 from .clean import CleanConfig, clean_conversations
 from .chat_format import IGNORE_INDEX, ChatFormat, add_chat_tokens, is_ours, load_chat_format
 from .encode import pack_sft, pad_collate
-from .model import TOKENIZER_FILES, context_length, hf_quiet, load_model
+from .model import (TOKENIZER_FILES, ModelConfig, context_length, hf_quiet, load_model, model_config, set_checkpointing,
+                                 training_memory)
 from .generate import PROMPTS, sample_replies, sample_settings
 from .train import TrainConfig, Trainer, barrier, end_distributed, init_distributed, rank_device, resume_args
 from .evaluate import assistant_metrics
 
 # %% auto #0
-__all__ = ['ADAPTER_FILES', 'SFT_LR_FRACTION', 'prepare_chat_data', 'prepare_tokenizer', 'fit_to_format', 'label_share',
-           'check_label_share', 'supports_packing', 'ChatBatches', 'add_lora', 'trainable_params', 'save_merged',
-           'compare_replies', 'FinetuneConfig', 'finetune_source', 'default_lr', 'prepare_finetune', 'ChatData',
-           'chat_data', 'measure_replies', 'train_chat', 'finetune_result', 'run_finetune']
+__all__ = ['ADAPTER_FILES', 'MIX_LOSSES', 'SFT_LR_FRACTION', 'LORA_ABOVE', 'prepare_chat_data', 'prepare_tokenizer',
+           'fit_to_format', 'label_share', 'check_label_share', 'supports_packing', 'ChatBatches', 'add_lora',
+           'trainable_params', 'save_merged', 'compare_replies', 'FinetuneConfig', 'finetune_source', 'default_lr',
+           'prepare_finetune', 'label_every_token', 'ChatData', 'chat_data', 'measure_replies', 'size_defaults',
+           'model_shape', 'finetune_memory', 'free_memory', 'check_memory', 'train_chat', 'finetune_result',
+           'run_finetune']
 
 # %% ../nbs/08_finetune.ipynb #6f28fe10
 def prepare_chat_data(
@@ -57,10 +60,10 @@ def prepare_tokenizer(
     src:str|Path, # The tokenizer folder of the model to fine-tune
     dst:str|Path, # Where to save the tokenizer as used
 ) -> tuple[ChatFormat, list[int]]:
-    "Save the tokenizer of `src` to `dst`, with our chat tokens added if it has no usable chat template; its format and the new ids."
+    "Save the tokenizer of `src` to `dst`, its chat template kept, or ours added if it has none; its format and the new ids."
     src, dst = Path(src), Path(dst)
     hf = load_chat_format(src).hf
-    new = [] if is_ours(hf) or ChatFormat(hf).marks_assistant else add_chat_tokens(hf)
+    new = [] if is_ours(hf) or ChatFormat(hf).template else add_chat_tokens(hf)
     if dst.exists(): shutil.rmtree(dst)
     hf.save_pretrained(dst, save_jinja_files=False)  # the template inside tokenizer_config.json, as the tokenizer stage saves it
     fmt = load_chat_format(dst)
@@ -81,6 +84,7 @@ def fit_to_format(
     for cfg in (model.config, model.generation_config):
         cfg.eos_token_id, cfg.pad_token_id = fmt.stop[0], fmt.pad_id
         cfg.bos_token_id = fmt.hf.bos_token_id
+    if len(fmt.stop) > 1: model.generation_config.eos_token_id = fmt.stop  # the end of turn and the end of text both stop generate()
     model.loss_type = 'ForCausalLM'  # transformers guesses it from the class name, and warns when it cannot
     return list(range(n, len(fmt.hf)))
 
@@ -229,16 +233,19 @@ def compare_replies(
     return [dict(prompt=b['prompt'], base=b['greedy'], sft=a['greedy'], sft_sampled=a['sampled']) for b, a in zip(before, after)]
 
 # %% ../nbs/08_finetune.ipynb #7618c20a
+MIX_LOSSES = ('all', 'assistant')  # where the loss falls on the run's own conversations (measured at the end of this notebook)
+
 @dataclass
 class FinetuneConfig:
     "Every choice of the fine-tune stage (see `run_finetune` for each)."
-    from_:str='base'; data:str='chatterbot'; lora:bool=False; lora_r:int=16; lora_alpha:int=32; epochs:float=5.
+    from_:str='base'; data:str='chatterbot'; lora:bool|None=None; lora_r:int=16; lora_alpha:int=32; epochs:float=5.
     max_steps:int|None=None; minutes:float=1.5; batch_size:int=8; block_size:int|None=None; lr:float|None=None
     warmup_steps:int|None=None; weight_decay:float=0.1; grad_clip:float=1.0; precision:str='auto'; device:str='auto'
     val_fraction:float=0.1; eval_every:int=25; save_every:int=100; log_every:int=5; seed:int=42; max_new_tokens:int=40
-    mix:float=0.9
+    mix:float=0.9; mix_loss:str='all'; checkpointing:bool|None=None
 
     def __post_init__(self):
+        if self.mix_loss not in MIX_LOSSES: raise UserError(f"--mix-loss must be one of {', '.join(MIX_LOSSES)}, not {self.mix_loss!r}")
         if not 0 <= self.mix < 1: raise UserError(f"--mix must be at least 0 and less than 1, not {self.mix}")
         if self.lora_r < 1 or self.lora_alpha < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1, not {self.lora_r} and {self.lora_alpha}")
         if self.epochs <= 0: raise UserError(f"--epochs must be positive, not {self.epochs}")
@@ -246,10 +253,10 @@ class FinetuneConfig:
 
 def finetune_source(
     run:str|Path, # The run folder
-    from_:str,    # What `--from` names: base, or a model folder
+    from_:str,    # What `--from` names: base, a model folder, or a hub id
 ) -> Path:
-    "The model folder to fine-tune; never the folder this run writes its fine-tuned model to."
-    folder = model_dir(run, from_)
+    "The model folder to fine-tune (a hub model downloaded); never the folder this run writes its fine-tuned model to."
+    folder = model_dir(run, from_, '--from')
     if folder.resolve() == stage_dir(run, 'sft').resolve():
         raise UserError(f"{folder} is where this run writes its fine-tuned model: copy it elsewhere to fine-tune it again")
     return folder
@@ -298,6 +305,13 @@ def prepare_finetune(
             *((load_conversations(run, 'train'), load_conversations(run, 'val')) if own else ([], [])))
 
 # %% ../nbs/08_finetune.ipynb #bb64253d
+def label_every_token(
+    examples:list[dict], # `input_ids` and `labels`, as `ChatFormat.assistant_examples` gives them
+) -> list[dict]:
+    "The examples with every token labelled but each one's first."
+    return [dict(e, labels=[IGNORE_INDEX] + list(e['input_ids'][1:])) for e in examples]
+
+# %% ../nbs/08_finetune.ipynb #05ff3a79
 @dataclass
 class ChatData:
     "The fine-tuning examples, as the trainer takes them."
@@ -323,7 +337,9 @@ def chat_data(
     share = check_label_share(train_ex, f"{cfg.data} as encoded for {lm.folder}")
     packed = supports_packing(lm.model)
     pack = lambda ex: pack_sft(ex, T, fmt.pad_id) if packed else ex
-    rows, own_rows, B = pack(train_ex), pack(fmt.assistant_examples(own_train, T)), cfg.batch_size
+    own_ex = fmt.assistant_examples(own_train, T)
+    rows, B = pack(train_ex), cfg.batch_size
+    own_rows = pack(label_every_token(own_ex) if cfg.mix_loss == 'all' else own_ex)
     val_rows, mix = pack(val_ex), cfg.mix if own_rows else 0.
     val_rows += pack(fmt.assistant_examples(own_val, T))[:len(val_rows)]  # as many of the run's: both count, and the evaluations stay short
     batches = ChatBatches(rows, B, fmt.pad_id, seed=cfg.seed, rank=rank, world_size=world, extra=own_rows, share=mix)
@@ -347,6 +363,70 @@ def measure_replies(
                 seconds=round(time.time() - t0, 2))
 
 # %% ../nbs/08_finetune.ipynb #f469d363
+LORA_ABOVE = 200_000_000  # parameters: a bigger model trains LoRA adapters, with activation checkpointing, unless told otherwise
+
+def size_defaults(
+    cfg:FinetuneConfig, # The settings, `lora` and `checkpointing` None where left to the stage
+    n_params:int,       # Parameters of the model to fine-tune
+) -> FinetuneConfig:
+    "`cfg` with `lora` and `checkpointing` decided where they were left open: on for models over `LORA_ABOVE` parameters."
+    big = n_params > LORA_ABOVE
+    return dataclasses.replace(cfg, lora=big if cfg.lora is None else cfg.lora,
+                               checkpointing=big if cfg.checkpointing is None else cfg.checkpointing)
+
+# %% ../nbs/08_finetune.ipynb #e1718647
+def model_shape(
+    model, # A causal LM of any family
+    T:int, # Tokens a row holds
+) -> ModelConfig:
+    "Our `ModelConfig` for the model's shape: exact for our families, else a gated-MLP stand-in (Llama, Qwen2, Mistral, SmolLM are that)."
+    try: return dataclasses.replace(model_config(model), n_positions=T)
+    except UserError:
+        c = model.config
+        return ModelConfig(family='qwen3', n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_embd=c.hidden_size,
+                           n_positions=T, vocab_size=c.vocab_size, ffn=getattr(c, 'intermediate_size', None))
+
+def finetune_memory(
+    model,               # The model as it will train (LoRA-wrapped or not)
+    batch_size:int,      # Rows per micro-batch
+    T:int,               # Tokens per row
+    precision:str,       # The `--precision`
+    checkpointing:bool,  # Activation checkpointing on
+) -> dict:
+    "Estimated bytes to fine-tune `model`: `weights` as loaded, `gradients` and AdamW's `optimizer` moments of what trains, `activations`, `total`."
+    ps = list({id(p): p for p in model.parameters()}.values())
+    trained = [p for p in ps if p.requires_grad]
+    mem = dict(weights=sum(p.numel() * p.element_size() for p in ps), gradients=sum(p.numel() * p.element_size() for p in trained),
+               optimizer=8 * sum(p.numel() for p in trained),
+               activations=training_memory(model_shape(model, T), batch_size, T, precision, checkpointing)['activations'])
+    return {**mem, 'total': sum(mem.values())}
+
+def free_memory(
+    device:torch.device, # Where training runs
+) -> int|None:
+    "Bytes free for training on `device`: the GPU's free memory, or the machine's available memory (Linux); None where unknown."
+    if device.type == 'cuda': return torch.cuda.mem_get_info(device)[0]
+    if device.type != 'cpu': return None
+    try: return int(re.search(r'MemAvailable:\s+(\d+) kB', Path('/proc/meminfo').read_text()).group(1)) * 1024
+    except (OSError, AttributeError): return None  # not Linux
+
+def check_memory(
+    mem:dict,            # From `finetune_memory`
+    free:int|None,       # Bytes free (None: unknown, nothing is checked)
+    cfg:FinetuneConfig,  # The settings, for the advice
+    T:int,               # Tokens per row
+    where:str,           # The model and device, for the message
+):
+    "Refuse, naming the flags that would make it fit, a fine-tuning that needs more memory than is free."
+    if free is None or mem['total'] <= free: return
+    gib = lambda b: f"{b / 2**30:.1f} GiB"
+    fixes = (['--lora'] if not cfg.lora else []) + (['--checkpointing'] if not cfg.checkpointing else []) + \
+            [f'a smaller --batch-size (now {cfg.batch_size}) or --block-size (now {T})']
+    raise UserError(f"fine-tuning {where} needs about {gib(mem['total'])} (weights {gib(mem['weights'])}, gradients and optimizer "
+                    f"{gib(mem['gradients'] + mem['optimizer'])}, activations {gib(mem['activations'])}) but {gib(free)} is free: pass "
+                    + ', or '.join(fixes))
+
+# %% ../nbs/08_finetune.ipynb #1218e41f
 def train_chat(
     run:str|Path,        # The run folder
     lm,                  # The model and its format
@@ -360,8 +440,14 @@ def train_chat(
     "Train the model on the examples; return the loop's last metrics, the trained (merged) model, and the trained and all parameter counts."
     sft = stage_dir(run, 'sft')
     set_seed(cfg.seed)  # the same adapters on every rank
+    if cfg.checkpointing:
+        set_checkpointing(lm.model, True)
+        if cfg.lora: lm.model.enable_input_require_grads()  # the frozen embeddings' output must carry a gradient through each block
     model = add_lora(lm.model, cfg.lora_r, cfg.lora_alpha, new_tokens=new) if cfg.lora else lm.model
     n_train, n_all = trainable_params(model)
+    dev = rank_device(cfg.device)
+    mem = finetune_memory(model, cfg.batch_size, data.T, 'fp32' if autocast_dtype(dev, cfg.precision) is None else 'bf16', cfg.checkpointing)
+    check_memory(mem, free_memory(dev), cfg, data.T, f"{lm.folder} on {dev}")
     set_seed(cfg.seed + rank)  # each rank its own dropout
     lr, muon_lr = default_lr(lm.folder, cfg.lora, cfg.lr)
     tc = TrainConfig(max_steps=data.steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=lr, muon_lr=muon_lr,
@@ -369,7 +455,8 @@ def train_chat(
                                                     'log_every', 'eval_every', 'save_every')})
     if rank == 0:
         log.info(f"{'LoRA' if cfg.lora else 'full'} fine-tuning of {lm.folder}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M parameters "
-                 f"trained, {data.steps} steps of {cfg.batch_size} rows, lr {tc.lr:g}" + (f", at most {cfg.minutes:g} min" if cfg.minutes else ''))
+                 f"trained, {data.steps} steps of {cfg.batch_size} rows, lr {tc.lr:g}" + (f", at most {cfg.minutes:g} min" if cfg.minutes else '')
+                 + f"; about {mem['total'] / 2**30:.2g} GiB" + (', activation checkpointing' if cfg.checkpointing else ''))
     trainer = Trainer(model, data.batches, tc, sft, val_batches=lambda: data.val_batches, tokenizer_dir=sft/'data'/'tokenizer', logger=log)
     res = trainer.fit(resume=resume)
     final = save_merged(trainer.raw_model, sft) if rank == 0 and cfg.lora else trainer.raw_model
@@ -405,7 +492,8 @@ def run_finetune(
     from_:str='base',            # The model to fine-tune: base (this run's pretrained model) or the path of a Hugging Face causal LM folder
     data:str='chatterbot',       # Conversations: chatterbot (English, with its bot profile), hf:NAME, or a file or folder the collect stage reads
     mix:float=0.9,               # Share of the training rows drawn from this run's own conversations (clean/'s train split; its val split is scored too); 0: --data alone
-    lora:bool=False,             # Train LoRA adapters instead of every weight; they are merged into sft/ and kept in sft/lora/
+    mix_loss:Literal['all','assistant']='all', # Where the loss falls on the run's own conversations: all (every turn, as pretraining did) or assistant
+    lora:bool|None=None,         # Train LoRA adapters instead of every weight (merged into sft/, kept in sft/lora/); default: for models over 200M parameters
     lora_r:int=16,               # LoRA rank
     lora_alpha:int=32,           # LoRA scale: updates are multiplied by alpha / r
     epochs:float=5.,             # Passes over the training examples (unless --max-steps is given)
@@ -425,6 +513,7 @@ def run_finetune(
     log_every:int=5,             # Metrics line every this many steps
     seed:int=42,                 # Seed for the split, the data order, dropout and the sampled replies
     max_new_tokens:int=40,       # Longest sample reply, in tokens
+    checkpointing:bool|None=None, # Activation checkpointing: recompute each block in the backward pass (default: for models over 200M parameters)
     resume:bool=False,           # Continue from sft/checkpoints/last.pt with the saved settings
 ) -> dict:
     "Fine-tune a model on chat conversations, with the loss on the assistant's replies; write sft/ and eval/finetune.json (before/after)."
@@ -437,14 +526,17 @@ def run_finetune(
         try:
             if resume: args = resume_args(sft, args, run_finetune, log)
             cfg = FinetuneConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
-            lm, new, train, val, own_train, own_val = prepare_finetune(run, cfg, finetune_source(run, cfg.from_), rank, world, resume)
+            src = finetune_source(run, cfg.from_)
+            lm, new, train, val, own_train, own_val = prepare_finetune(run, cfg, src, rank, world, resume)
+            cfg = size_defaults(cfg, sum(p.numel() for p in lm.model.parameters()))
             data = chat_data(lm, train, val, cfg, rank, world, own_train, own_val)
             if rank == 0:
                 log.info(f"{len(train):,} train and {len(val):,} val conversations from {cfg.data}: {data.examples:,} examples, {data.tokens:,} "
                          f"tokens, {data.share:.0%} of them the assistant's; {data.rows:,} {'packed' if data.packed else 'padded'} rows of up to {data.T} tokens"
                          + (f"; {data.mix:.0%} of the rows from {data.own_rows:,} of this run's ({data.own_conversations:,} conversations)" if data.mix else ''))
                 if not (sft/'data'/'before.json').exists(): save_json(measure_replies(lm.model.to(dev), lm.fmt, val, data.T, cfg), sft/'data'/'before.json')
-                save_args(sft, 'finetune', {**args, 'block_size': data.T})
+                hub = dict(hub=dict(id=cfg.from_.partition('@')[0], revision=hub_revision(src))) if hub_revision(src) else {}
+                save_args(sft, 'finetune', {**args, 'block_size': data.T, 'lora': cfg.lora, 'checkpointing': cfg.checkpointing}, **hub)
             barrier(world)
             before = load_json(sft/'data'/'before.json')  # measured once: a resumed run reads it back
             res, final, n_train, _ = train_chat(run, lm, new, data, cfg, log, rank, resume)

@@ -19,8 +19,8 @@ from .chat_format import ChatFormat, load_chat_format
 __all__ = ['PRESETS', 'CPU_TRAINING', 'PAPER_TRAINING', 'TRAINING', 'PICKLE_WEIGHTS', 'TOKENIZER_FILES', 'QWEN3_FP32', 'QWEN3_E',
            'DEVICES', 'ModelConfig', 'depth_preset', 'get_preset', 'training_defaults', 'hf_config', 'make_model',
            'context_length', 'hf_quiet', 'load_causal_lm', 'LoadedModel', 'load_model', 'count_params', 'matmul_params',
-           'flops_per_token', 'training_memory', 'measure_training_peak', 'kv_cache_bytes', 'training_time',
-           'model_config', 'model_summary', 'recommend_model']
+           'flops_per_token', 'training_memory', 'set_checkpointing', 'measure_training_peak', 'kv_cache_bytes',
+           'training_time', 'model_config', 'model_summary', 'recommend_model']
 
 # %% ../nbs/05_model.ipynb #468a6cf7
 @dataclass
@@ -328,7 +328,7 @@ def training_memory(
     return {**mem, 'total': sum(mem.values())}
 
 # %% ../nbs/05_model.ipynb #6b9948f4
-def _checkpointing(model:PreTrainedModel, on:bool):
+def set_checkpointing(model:PreTrainedModel, on:bool):
     "Turn activation checkpointing on or off (transformers 5 renamed the methods from gradient_ to activation_)."
     prefix = 'activation' if hasattr(model, 'activation_checkpointing_enable') else 'gradient'
     getattr(model, f"{prefix}_checkpointing_{'enable' if on else 'disable'}")()
@@ -372,7 +372,7 @@ def measure_training_peak(
     x = torch.randint(0, model.config.vocab_size, (batch_size, T), device=dev)
     if checkpointing:
         if not model.supports_gradient_checkpointing: raise UserError(f"{type(model).__name__} does not support activation checkpointing")
-        _checkpointing(model, True)
+        set_checkpointing(model, True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dtype = autocast_dtype(dev, precision)
     model.train()
@@ -389,7 +389,7 @@ def measure_training_peak(
         held = _tensor_bytes(model.parameters()) + _tensor_bytes(t for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
         return held + _profiled_peak(step)
     finally:
-        if checkpointing: _checkpointing(model, False)
+        if checkpointing: set_checkpointing(model, False)
 
 # %% ../nbs/05_model.ipynb #7f052df6
 def kv_cache_bytes(

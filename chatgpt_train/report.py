@@ -22,6 +22,7 @@ REPORT_INPUTS = {  # a file of the run: the keys the report reads from it
                               'measured_on', 'bytes_per_token', 'chars_per_token'),
     'encode/meta.json':      ('conversations', 'tokens', 'text_tokens', 'bytes_per_token', 'dtype'),
     'base/args.json':        ('args',),
+    'sft/args.json':         ('args',),
     'eval/base.json':        ('data', 'held_out', 'baselines', 'assistant', 'samples', 'replies'),
     'eval/sft.json':         ('data', 'held_out', 'baselines', 'assistant', 'samples', 'replies'),
     'eval/finetune.json':    ('data', 'before', 'assistant', 'samples'),
@@ -104,7 +105,11 @@ def _tokenizer_section(root:Path) -> str:
 # %% ../nbs/09a_report.ipynb #41df7f1f
 def _model_section(root:Path) -> str:
     out = ['## Model']
-    a = read_input(root, 'base/args.json')
+    a, ft = read_input(root, 'base/args.json'), read_input(root, 'sft/args.json')
+    if ft and ft['args'].get('from_', 'base') != 'base' and not (root/'base'/'config.json').exists():  # `run --from`: nothing pretrained here
+        rev = f" at revision `{ft['hub']['revision']}`" if 'hub' in ft else ''
+        return '\n\n'.join(out + [f"No pretraining in this run: it fine-tunes **{ft['args']['from_']}**{rev} "
+                                   f"({'LoRA' if ft['args'].get('lora') else 'every weight'}), scored as `base` before fine-tuning."])
     if a is None or not (root/'base'/'config.json').exists(): return '\n\n'.join(out + [_not_run(root, 'base/config.json')])
     from transformers import AutoConfig
     from chatgpt_train.model import model_summary
