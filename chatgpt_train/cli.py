@@ -15,9 +15,9 @@ from .core import (INCOMPLETE, STAGES, Stage, UserError, get_logger, load_args, 
                                 save_json, stage)
 
 # %% auto #0
-__all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'PRETRAIN_EVAL_BATCHES',
-           'available_commands', 'StageParser', 'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps',
-           'step_state', 'sample_chat', 'run_all']
+__all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'ALIGN_SHARE',
+           'PRETRAIN_EVAL_BATCHES', 'available_commands', 'StageParser', 'stage_parser', 'missing_package', 'main',
+           'Step', 'pipeline_steps', 'step_state', 'sample_chat', 'run_all']
 
 # %% ../nbs/10_cli.ipynb #c67544b5
 RUN_ABOUT = 'all of the above, from nothing to a chat model and RUN/report.md'
@@ -114,8 +114,9 @@ def main(
     return 0
 
 # %% ../nbs/10_cli.ipynb #1fcf8544
-PRETRAIN_SHARE = 0.7  # of `--minutes`, for pretraining
-FINETUNE_SHARE = 0.1  # of `--minutes`, for fine-tuning at most; data preparation and the evaluations take the rest
+PRETRAIN_SHARE = 0.62  # of `--minutes`, for pretraining
+FINETUNE_SHARE = 0.1  # of `--minutes`, for fine-tuning at most
+ALIGN_SHARE = 0.05    # of `--minutes`, for preference training at most; data preparation, the pairs and the evaluations take the rest
 PRETRAIN_EVAL_BATCHES = 8  # held-out batches per evaluation during pretraining: enough for the curve, a few % of the time
 
 @dataclass
@@ -164,6 +165,9 @@ def pipeline_steps(
                                           minutes=0 if a['sft_steps'] else round(share * m, 2), device=a['device'], seed=a['seed']),
              ('clean',) if src else ('pretrain',)),
         Step('evaluate sft', 'evaluate', dict(model='sft', name='sft', **ev), ('finetune',)),
+        *([Step('align', 'align', dict(from_='sft', minutes=round(ALIGN_SHARE * m, 2), lora=a['lora'], device=a['device'], seed=a['seed']),
+                ('finetune',)),
+           Step('evaluate aligned', 'evaluate', dict(model='aligned', name='aligned', **ev), ('align',))] if a.get('align', True) else []),
     ]
 
 # %% ../nbs/10_cli.ipynb #122a55e1
@@ -231,7 +235,7 @@ def run_all(
     run:str,                   # The run folder (or a name under $CHATGPT_TRAIN_HOME): every stage writes its folder in it
     preset:str='tiny',         # Model size: a preset of the model stage (micro, tiny, mini, gpt2, ...) or dN
     from_:str|None=None,       # Fine-tune this model (a hub id or a model folder) instead of pretraining one; the data stages still run, for the evaluation and the mix
-    minutes:float=15.,         # Time for the whole run: pretraining gets 70% of it, fine-tuning at most 10% (80% with --from), data and evaluation the rest
+    minutes:float=15.,         # Time for the whole run: pretraining gets 62% of it, fine-tuning at most 10% (72% with --from), alignment 5%, data and evaluation the rest
     source:str='chitchat',     # Pretraining conversations: chitchat (embedded), chatterbot, hf:NAME, or a file or folder
     sft_data:str='chatterbot', # Fine-tuning conversations for the assistant's role, in any form --source takes
     sft_mix:float=0.9,         # Share of the fine-tuning text drawn from the run's own conversations (0: --sft-data alone)
@@ -241,6 +245,7 @@ def run_all(
     sft_steps:int|None=None,   # Fine-tuning steps (default: the fine-tune stage's passes over its data, within its time)
     batch_size:int=16,         # Sequences per pretraining micro-batch (raise it on a GPU)
     lora:bool|None=None,       # Fine-tune LoRA adapters instead of every weight (default: for models over 200M parameters)
+    align:bool=True,           # Train the fine-tuned model on preference pairs built from the run (DPO); --no-align stops after fine-tuning
     eval_tokens:int=32768,     # Held-out tokens each evaluation scores (0: the whole split)
     device:str='auto',         # auto, cpu, cuda, cuda:1 or mps
     seed:int=42,               # Seed of the split, the initial weights, the data order and the samples
@@ -269,7 +274,7 @@ def run_all(
         print(f"{root}: done in {total / 60:.1f} min; report: {report}")
         print('\n'.join(summary_lines(run, states)))
         if chats:
-            print(f"\na chat with {root/'sft'} (talk to it yourself: chatgpt-train chat --run {run}):")
+            print(f"\na chat with {model_dir(run)} (talk to it yourself: chatgpt-train chat --run {run}):")
             for msg, reply in sample_chat(run, chats, seed, device): print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
         log.info(f"done in {total:.0f} s")
         return dict(run=str(root), states=states, seconds=round(total, 1), report=str(report))

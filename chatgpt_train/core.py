@@ -72,6 +72,8 @@ STAGES = (
           ('eval/{name}.json',), 'eval/{name}.json'),
     Stage('finetune', 'finetune', 'run_finetune', "fine-tune a model for chat, the loss on the assistant's replies, into RUN/sft/",
           ('sft/', 'eval/finetune.json'), 'sft/model.safetensors', resumable=True),
+    Stage('align', 'align', 'run_align', 'train the chat model on preferences between replies (DPO) into RUN/aligned/',
+          ('aligned/', 'eval/align.json'), 'aligned/model.safetensors', resumable=True),
     Stage('chat', 'chat', 'run_chat', 'talk to a model in the terminal'),
 )
 STAGE_DIRS = tuple(dict.fromkeys(s.folder for s in STAGES if s.folder))  # each folder once, in pipeline order

@@ -140,13 +140,14 @@ class ChatBatches:
         world_size:int=1,        # Number of processes
         extra:list[dict]=(),     # A second set of rows, each pass in its own order (the run's own conversations)
         share:float=0.,          # The share of all rows drawn from `extra` (0: none; less than 1)
+        collate=pad_collate,     # Makes a batch of rows and `pad_id` (the align stage's rows are pairs)
     ):
         if not 0 <= share < 1 or (share and not extra): raise UserError(f"the share of rows from the second set must be in [0, 1), with rows to draw: not {share} of {len(extra)} rows")
         if len(rows) < (1 - share) * batch_size * world_size:
             raise UserError(f"{len(rows)} rows of examples are fewer than one batch of {batch_size * world_size}: "
                             f"use a smaller --batch-size (at most {max(1, len(rows) // world_size)}) or more data")
         self.rows, self.batch_size, self.pad_id, self.seed, self.rank, self.world_size = rows, batch_size, pad_id, seed, rank, world_size
-        self.extra, self.share, self.step = list(extra), share, 0
+        self.extra, self.share, self.collate, self.step = list(extra), share, collate, 0
 
     def steps_in_epoch(self) -> int:
         "Batches in a pass over `rows` (with their share of `extra`)."
@@ -168,7 +169,7 @@ class ChatBatches:
     def __next__(self) -> dict:
         first = (self.step * self.world_size + self.rank) * self.batch_size
         self.step += 1
-        return pad_collate([self.row(k) for k in range(first, first + self.batch_size)], self.pad_id)
+        return self.collate([self.row(k) for k in range(first, first + self.batch_size)], self.pad_id)
 
     def state_dict(self) -> dict:
         return dict(seed=self.seed, step=self.step, rows=len(self.rows), extra=len(self.extra), share=self.share,

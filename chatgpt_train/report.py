@@ -26,6 +26,8 @@ REPORT_INPUTS = {  # a file of the run: the keys the report reads from it
     'eval/base.json':        ('data', 'held_out', 'baselines', 'assistant', 'samples', 'replies'),
     'eval/sft.json':         ('data', 'held_out', 'baselines', 'assistant', 'samples', 'replies'),
     'eval/finetune.json':    ('data', 'before', 'assistant', 'samples'),
+    'eval/aligned.json':     ('data', 'held_out', 'baselines', 'assistant', 'samples', 'replies'),
+    'eval/align.json':       ('data', 'method', 'before', 'after', 'safety_replies'),
     PIPELINE_FILE:           (),
 }
 
@@ -145,11 +147,11 @@ def _curves_section(root:Path) -> str:
 
 # %% ../nbs/09a_report.ipynb #a0a7926d
 def _eval_section(root:Path) -> str:
-    base, sft, ft = (read_input(root, f'eval/{k}.json') for k in ('base', 'sft', 'finetune'))
+    base, sft, aligned, ft = (read_input(root, f'eval/{k}.json') for k in ('base', 'sft', 'aligned', 'finetune'))
     if base is None: return '\n\n'.join(['## Evaluation', _not_run(root, 'eval/base.json')])
     asst = lambda r: (r.get('assistant') or {}).get('perplexity')
     rows = [dict(model=f"{k} model", perplexity=r['held_out']['perplexity'], **{'bits per byte': r['held_out']['bits_per_byte'],
-                 'assistant-turn perplexity': asst(r)}) for k, r in (('base', base), ('sft', sft)) if r]
+                 'assistant-turn perplexity': asst(r)}) for k, r in (('base', base), ('sft', sft), ('aligned', aligned)) if r]
     rows += [dict(model=f'{k} baseline', perplexity=v['perplexity'], **{'bits per byte': v['bits_per_byte'], 'assistant-turn perplexity': None})
              for k, v in sorted(base['baselines'].items(), key=lambda kv: kv[1]['perplexity'])]
     d = base['data']
@@ -174,7 +176,7 @@ def _replies_row(data:str, model:str, d:dict) -> dict:
 REPLY_DATA = {'chitchat': 'held-out chats', 'sft_data': 'fine-tuning data'}  # the data sets of an evaluation's `replies`
 
 def _replies_section(root:Path) -> str:
-    ev = {k: r['replies'] for k in ('base', 'sft') if (r := read_input(root, f'eval/{k}.json'))}
+    ev = {k: r['replies'] for k in ('base', 'sft', 'aligned') if (r := read_input(root, f'eval/{k}.json'))}
     found = [(label, k, rep[data]) for data, label in REPLY_DATA.items() for k, rep in ev.items() if rep.get(data)]
     notes = [f"*{k}: no reply metrics: {rep['note']}*" for k, rep in ev.items() if rep.get('note')]
     if not found and not notes: return ''  # no evaluation yet (the evaluation section says so), or the metrics were skipped
@@ -187,6 +189,22 @@ def _replies_section(root:Path) -> str:
         "the shares of distinct words and word pairs (low: the same few things to everyone), repeated 4-gram the share of replies "
         "that loop, empty the share of replies with no text, and PMI a token whether the reply depends on the conversation.",
         md_table([_replies_row(*f) for f in found]), *notes])
+
+# %% ../nbs/09a_report.ipynb #30901bc6
+def _align_section(root:Path) -> str:
+    a = read_input(root, 'eval/align.json')
+    if a is None: return ''  # `run --no-align`, or not run yet
+    b, f, d, m = a['before'], a['after'], a['data'], a['method']
+    pct = lambda x: '' if x is None else f"{x:.0%}"
+    rows = [dict(model=k, **{'preference accuracy': v['preferences']['accuracy'], 'margin': v['preferences']['margin'],
+                            'likelihood prefers chosen': v['preferences']['likelihood_preference'], 'flagged safety replies': pct(v['flagged'])})
+            for k, v in (('before (the model aligned)', b), ('after (aligned)', f))]
+    return '\n\n'.join(['## Alignment', f"DPO (beta {m['beta']:g}, {'LoRA' if m['lora'] else 'every weight'}) on {d['train_pairs']:,} "
+        f"preference pairs from `{d['source']}` ({d['self_play']:,} of all pairs self-play: a person's reply over the model's own), "
+        f"{d['val_pairs']:,} held out. Preference accuracy is the share of held-out pairs whose implicit reward prefers the chosen "
+        "reply (0 before: the reward is 0 until the model moves); the likelihood column is the same question asked of the "
+        "model's per-token probability.", md_table(rows),
+        md_table([{'safety prompt (held out)': s['prompt'], 'before': s['before'], 'after': s['after']} for s in a['safety_replies']])])
 
 # %% ../nbs/09a_report.ipynb #a90dd1bd
 def _samples_section(root:Path) -> str:
@@ -225,7 +243,7 @@ def write_report(
     head = (f"# Run report: {root.name}\n\n> From raw conversations to a chat model with `chatgpt_train` {__version__}: the numbers of "
             f"every stage of `{root}`, written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} from the files the stages left.")
     parts = [head, _data_section(root), _tokenizer_section(root), _model_section(root), _curves_section(root),
-             _eval_section(root), _replies_section(root), _samples_section(root), _time_section(root)]
+             _eval_section(root), _replies_section(root), _align_section(root), _samples_section(root), _time_section(root)]
     path = root/'report.md'
     with atomic_path(path) as t: t.write_text('\n\n'.join(p for p in parts if p) + '\n', encoding='utf-8')
     return path
@@ -241,11 +259,12 @@ def summary_lines(
     "The summary `run_all` prints: what each step did and took, and the held-out numbers beside the baselines."
     root = run_path(run)
     stamps = read_input(root, PIPELINE_FILE) or {}
-    lines = [f"  {'step':<15}{'status':<9}{'minutes':>8}"]
+    w = max([15, *(len(n) + 2 for n in states)])  # "evaluate aligned" is longer than the rest
+    lines = [f"  {'step':<{w}}{'status':<9}{'minutes':>8}"]
     for name, state in states.items():
         s = stamps.get(name, {})
-        lines.append(f"  {name:<15}{state:<9}{s.get('seconds', 0) / 60:>8.1f}" + ('' if state != 'skipped' else '  (up to date)'))
-    ev = {k: v for k in ('base', 'sft') if (v := read_input(root, f'eval/{k}.json'))}
+        lines.append(f"  {name:<{w}}{state:<9}{s.get('seconds', 0) / 60:>8.1f}" + ('' if state != 'skipped' else '  (up to date)'))
+    ev = {k: v for k in ('base', 'sft', 'aligned') if (v := read_input(root, f'eval/{k}.json'))}
     if ev:
         first = next(iter(ev.values()))
         lines.append(f"held-out conversations, {first['data']['tokens']:,} tokens:")

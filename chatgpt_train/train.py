@@ -24,7 +24,8 @@ from .optim import StepPlan, make_optimizers
 
 # %% auto #0
 __all__ = ['lm_loss', 'TrainConfig', 'as_batch', 'NextTokenBlocks', 'init_distributed', 'end_distributed', 'barrier',
-           'rank_device', 'rng_state', 'set_rng_state', 'NonFiniteLoss', 'Trainer', 'plot_metrics', 'resume_args']
+           'rank_device', 'rng_state', 'set_rng_state', 'NonFiniteLoss', 'NextTokenLoss', 'Trainer', 'plot_metrics',
+           'resume_args']
 
 # %% ../nbs/06_train.ipynb #b1560cd6
 def lm_loss(
@@ -157,6 +158,16 @@ def set_rng_state(
 class NonFiniteLoss(UserError):
     "The loss became NaN or infinite: training stopped and the last good checkpoint was kept."
 
+class NextTokenLoss:
+    "What the loop minimises, in two parts: a batch's summed loss, and the count it is averaged over (the labelled tokens)."
+    def count(self, b:dict) -> torch.Tensor: return (b['labels'][:, 1:] != IGNORE_INDEX).sum()
+
+    def __call__(self, model, b:dict) -> torch.Tensor:
+        "The summed next-token loss of the labelled tokens of batch `b`."
+        b = dict(b)
+        y = b.pop('labels')
+        return lm_loss(model(**b, use_cache=False).logits, y, reduction='sum')
+
 # %% ../nbs/06_train.ipynb #f6ab8b66
 class Trainer:
     "Train `model` on batches from `train_batches` with `cfg`, writing metrics, checkpoints and a model folder to `out`."
@@ -169,8 +180,10 @@ class Trainer:
         tokenizer_dir:str|Path|None=None,    # Tokenizer files to copy into the model folder
         live_plot:bool=False,                # Redraw a loss plot in the notebook as training goes
         logger=None,                         # Where to report (default: the "train" logger)
+        objective=None,                      # What is minimised, as `NextTokenLoss` (the default) gives it
     ):
         self.cfg, self.out, self.train_batches, self.val_batches = cfg, Path(out), train_batches, val_batches
+        self.objective = objective or NextTokenLoss()
         self.tokenizer_dir, self.live_plot = tokenizer_dir, live_plot
         self.device = rank_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
@@ -251,17 +264,15 @@ def train_step(self:Trainer) -> dict:
     self.rng_at_start = rng_state()  # what a checkpoint taken on Ctrl-C in the middle of this step must restore
     first = as_batch(next(self.train_batches))
     micro = [first] + [as_batch(next(self.train_batches)) for _ in range(self.accum_steps(first['input_ids'].shape[1]) - 1)]
-    scored = self._all_reduce(torch.tensor(float(sum((b['labels'][:, 1:] != IGNORE_INDEX).sum() for b in micro)), device=self.device))
+    scored = self._all_reduce(torch.tensor(float(sum(self.objective.count(b) for b in micro)), device=self.device))
     if scored.item() == 0: raise UserError(f"step {self.step}: no token of the batch has a label to learn (all are {IGNORE_INDEX})")
     if self.cfg.fsdp and self.world > 1: self.model.set_requires_gradient_sync(True)
     total = torch.zeros((), device=self.device)
     for i, b in enumerate(micro):
         b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
-        y = b.pop('labels')
         with self._no_sync(i == len(micro) - 1):
-            with autocast(self.device, self.cfg.precision): logits = self.model(**b, use_cache=False).logits
             # DDP averages gradients over ranks; multiplying by `world` turns that average back into the global sum / scored
-            loss = lm_loss(logits, y, reduction='sum') * (self.world / scored)
+            with autocast(self.device, self.cfg.precision): loss = self.objective(self.model, b) * (self.world / scored)
             self.scaler.scale(loss).backward()
         total += loss.detach()
     total = self._all_reduce(total) / self.world
@@ -307,16 +318,15 @@ def _stop_non_finite(self:Trainer, what:str, value:torch.Tensor):
 @patch
 @torch.no_grad()
 def evaluate(self:Trainer) -> float|None:
-    "Mean next-token loss on the held-out batches (None without any)."
+    "Mean loss of the objective on the held-out batches (None without any)."
     if self.val_batches is None: return None
     self.model.eval()
     tot, n = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
     try:
         for b in self.val_batches():
             b = {k: v[self.rank::self.world].to(self.device) for k, v in as_batch(b).items()}
-            y = b.pop('labels')
-            with autocast(self.device, self.cfg.precision): logits = self.raw_model(**b, use_cache=False).logits  # no DDP wrapper: no gradients to sync
-            tot += lm_loss(logits, y, reduction='sum'); n += (y[:, 1:] != IGNORE_INDEX).sum()
+            with autocast(self.device, self.cfg.precision): tot += self.objective(self.raw_model, b)  # no DDP wrapper: no gradients to sync
+            n += self.objective.count(b)
     finally: self.model.train()
     tot, n = self._all_reduce(tot), self._all_reduce(n)
     return (tot / n).item() if n > 0 else None

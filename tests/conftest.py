@@ -1,5 +1,5 @@
 "Fixtures shared by the test modules. A module that needs another `toy` or `run` defines its own, which takes precedence."
-import shutil
+import shutil, socket
 from pathlib import Path
 
 import pytest
@@ -29,3 +29,12 @@ def run(toy, tmp_path) -> Path:
     dst = tmp_path/'run'
     shutil.copytree(toy, dst)
     return dst
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    "Fail any attempt to open a connection, and keep the datasets cache in `tmp_path`."
+    import datasets
+    def refuse(*a, **k): raise AssertionError('a test tried to use the network')
+    monkeypatch.setattr(socket.socket, 'connect', refuse)
+    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', tmp_path/'hf_cache')

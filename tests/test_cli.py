@@ -16,7 +16,7 @@ ENV = {**os.environ, 'CHATGPT_TRAIN_HOME': '', 'HF_HUB_OFFLINE': '1'}
 # A tiny end-to-end run: 300 chitchat records, a 512-token vocabulary, the micro preset for 10 steps, 5 fine-tuning steps.
 TINY = ['--preset', 'micro', '--limit', '300', '--vocab-size', '512', '--max-steps', '10', '--sft-steps', '5',
         '--eval-tokens', '2048', '--chats', '1']
-STEPS = ['collect', 'clean', 'tokenizer', 'encode', 'pretrain', 'evaluate base', 'finetune', 'evaluate sft']
+STEPS = ['collect', 'clean', 'tokenizer', 'encode', 'pretrain', 'evaluate base', 'finetune', 'evaluate sft', 'align', 'evaluate aligned']
 
 
 def chatgpt_train(*args, timeout=600) -> subprocess.CompletedProcess:
@@ -196,7 +196,7 @@ def first_steps(monkeypatch, n):
 def test_run_makes_every_stage_and_a_summary(e2e):
     run, r = e2e
     for f in ('collect/conversations.jsonl', 'clean/conversations.jsonl', 'tokenizer/tokenizer.json', 'encode/train.bin',
-              'base/model.safetensors', 'base/checkpoints/last.pt', 'eval/base.json', 'sft/model.safetensors', 'eval/sft.json', 'eval/finetune.json',
+              'base/model.safetensors', 'base/checkpoints/last.pt', 'eval/base.json', 'sft/model.safetensors', 'eval/sft.json', 'eval/finetune.json', 'aligned/model.safetensors', 'eval/align.json', 'eval/aligned.json',
               'report.md', 'plots/base.png', 'plots/sft.png', 'log.txt'):
         assert (run/f).exists(), f
     assert list(stamps(run)) == STEPS
@@ -205,6 +205,13 @@ def test_run_makes_every_stage_and_a_summary(e2e):
     assert 'held-out' in out and 'unigram' in out and 'bigram' in out
     assert '  you:   Hi! How are you today?\n  model: ' in out
     assert 'Traceback' not in r.stderr
+
+
+def test_no_align_stops_after_fine_tuning(e2e, tmp_path, capsys):
+    run = tmp_path/'demo'
+    shutil.copytree(e2e[0], run)
+    rc, out, _ = call(['run', '--run', str(run), *TINY, '--no-align', '--chats', '0'], capsys)
+    assert rc == 0 and states(out) == {s: 'skipped' for s in STEPS[:-2]}, out
 
 
 def test_the_stages_got_the_run_settings(e2e):
@@ -273,7 +280,7 @@ def test_changed_setting_redoes_only_what_depends_on_it(e2e, tmp_path, capsys):
     assert rc == 0
     after = stamps(run)
     redone = [s for s in STEPS if after[s]['finished'] != before[s]['finished']]
-    assert redone == ['evaluate base', 'evaluate sft'], redone
+    assert redone == ['evaluate base', 'evaluate sft', 'evaluate aligned'], redone
     assert load_json(run/'eval'/'base.json')['data']['tokens'] <= 1024
 
 

@@ -3,14 +3,13 @@
 Each format test writes a file in which every record is either good (its id must come out in conversations.jsonl) or broken
 in a known way (it must come out in quarantine.jsonl at its line, with its kind), then runs `chatgpt-train collect` on it.
 """
-import json, os, socket
+import json, os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # belt and braces: the tests also forbid sockets while loading datasets
 
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from chatgpt_train.cli import main
 from chatgpt_train.core import get_logger
@@ -324,15 +323,6 @@ def test_folder(tmp_path):
     assert [(Path(q['file']).name, q['kind']) for q in quarantine] == [('a.jsonl', 'bad-json'), ('notes.md', 'unknown-file')]
     assert sorted(Path(s).name for s in report['sources']) == ['a.jsonl', 'b.csv', 'c.txt', 'notes.md']
     assert report['sources'][str(data/'notes.md')]['read'] == 0
-
-
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    "Fail any attempt to open a connection, and keep the datasets cache in `tmp_path`."
-    import datasets
-    def refuse(*a, **k): raise AssertionError('a test tried to use the network')
-    monkeypatch.setattr(socket.socket, 'connect', refuse)
-    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', tmp_path/'hf_cache')
 
 
 def test_hf_offline(tmp_path, no_network):

@@ -157,7 +157,8 @@ def test_run_from_a_model_skips_pretraining_and_reports_it(tmp_path, capsys):
     assert main(['run', '--run', str(run), '--from', str(src), '--limit', '300', '--vocab-size', '512', '--sft-steps', '5',
                  '--eval-tokens', '2048', '--chats', '1']) == 0
     out = capsys.readouterr().out
-    assert list(load_json(run/'pipeline.json')) == ['collect', 'clean', 'tokenizer', 'encode', 'evaluate base', 'finetune', 'evaluate sft']
+    assert list(load_json(run/'pipeline.json')) == ['collect', 'clean', 'tokenizer', 'encode', 'evaluate base', 'finetune', 'evaluate sft',
+                                                    'align', 'evaluate aligned']
     assert not (run/'base').exists() and load_json(run/'eval'/'base.json')['model']['path'] == str(src)
     assert AutoTokenizer.from_pretrained(run/'sft').chat_template == CHATML
     assert f'No pretraining in this run: it fine-tunes **{src}**' in (run/'report.md').read_text()
