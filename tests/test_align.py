@@ -13,18 +13,17 @@ from chatgpt_train.chat_format import IGNORE_INDEX, load_chat_format
 from chatgpt_train.cli import main
 from chatgpt_train.core import load_json, write_jsonl
 from chatgpt_train.model import make_model
-from test_finetune import FAST, toy  # noqa: F401  (the module-scoped run folder with a pretrained micro base)
+from toy_run import SFT_FAST as FAST, chat_run, kill, start, wait_for
 
 ALIGN = ['--block-size', '64', '--batch-size', '4', '--precision', 'fp32', '--minutes', '0', '--max-new-tokens', '8',
          '--eval-every', '5', '--log-every', '5', '--self-play', '40']
 
 
 @pytest.fixture(scope='module')
-def tuned(toy, tmp_path_factory):  # noqa: F811
-    "The toy run with a fine-tuned sft/."
-    run = tmp_path_factory.mktemp('align')/'run'
-    shutil.copytree(toy, run)
-    assert main(['finetune', '--run', str(run), '--data', str(toy.parent/'tock.jsonl'), *FAST, '--max-steps', '8']) == 0
+def tuned(tmp_path_factory):
+    "The chat-ready toy run (`toy_run.chat_run`) with a fine-tuned sft/."
+    run = chat_run(tmp_path_factory.mktemp('align')/'run')
+    assert main(['finetune', '--run', str(run), '--data', str(run.parent/'tock.jsonl'), *FAST, '--max-steps', '8']) == 0
     return run
 
 
@@ -106,7 +105,6 @@ def test_bad_input(tuned, tmp_path, capsys):
 
 def test_resume_after_a_kill_is_exact(tuned, tmp_path):
     "SIGKILL between two checkpoints, then --resume: the same weights and measures as a run never killed."
-    from test_reliability import kill, start, wait_for
     args = [*ALIGN, '--max-steps', '30', '--save-every', '5', '--lr', '1e-3']
     whole, parts = tmp_path/'whole', tmp_path/'parts'
     for d in (whole, parts): shutil.copytree(tuned, d)

@@ -1,5 +1,5 @@
 "The fine-tune stage from the command line: full and LoRA on a tiny base, a GPT-2-style folder of another tokenizer, the label guard, exact resume."
-import json, random, shutil
+import json, shutil
 from pathlib import Path
 
 import pytest
@@ -7,48 +7,16 @@ import torch
 from safetensors.torch import load_file
 
 from chatgpt_train.cli import main
-from chatgpt_train.core import load_json, stage_dir, write_jsonl
-from chatgpt_train.encode import run_encode
+from chatgpt_train.core import load_json, write_jsonl
 from chatgpt_train.model import make_model
-from chatgpt_train.tokenizer import run_tokenizer
-from chatgpt_train.pretrain import run_pretrain
 import chatgpt_train.finetune as ft
-
-# Short rows and few steps: the test's time goes to loading data and models, not to training.
-FAST = ['--block-size', '64', '--batch-size', '8', '--precision', 'fp32', '--minutes', '0', '--max-new-tokens', '8',
-        '--eval-every', '10', '--log-every', '5']
-
-
-def chats(n=160, seed=0) -> list[dict]:
-    "Conversations of a small assistant with a name, in the collect stage's schema."
-    g = random.Random(seed)
-    qa = [('What is your name?', 'My name is Tock.'), ('Who are you?', 'I am Tock, a small chat bot.'),
-          ('How are you?', 'I am fine, thank you.'), ('What do you like?', 'I like clocks and music.'),
-          ('Where do you live?', 'I live in a computer.'), ('Can you help me?', 'Yes, I can try to help.')]
-    out = []
-    for i in range(n):
-        turns = []
-        for q, a in g.sample(qa, g.randint(1, 3)):
-            turns += [dict(role='user', text=f'{q} ({i})' if g.random() < .5 else q), dict(role='assistant', text=a)]
-        out.append(dict(id=f'tock{i}', turns=turns))
-    return out
+from toy_run import SFT_FAST as FAST, chat_run, chats
 
 
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory) -> Path:
-    "A run folder with a `micro` base pretrained for a few steps on synthetic chit-chat; tests get copies through `run`."
-    run = tmp_path_factory.mktemp('toy')/'run'
-    g = random.Random(1)
-    words = 'hello how are you today fine thanks what do like music films the weather is nice cold I we they name'.split()
-    say = lambda: ' '.join(g.choice(words) for _ in range(g.randint(3, 12))).capitalize() + g.choice('.?!')
-    convs = [dict(id=f'c{i}', source='toy', split='val' if i % 10 == 0 else 'train',
-                  turns=[dict(role=r, text=say()) for r in ('user', 'assistant') * g.randint(1, 3)]) for i in range(300)]
-    write_jsonl(convs, stage_dir(run, 'clean', create=True)/'conversations.jsonl')
-    run_tokenizer(str(run), vocab_size=300)
-    run_encode(str(run))
-    run_pretrain(str(run), preset='micro', max_steps=8, block_size=64, batch_size=8, tokens_per_step=512, precision='fp32')
-    write_jsonl(chats(), run.parent/'tock.jsonl')
-    return run
+    "The chat-ready toy run (`toy_run.chat_run`); tests get copies through `run`."
+    return chat_run(tmp_path_factory.mktemp('toy')/'run')
 
 
 def chat_reply(folder: Path, text: str, n=12) -> tuple[str, list[int], object]:

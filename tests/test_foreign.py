@@ -13,8 +13,7 @@ from chatgpt_train.cli import main
 from chatgpt_train.core import load_json, write_jsonl
 from chatgpt_train.model import make_model
 from chatgpt_train.tokenizer import CHAT_TEMPLATE
-from test_finetune import FAST, chats
-from toy_run import BIN, ENV, make_run
+from toy_run import BIN, ENV, SFT_FAST as FAST, chats, make_run
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -10,7 +10,7 @@ import torch
 import chatgpt_train.train as train_mod
 from chatgpt_train.cli import main
 from chatgpt_train.core import INCOMPLETE, LOCK, write_jsonl
-from toy_run import BIN, ENV, FAST, checkpoint_step, cli, ctrl_c_reaches_it, metrics, weights
+from toy_run import BIN, ENV, FAST, checkpoint_step, cli, kill, metrics, start, wait_for, weights
 
 KILLS = 3  # SIGKILLs survived by one pretraining run (the README's reliability section quotes it)
 SEED = int(os.environ.get('RELIABILITY_SEED', time.time_ns() % 10_000))  # the kill moments; rerun a failure with this seed
@@ -63,29 +63,6 @@ def driver(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp('driver')/'driver.py'
     p.write_text(DRIVER)
     return p
-
-
-def start(*args, log: Path, driver=None, fault=()) -> subprocess.Popen:
-    "Start a command in the background, its stderr going to `log` (a pipe could fill up and stall it)."
-    cmd = [sys.executable, str(driver), *fault, *args] if driver else [str(BIN/'chatgpt-train'), *args]
-    p = subprocess.Popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, 'w'), preexec_fn=ctrl_c_reaches_it)
-    p.log = log
-    return p
-
-
-def wait_for(cond, proc, what, timeout=240):
-    deadline = time.time() + timeout
-    while not cond():
-        if proc.poll() is not None: raise AssertionError(f"the process ended before {what}:\n{proc.log.read_text()}")
-        if time.time() > deadline: proc.kill(); raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def kill(proc, sig=signal.SIGKILL) -> str:
-    "Send `sig`, wait for the end, and return what the process wrote to stderr."
-    proc.send_signal(sig)
-    proc.wait(timeout=120)
-    return proc.log.read_text()
 
 
 def test_three_kills_one_mid_checkpoint_resume_to_identical_weights(toy, tmp_path, driver):

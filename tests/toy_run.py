@@ -1,5 +1,5 @@
-"A run folder prepared for pretraining, and how the tests start `chatgpt-train`: shared by the train and reliability tests."
-import json, os, random, signal, subprocess, sys
+"Run folders for the tests (one prepared for pretraining, one with a pretrained base and chat data), and how the tests start `chatgpt-train` and wait for it."
+import json, os, random, signal, subprocess, sys, time
 from pathlib import Path
 
 import torch
@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from chatgpt_train.core import stage_dir, write_jsonl
 from chatgpt_train.encode import run_encode
+from chatgpt_train.pretrain import run_pretrain
 from chatgpt_train.tokenizer import run_tokenizer
 
 BIN = Path(sys.executable).parent
@@ -50,3 +51,61 @@ def checkpoint_step(run: Path) -> int:
 
 def cli(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN/'chatgpt-train'), *args], env=ENV, capture_output=True, text=True, timeout=300, **kw)
+
+
+# Short rows and few steps: the test's time goes to loading data and models, not to training.
+SFT_FAST = ['--block-size', '64', '--batch-size', '8', '--precision', 'fp32', '--minutes', '0', '--max-new-tokens', '8',
+            '--eval-every', '10', '--log-every', '5']
+
+
+def chats(n=160, seed=0) -> list[dict]:
+    "Conversations of a small assistant with a name, in the collect stage's schema."
+    g = random.Random(seed)
+    qa = [('What is your name?', 'My name is Tock.'), ('Who are you?', 'I am Tock, a small chat bot.'),
+          ('How are you?', 'I am fine, thank you.'), ('What do you like?', 'I like clocks and music.'),
+          ('Where do you live?', 'I live in a computer.'), ('Can you help me?', 'Yes, I can try to help.')]
+    out = []
+    for i in range(n):
+        turns = []
+        for q, a in g.sample(qa, g.randint(1, 3)):
+            turns += [dict(role='user', text=f'{q} ({i})' if g.random() < .5 else q), dict(role='assistant', text=a)]
+        out.append(dict(id=f'tock{i}', turns=turns))
+    return out
+
+
+def chat_run(run: Path) -> Path:
+    "A run folder with a `micro` base pretrained for a few steps on synthetic chit-chat, and `tock.jsonl` (`chats`) beside it."
+    g = random.Random(1)
+    words = 'hello how are you today fine thanks what do like music films the weather is nice cold I we they name'.split()
+    say = lambda: ' '.join(g.choice(words) for _ in range(g.randint(3, 12))).capitalize() + g.choice('.?!')
+    convs = [dict(id=f'c{i}', source='toy', split='val' if i % 10 == 0 else 'train',
+                  turns=[dict(role=r, text=say()) for r in ('user', 'assistant') * g.randint(1, 3)]) for i in range(300)]
+    write_jsonl(convs, stage_dir(run, 'clean', create=True)/'conversations.jsonl')
+    run_tokenizer(str(run), vocab_size=300)
+    run_encode(str(run))
+    run_pretrain(str(run), preset='micro', max_steps=8, block_size=64, batch_size=8, tokens_per_step=512, precision='fp32')
+    write_jsonl(chats(), run.parent/'tock.jsonl')
+    return run
+
+
+def start(*args, log: Path, driver=None, fault=()) -> subprocess.Popen:
+    "Start a command in the background, its stderr going to `log` (a pipe could fill up and stall it)."
+    cmd = [sys.executable, str(driver), *fault, *args] if driver else [str(BIN/'chatgpt-train'), *args]
+    p = subprocess.Popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, 'w'), preexec_fn=ctrl_c_reaches_it)
+    p.log = log
+    return p
+
+
+def wait_for(cond, proc, what, timeout=240):
+    deadline = time.time() + timeout
+    while not cond():
+        if proc.poll() is not None: raise AssertionError(f"the process ended before {what}:\n{proc.log.read_text()}")
+        if time.time() > deadline: proc.kill(); raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def kill(proc, sig=signal.SIGKILL) -> str:
+    "Send `sig`, wait for the end, and return what the process wrote to stderr."
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return proc.log.read_text()
