@@ -209,6 +209,7 @@ def align_lr(
     if lora: return 5 * ALIGN_LR_FRACTION * c['lr'], None
     return ALIGN_LR_FRACTION * c['lr'], c.get('muon_lr') and ALIGN_LR_FRACTION * c['muon_lr']
 
+# %% ../nbs/08b_align.ipynb #8df2c818
 def align_pairs(
     run:str|Path,       # The run folder
     lm,                 # The model to align and its format
@@ -228,7 +229,7 @@ def align_pairs(
     return (train + safety_pairs(safety_prompts('train'), flagged[:half], cfg.seed),
             val + safety_pairs(safety_prompts('val'), flagged[half:], cfg.seed), [])
 
-# %% ../nbs/08b_align.ipynb #bb39f876
+# %% ../nbs/08b_align.ipynb #a153a1e4
 def align_result(
     src:Path, cfg:AlignConfig, data:dict, res:dict, before:dict, after:dict, n_train:int, n_all:int, seconds:float, # What was done
 ) -> dict:
@@ -256,7 +257,7 @@ def run_align(
     minutes:float=1.,            # Time budget in minutes: training stops when it is spent (0: no budget)
     batch_size:int=8,            # Pairs per micro-batch on each process
     block_size:int|None=None,    # Most tokens of a prompt and reply (default: the model's context, at most 512)
-    lr:float|None=None,          # Peak learning rate of AdamW, Muon's moved with it (default: a tenth of the fine-tuning default)
+    lr:float|None=None,          # Peak learning rate of AdamW, Muon's moved with it (default: a tenth of the rates the model was trained with)
     warmup_steps:int|None=None,  # Steps of linear warmup (default: 5% of the steps)
     weight_decay:float=0.,       # AdamW weight decay on weight matrices (0: the reference term already keeps the model close)
     grad_clip:float=1.0,         # Clip the gradient norm to this (0: off)
@@ -328,7 +329,7 @@ def run_align(
             before = load_json(d/'before.json')
             after = dict(preferences=preference_metrics(final, val_rows, pad, cfg.beta, prec),
                          safety=safety_replies(final, lm.fmt, val_prompts, cfg.max_new_tokens))
-            data = dict(source=cfg.data, train_pairs=len(train), val_pairs=len(val), quarantined=sum(1 for _ in open(d/'quarantine.jsonl')),
+            data = dict(source=cfg.data, train_pairs=len(train), val_pairs=len(val), quarantined=len((d/'quarantine.jsonl').read_text(encoding='utf-8').splitlines()),
                         self_play=sum(p['id'].startswith('self-') for p in train + val))
             result = align_result(src, cfg, data, dict(res, lr=lr_), before, after, n_train, n_all, time.time() - t_start)
             save_json(result, stage_dir(run, 'eval', create=True)/'align.json')
