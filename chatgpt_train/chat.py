@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_chat.ipynb #5383bc6b
 from __future__ import annotations
-import contextlib, dataclasses, html, json, re, sys
+import contextlib, dataclasses, html, json, re, sys, threading
 from typing import Iterable, Iterator, TextIO
 
 import torch
@@ -70,31 +70,35 @@ class ChatSession:
         self.filter = ReplyFilter(block) if safety else None
         self.refusal, self.n_ctx = refusal, context_length(model)
         self.generator = torch.Generator(device=next(model.parameters()).device)
+        self._special = sorted(self.tokenizer.convert_ids_to_tokens(sorted(self.fmt.special)), key=len, reverse=True)
         self.history = []
         self.reset()
 
     def reset(self):
         "Forget the conversation and reseed the sampler (the system prompt stays)."
         self.history.clear()
-        self.flagged, self.dropped = False, 0
+        self.flagged, self.dropped, self.usage, self.finish_reason = False, 0, None, None
         if self.seed is None: self.generator.seed()
         else: self.generator.manual_seed(self.seed)
 
     def clean(self, text:str) -> str:
         "`text` without the text of special tokens, so a message cannot forge a turn."
-        for t in self.tokenizer.all_special_tokens: text = text.replace(t, '')
-        return text
+        while True:
+            before = text
+            for t in self._special: text = text.replace(t, '')
+            if text == before: return text
 
     def messages(self, message:str|None=None, start:int=0) -> list[dict]:
-        "The system prompt, the history from exchange `start` on, and `message`, as chat-template messages."
+        "The system prompt, the history from message `start` on, and `message`, as chat-template messages."
         sys_ = [dict(role='system', content=self.clean(self.system))] if self.system else []
         new = [dict(role='user', content=self.clean(message))] if message is not None else []
-        return sys_ + self.history[2*start:] + new
+        return sys_ + self.history[start:] + new
 
     def prompt_ids(self, message:str) -> list[int]:
         "The token ids the model reads to answer `message`: the newest exchanges that fit with room for the reply."
-        n_pairs, room = len(self.history) // 2, self.n_ctx - self.sampling.max_new_tokens
-        for start in range(n_pairs + 1):  # leave out the oldest exchanges until the rest fits
+        room, h = self.n_ctx - self.sampling.max_new_tokens, self.history
+        starts = [0] + [i for i in range(1, len(h)) if h[i]['role'] == 'user'] + [len(h)]  # a prompt starts at a user turn
+        for start in dict.fromkeys(starts):  # leave out the oldest exchanges until the rest fits
             ids = self.fmt.prompt(self.messages(message, start))
             if len(ids) <= room: break
         self.dropped = start
@@ -102,10 +106,13 @@ class ChatSession:
             raise UserError(f"the message is too long: with the system prompt it is {len(ids)} tokens and the model reads at most {self.n_ctx}")
         return list(ids)
 
-    def stream(self, message:str) -> Iterator[str]:
+    def stream(self,
+               message:str,                      # The user's new message
+               cancel:threading.Event|None=None, # Ends the reply once set (by another thread: a server whose client left)
+              ) -> Iterator[str]:
         "Answer `message`, yielding the reply in pieces as it is generated; then it is in `history`."
-        ids = self.prompt_ids(message)
-        pieces = stream_text(self.model, self.tokenizer, ids, self.sampling, self.generator, self.fmt.special | set(self.fmt.stop), self.fast)
+        ids, stop, made = self.prompt_ids(message), self.fmt.special | set(self.fmt.stop), []
+        pieces = stream_text(self.model, self.tokenizer, ids, self.sampling, self.generator, stop, self.fast, tokens=made, cancel=cancel)
         if self.filter is not None: pieces = self.filter(pieces)
         reply = ''
         try:
@@ -114,6 +121,8 @@ class ChatSession:
                 yield p
         finally:  # also when the caller stops early: the history keeps user and assistant turns in pairs
             self.flagged = self.filter is not None and self.filter.flagged
+            self.usage = dict(prompt_tokens=len(ids), completion_tokens=len(made), total_tokens=len(ids) + len(made))
+            self.finish_reason = 'content_filter' if self.flagged else 'stop' if made and made[-1] in stop else 'length'
             self.history += [dict(role='user', content=self.clean(message)),
                              dict(role='assistant', content=self.refusal if self.flagged else reply)]
 

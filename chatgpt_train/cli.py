@@ -274,7 +274,7 @@ def run_all(
         print(f"{root}: done in {total / 60:.1f} min; report: {report}")
         print('\n'.join(summary_lines(run, states)))
         if chats:
-            print(f"\na chat with {model_dir(run)} (talk to it yourself: chatgpt-train chat --run {run}):")
+            print(f"\na chat with {model_dir(run)} (talk to it yourself: chatgpt-train chat --run {run}, or in a browser: chatgpt-train serve --run {run}):")
             for msg, reply in sample_chat(run, chats, seed, device): print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
         log.info(f"done in {total:.0f} s")
         return dict(run=str(root), states=states, seconds=round(total, 1), report=str(report))

@@ -75,6 +75,7 @@ STAGES = (
     Stage('align', 'align', 'run_align', 'train the chat model on preferences between replies (DPO) into RUN/aligned/',
           ('aligned/', 'eval/align.json'), 'aligned/model.safetensors', resumable=True),
     Stage('chat', 'chat', 'run_chat', 'talk to a model in the terminal'),
+    Stage('serve', 'serve', 'run_serve', "serve a model over OpenAI's chat API, with a chat page in the browser"),
 )
 STAGE_DIRS = tuple(dict.fromkeys(s.folder for s in STAGES if s.folder))  # each folder once, in pipeline order
 MODEL_DIRS = tuple(s.folder for s in STAGES if s.done and s.done.endswith('model.safetensors'))  # the stages that make a model

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_generate.ipynb #2e63cdcf
 from __future__ import annotations
-import dataclasses, inspect
+import dataclasses, inspect, threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -309,13 +309,16 @@ def stream_text(
     generator:torch.Generator|None=None, # The random stream to draw from
     stop_ids:Iterable[int]|None=None,   # Tokens that end the reply (default: every special token)
     fast:bool=True,                     # Use a fast decoder (`GPT2Decoder`, `Qwen3Decoder`) where one applies
+    tokens:list|None=None,              # A list that receives every generated id, the stop token too (to count them)
+    cancel:threading.Event|None=None,   # Ends the reply once set, checked after every token (another thread may set it)
 ) -> Iterator[str]:
     "Yield the reply to `prompt_ids` in pieces as it is generated; together they are the decoded reply."
     stop = set(tokenizer.all_special_ids if stop_ids is None else stop_ids)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=next(model.parameters()).device)
     reply, shown = [], ''
     for tok in generate_tokens(model, ids, cfg, stop, generator, fast=fast):
-        if tok.item() in stop: break
+        if tokens is not None: tokens.append(tok.item())
+        if tok.item() in stop or (cancel is not None and cancel.is_set()): break
         reply.append(tok.item())
         text = _decode(tokenizer, reply)
         if text.endswith('\ufffd'): continue  # in the middle of a character: wait for the rest
