@@ -312,7 +312,7 @@ def run_align(
             n_train, n_all = trainable_params(model)
             check_memory(finetune_memory(model, 2 * cfg.batch_size, T, prec, cfg.checkpointing), free_memory(dev), cfg, T, f"{src} on {dev}")
             adamw, muon = align_lr(src, cfg.lora)
-            lr_ = cfg.lr or adamw
+            lr_ = adamw if cfg.lr is None else cfg.lr  # 0 is refused by the loop, not taken for the default
             tc = TrainConfig(max_steps=steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=lr_, muon_lr=muon and muon * lr_ / adamw,
                              **{k: getattr(cfg, k) for k in ('warmup_steps', 'weight_decay', 'grad_clip', 'precision', 'device', 'seed',
                                                             'log_every', 'eval_every', 'save_every')})

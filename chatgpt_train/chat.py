@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_chat.ipynb #5383bc6b
 from __future__ import annotations
-import contextlib, dataclasses, html, json, re, sys, threading
+import contextlib, dataclasses, html, io, json, re, sys, threading
 from typing import Iterable, Iterator, TextIO
 
 import torch
@@ -16,7 +16,8 @@ from .model import context_length, load_model
 from .generate import SamplingConfig, stream_text
 
 # %% auto #0
-__all__ = ['REFUSAL', 'CHAT_HELP', 'ReplyFilter', 'ChatSession', 'ChatWidget', 'chat_command', 'chat_loop', 'run_chat']
+__all__ = ['REFUSAL', 'CHAT_HELP', 'ReplyFilter', 'ChatSession', 'ChatWidget', 'chat_command', 'clean_line', 'chat_loop',
+           'run_chat']
 
 # %% ../nbs/09_chat.ipynb #2f0c9d87
 REFUSAL = "Sorry, I can't reply to that."
@@ -224,6 +225,14 @@ def _typed_lines(prompt:str, err:TextIO) -> Iterator[str]:
             err.write('\n')
             return
 
+_CONTROL = re.compile(r'[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]|[\ud800-\udfff]')  # all but tab and newline; lone surrogates
+
+def clean_line(
+    line:str, # A line as read: a pipe may carry bytes that are not UTF-8 (decoded as U+FFFD) and control characters
+) -> str:
+    "`line` without control characters other than tab, and without halves of characters: text a tokenizer takes."
+    return _CONTROL.sub('', line)
+
 def chat_loop(
     session:ChatSession,    # The conversation
     lines:Iterable[str],    # The user's lines: typed, or read from a pipe
@@ -233,9 +242,12 @@ def chat_loop(
     jsonl:bool=False,       # Write each exchange as a JSON line {"user", "assistant", "flagged"} (not interactive)
 ) -> int:
     "Answer each line (commands start with /) and return how many replies were given."
-    n = 0
+    n, told = 0, False
     for line in lines:
         line = line.rstrip('\n')
+        if (clean := clean_line(line)) != line or '\ufffd' in line:
+            if not told: err.write('note: the input has bytes that are not UTF-8 text or control characters: they are replaced or left out\n')
+            told, line = True, clean
         if not line.strip(): continue
         if line.startswith('/'):
             try: err.write(chat_command(session, line) + '\n')
@@ -285,7 +297,8 @@ def run_chat(
     session = ChatSession(lm.model, lm.fmt, system, sampling, seed, safety, refusal, blocked)
     interactive = sys.stdin.isatty()
     if interactive: sys.stderr.write(f'chatting with {lm.folder} ({CHAT_HELP})\n')
-    lines = _typed_lines('you> ', sys.stderr) if interactive else sys.stdin
+    piped = io.TextIOWrapper(sys.stdin.buffer, encoding='utf-8', errors='replace') if hasattr(sys.stdin, 'buffer') else sys.stdin
+    lines = _typed_lines('you> ', sys.stderr) if interactive else piped
     n = chat_loop(session, lines, sys.stdout, sys.stderr, interactive=interactive, jsonl=jsonl)
     log.info('%d replies', n)
     return session

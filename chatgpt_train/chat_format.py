@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastcore.basics import patch
 
-from .core import UserError
+from .core import UserError, redo_hint
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, ChatTokenizer, check_role, turn_text
 
 # %% auto #0
@@ -225,7 +225,9 @@ def load_chat_format(
     "The `ChatFormat` of the tokenizer in `folder`."
     from transformers import AutoTokenizer  # imported here: transformers takes seconds to import
     try: hf = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as e: raise UserError(f"{folder}: no tokenizer could be loaded from the folder ({e})") from None
+    except Exception as e:  # a missing file, a truncated tokenizer.json (`tokenizers` raises a bare Exception), a config that is not JSON
+        why = ' '.join(f"{type(e).__name__}: {e}".split())[:300]
+        raise UserError(f"{folder}: no tokenizer could be loaded from the folder ({why}){redo_hint(folder)}") from None
     if is_ours(hf) and (Path(folder)/'tokenizer.json').exists():
         try: return ChatFormat(hf, ChatTokenizer(folder))
         except (ValueError, KeyError): pass  # not a byte-level BPE that tiktoken can run: the template renders it

@@ -16,8 +16,8 @@ from .core import (INCOMPLETE, STAGES, Stage, UserError, get_logger, load_args, 
 
 # %% auto #0
 __all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'ALIGN_SHARE',
-           'PRETRAIN_EVAL_BATCHES', 'available_commands', 'StageParser', 'stage_parser', 'missing_package', 'main',
-           'Step', 'pipeline_steps', 'step_state', 'sample_chat', 'run_all']
+           'PRETRAIN_EVAL_BATCHES', 'available_commands', 'finite_float', 'StageParser', 'stage_parser',
+           'missing_package', 'main', 'Step', 'pipeline_steps', 'step_state', 'sample_chat', 'run_all']
 
 # %% ../nbs/10_cli.ipynb #c67544b5
 RUN_ABOUT = 'all of the above, from nothing to a chat model and RUN/report.md'
@@ -35,6 +35,15 @@ def _base_type(anno):
         args = [a for a in get_args(anno) if a is not type(None)]
         if len(args) == 1: return args[0]
     return anno
+
+def finite_float(
+    text:str, # A flag's value
+) -> float:
+    "`text` as a finite number: argparse's `float` takes 'nan' and 'inf', which no setting of ours means."
+    try: x = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(x): raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return x
 
 class StageParser(argparse.ArgumentParser):
     "An `ArgumentParser` that reports a bad flag in one line, pointing to `--help`, and exits with status 2."
@@ -60,7 +69,7 @@ def stage_parser(
             else: p.add_argument(flag, action='store_true', **kw)
             continue
         if get_origin(anno) is Literal: kw.update(choices=list(get_args(anno)), type=type(get_args(anno)[0]))
-        elif anno in (int, float): kw.update(type=anno)
+        elif anno in (int, float): kw.update(type=int if anno is int else finite_float)
         if required: kw.update(required=True)
         else:
             kw.update(default=default)

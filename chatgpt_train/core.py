@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #1b571209
 from __future__ import annotations
-import contextlib, datetime, fnmatch, json, logging, os, random, re, shutil, socket, sys, tempfile, time
+import contextlib, datetime, fnmatch, hashlib, json, logging, os, random, re, shutil, socket, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -12,11 +12,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_DIRS', 'MODEL_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LOCK', 'SPLITS', 'META_KEYS', 'HUB_FILES',
-           'UserError', 'run_path', 'Stage', 'stage', 'maker', 'stage_dir', 'require', 'run_file', 'atomic_path',
-           'save_json', 'load_json', 'write_jsonl', 'read_jsonl', 'save_args', 'load_args', 'set_seed', 'get_device',
-           'autocast_dtype', 'autocast', 'get_logger', 'Progress', 'run_lock', 'writing_stage', 'load_conversations',
-           'load_meta', 'load_tokens', 'read_metrics', 'is_hub_id', 'hub_model', 'hub_revision', 'model_dir']
+__all__ = ['STAGES', 'STAGE_DIRS', 'MODEL_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LOCK', 'SPLITS', 'META_KEYS', 'TOKEN_DTYPES',
+           'HUB_FILES', 'UserError', 'run_path', 'Stage', 'stage', 'maker', 'stage_dir', 'require', 'redo_hint',
+           'run_file', 'atomic_path', 'save_json', 'load_json', 'write_jsonl', 'read_jsonl', 'save_args', 'load_args',
+           'set_seed', 'get_device', 'autocast_dtype', 'autocast', 'get_logger', 'Progress', 'run_lock',
+           'writing_stage', 'load_conversations', 'load_meta', 'load_tokens', 'read_metrics', 'is_hub_id', 'hub_model',
+           'hub_revision', 'model_dir']
 
 # %% ../nbs/00_core.ipynb #936c4cd1
 class UserError(Exception):
@@ -26,10 +27,11 @@ class UserError(Exception):
 def run_path(
     run:str|Path, # A run folder, or a bare run name
 ) -> Path:
-    "The folder of `run`: a bare name goes under `$CHATGPT_TRAIN_HOME` when that is set."
+    "The folder of `run`: a bare name goes under `$CHATGPT_TRAIN_HOME` when that is set; a file there is refused."
     p = Path(run).expanduser()
     home = os.environ.get('CHATGPT_TRAIN_HOME')
-    if home and not p.is_absolute() and len(p.parts) == 1: return Path(home).expanduser()/p
+    if home and not p.is_absolute() and len(p.parts) == 1: p = Path(home).expanduser()/p
+    if p.exists() and not p.is_dir(): raise UserError(f"{p} is a file, not a run folder: give --run a folder (new or from an earlier run)")
     return p
 
 # %% ../nbs/00_core.ipynb #ed232f25
@@ -110,6 +112,8 @@ def stage_dir(
     "The folder of `run` where a stage keeps its files."
     if folder not in STAGE_DIRS: raise ValueError(f"unknown stage folder {folder!r}; expected one of {', '.join(STAGE_DIRS)}")
     d = run_path(run)/folder
+    if d.exists() and not d.is_dir():
+        raise UserError(f"{d} is a file where the {folder}/ folder of the run should be: move it away, then rerun")
     if create: d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -132,6 +136,14 @@ def require(
     return path
 
 # %% ../nbs/00_core.ipynb #4e241269
+def redo_hint(
+    folder:str|Path, # A folder that could not be read
+) -> str:
+    "'; rerun `chatgpt-train STAGE --run RUN`' when `folder` is a stage's folder of a run (`base/`, `tokenizer/`, ...), else ''."
+    folder = Path(folder)
+    s = maker(f'{folder.name}/') if folder.name in STAGE_DIRS else None
+    return f"; rerun `{s.hint(folder.parent)}`" if s else ''
+
 def run_file(
     run:str|Path, # The run folder
     rel:str,      # The file, relative to the run folder, e.g. "encode/meta.json"
@@ -147,6 +159,8 @@ def atomic_path(
 ) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success it replaces `path` in one atomic rename."
     path = Path(path)
+    if path.is_dir(): raise UserError(f"{path} is a folder where a file should be written: move it away, then rerun")
+    if path.parent.exists() and not path.parent.is_dir(): raise UserError(f"{path.parent} is a file where a folder should be: move it away, then rerun")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
@@ -467,6 +481,8 @@ def load_conversations(
     for i, c in enumerate(read_jsonl(path), 1):
         if not isinstance(c, dict) or not isinstance(c.get('turns'), list) or (stage == 'clean' and c.get('split') not in SPLITS):
             raise UserError(f"{path}:{i}: not a conversation with turns{' and a split' if stage == 'clean' else ''}; rerun `{maker(f'{stage}/').hint(run)}`")
+        if (bad := next((j for j, t in enumerate(c['turns']) if not (isinstance(t, dict) and isinstance(t.get('role'), str) and isinstance(t.get('text'), str))), None)) is not None:
+            raise UserError(f"{path}:{i}: turn {bad} is not a {{\"role\", \"text\"}} object of strings; rerun `{maker(f'{stage}/').hint(run)}`")
         if split is None or c['split'] == split: out.append(c)
     if required and not out:
         what = 'held-out conversations' if split == 'val' else 'conversations'
@@ -476,6 +492,9 @@ def load_conversations(
 
 # %% ../nbs/00_core.ipynb #57af503b
 META_KEYS = ('vocab_size', 'dtype', 'eot_id', 'end_id', 'pad_id', 'conversations', 'tokens', 'text_bytes')
+TOKEN_DTYPES = ('uint16', 'uint32')  # what the encode stage writes: a dtype is read from this list, never evaluated
+
+def _is_count(x) -> bool: return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 def _encode_dir(path:str|Path) -> Path:
     "The encode folder of `path`, which is a run folder or an encode folder."
@@ -488,9 +507,27 @@ def load_meta(
     "The encode stage's `meta.json`, checked to have every key later stages read."
     folder = _encode_dir(path)
     f = require(folder/'meta.json', f"chatgpt-train encode --run {folder.parent}")
-    meta = load_json(f)
+    meta, redo = load_json(f), f"rerun `chatgpt-train encode --run {folder.parent}`"
+    if not isinstance(meta, dict): raise UserError(f"{f} is not a JSON object; {redo}")
     if missing := [k for k in META_KEYS if k not in meta]:
-        raise UserError(f"{f} lacks {', '.join(missing)}: it was written by another version; rerun `chatgpt-train encode --run {folder.parent}`")
+        raise UserError(f"{f} lacks {', '.join(missing)}: it was written by another version; {redo}")
+    V = meta['vocab_size']
+    if meta['dtype'] not in TOKEN_DTYPES: raise UserError(f"{f}: dtype {meta['dtype']!r} is not one of {', '.join(TOKEN_DTYPES)}; {redo}")
+    if not (_is_count(V) and 0 < V <= np.iinfo(meta['dtype']).max + 1): raise UserError(f"{f}: vocab_size {V!r} is not a size that {meta['dtype']} holds; {redo}")
+    for k in ('eot_id', 'end_id', 'pad_id'):
+        if not (_is_count(meta[k]) and meta[k] < V): raise UserError(f"{f}: {k} {meta[k]!r} is not a token id below vocab_size {V}; {redo}")
+    if not (isinstance(meta['tokens'], dict) and all(_is_count(meta['tokens'].get(s)) for s in SPLITS)):
+        raise UserError(f"{f}: tokens must give a count for train and val; {redo}")
+    tok = folder.parent/'tokenizer'/'tokenizer.json'  # the run's tokenizer: the token files must be its ids
+    if tok.is_file():
+        data = tok.read_bytes()
+        if meta.get('tokenizer_sha256') and hashlib.sha256(data).hexdigest() != meta['tokenizer_sha256']:
+            raise UserError(f"{folder} was encoded with another tokenizer than {tok.parent} holds now; {redo}")
+        try:
+            spec = json.loads(data)
+            n = 1 + max([*spec['model']['vocab'].values(), *(t['id'] for t in spec.get('added_tokens') or [])])
+        except Exception: raise UserError(f"{tok} cannot be read as a tokenizer; rerun `chatgpt-train tokenizer --run {folder.parent}`, then encode") from None
+        if n != V: raise UserError(f"{f} says vocab_size {V:,} but {tok} has {n:,} tokens; {redo}")
     return meta
 
 def load_tokens(
@@ -499,13 +536,17 @@ def load_tokens(
 ) -> np.ndarray:
     "The token ids of `split`, memory-mapped read-only."
     folder, meta = _encode_dir(path), load_meta(path)
+    redo = f"rerun `chatgpt-train encode --run {folder.parent}`"
     f = require(folder/f'{split}.bin', f"chatgpt-train encode --run {folder.parent}")
-    n = f.stat().st_size // np.dtype(meta['dtype']).itemsize
-    if n != meta['tokens'].get(split):
-        raise UserError(f"{f} holds {n:,} tokens but {folder/'meta.json'} says {meta['tokens'].get(split)}: the file is damaged or "
-                        f"stale; rerun `chatgpt-train encode --run {folder.parent}`")
-    if n == 0: return np.zeros(0, meta['dtype'])  # an empty file cannot be memory-mapped
-    return np.memmap(f, dtype=meta['dtype'], mode='r')
+    size, width = f.stat().st_size, np.dtype(meta['dtype']).itemsize
+    if size % width: raise UserError(f"{f} is {size:,} bytes, not a whole number of {meta['dtype']} tokens: the file is cut short or damaged; {redo}")
+    if size // width != meta['tokens'][split]:
+        raise UserError(f"{f} holds {size // width:,} tokens but {folder/'meta.json'} says {meta['tokens'][split]:,}: the file is damaged or stale; {redo}")
+    if size == 0: return np.zeros(0, meta['dtype'])  # an empty file cannot be memory-mapped
+    ids = np.memmap(f, dtype=meta['dtype'], mode='r')
+    if (top := int(ids.max())) >= meta['vocab_size']:  # one pass over the file: an id out of range would fail mid-training
+        raise UserError(f"{f} holds token id {top}, outside the vocabulary of {meta['vocab_size']}: the file is damaged; {redo}")
+    return ids
 
 # %% ../nbs/00_core.ipynb #1d5038a0
 def read_metrics(

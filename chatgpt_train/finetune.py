@@ -272,8 +272,8 @@ def default_lr(
     "The peak rates of AdamW and of Muon (None: no Muon): `SFT_LR_FRACTION` of the pretraining peaks in `train_config.json`, else AdamW at 5e-5; `lr` sets AdamW and scales Muon with it; LoRA: AdamW alone, five times the pretraining peak, at most 5e-3."
     p = Path(folder)/'train_config.json'
     c = load_json(p) if p.exists() else dict(lr=5e-5)
-    if lora: return (lr or min(5 * c['lr'], 5e-3), None)
-    adamw = lr or SFT_LR_FRACTION * c['lr']
+    if lora: return (min(5 * c['lr'], 5e-3) if lr is None else lr, None)
+    adamw = SFT_LR_FRACTION * c['lr'] if lr is None else lr  # 0 is a value (refused by the loop), not "the default"
     return adamw, c.get('muon_lr') and c['muon_lr'] * adamw / c['lr']
 
 # %% ../nbs/08_finetune.ipynb #54323f9c

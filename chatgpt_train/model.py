@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig, PreTrainedModel, Qwen3Config
 
-from .core import UserError, autocast_dtype, get_device, model_dir, run_file
+from .core import UserError, autocast_dtype, get_device, model_dir, redo_hint, run_file
 from .chat_format import ChatFormat, load_chat_format
 
 # %% auto #0
@@ -220,13 +220,14 @@ def load_causal_lm(
     folder = Path(folder)
     try:
         with hf_quiet(): return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, trust_remote_code=False)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # transformers, safetensors and json each raise their own kind for a damaged file
         pickles = sorted(p.name for pat in PICKLE_WEIGHTS for p in folder.glob(pat))
         if pickles and not any(folder.glob('*.safetensors')):
             raise UserError(f"{folder} has its weights only as pickles ({', '.join(pickles)}), which can run code when loaded: we read "
                             f"safetensors only. If you trust the folder, convert it once: load it with transformers and "
                             f"save_pretrained, which writes model.safetensors") from None
-        raise UserError(f"{folder}: not a causal language model folder that transformers can load ({e})") from None
+        why = ' '.join(f"{type(e).__name__}: {e}".split())[:300]
+        raise UserError(f"{folder}: not a causal language model folder that transformers can load ({why}){redo_hint(folder)}") from None
 
 # %% ../nbs/05_model.ipynb #a9b00a90
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json')  # any of these: the folder has its own tokenizer

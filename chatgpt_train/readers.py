@@ -177,7 +177,8 @@ def json_items(
         yield from thread_items(units, source, display, columns, max_turn_chars); return
     for where, raw, v in units:
         if isinstance(v, BadRecord): yield Item(source, where, error=v, raw=raw); continue
-        default_id = str(where['key']) if 'key' in where else f"{display}:{where['line']}"
+        # an element of an array is named by its index: a whole array on one line would otherwise give every record one id
+        default_id = str(where['key']) if 'key' in where else f"{display}[{where['index']}]" if 'index' in where else f"{display}:{where['line']}"
         yield map_record(source, where, raw, lambda: record_to_conversation(rename(v, columns) if isinstance(v, dict) else v,
                                                                              source, default_id, max_turn_chars))
 

@@ -303,8 +303,12 @@ def load_tokenizer(
 ) -> ChatTokenizer:
     "Load our tokenizer from its folder, or from a run folder's `tokenizer/`."
     path = Path(path)
-    if (path/'tokenizer.json').exists(): return ChatTokenizer(require(path))  # `require` refuses an unfinished folder
-    return ChatTokenizer(run_file(path.parent if path.name == 'tokenizer' else path, 'tokenizer/tokenizer.json').parent)
+    folder = require(path) if (path/'tokenizer.json').exists() else run_file(path.parent if path.name == 'tokenizer' else path, 'tokenizer/tokenizer.json').parent
+    try: return ChatTokenizer(folder)  # `require` refused an unfinished folder; a damaged file fails here, in `tokenizers` or in us
+    except UserError: raise
+    except Exception as e:
+        why = ' '.join(f"{type(e).__name__}: {e}".split())[:200]
+        raise UserError(f"{folder/'tokenizer.json'} is not a tokenizer this project can read ({why}); rerun `chatgpt-train tokenizer --run {folder.parent}`") from None
 
 # %% ../nbs/03_tokenizer.ipynb #cf18b774
 def tokenization_stats(

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #ffb481a9
 from __future__ import annotations
-import contextlib, inspect, json, os, pickle, random, shutil, tempfile, time
+import contextlib, inspect, json, math, os, pickle, random, shutil, tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -23,9 +23,9 @@ from .model import hf_quiet
 from .optim import StepPlan, make_optimizers
 
 # %% auto #0
-__all__ = ['lm_loss', 'TrainConfig', 'as_batch', 'NextTokenBlocks', 'init_distributed', 'end_distributed', 'barrier',
-           'rank_device', 'rng_state', 'set_rng_state', 'NonFiniteLoss', 'NextTokenLoss', 'Trainer', 'plot_metrics',
-           'resume_args']
+__all__ = ['RESUME_KEYS', 'lm_loss', 'TrainConfig', 'as_batch', 'NextTokenBlocks', 'init_distributed', 'end_distributed',
+           'barrier', 'rank_device', 'rng_state', 'set_rng_state', 'NonFiniteLoss', 'NextTokenLoss', 'Trainer',
+           'all_finite', 'plot_metrics', 'resume_args']
 
 # %% ../nbs/06_train.ipynb #b1560cd6
 def lm_loss(
@@ -74,9 +74,17 @@ class TrainConfig:
         for k in ('batch_size', 'log_every', 'eval_every', 'save_every'):
             if getattr(self, k) < 1: raise UserError(f"{k} must be at least 1, not {getattr(self, k)}")
         if self.max_steps is not None and self.max_steps < 1: raise UserError(f"max_steps must be at least 1, not {self.max_steps}")
-        if self.minutes is not None and self.minutes <= 0: raise UserError(f"minutes must be positive, not {self.minutes}")
-        if not self.lr > 0: raise UserError(f"lr must be positive, not {self.lr}")
-        if self.muon_lr is not None and not self.muon_lr > 0: raise UserError(f"muon_lr must be positive, not {self.muon_lr}")
+        if self.minutes is not None and not 0 < self.minutes < math.inf: raise UserError(f"minutes must be a positive number, not {self.minutes}")
+        if not 0 < self.lr < math.inf: raise UserError(f"lr must be a positive number, not {self.lr}")
+        if self.muon_lr is not None and not 0 < self.muon_lr < math.inf: raise UserError(f"muon_lr must be a positive number, not {self.muon_lr}")
+        if self.tokens_per_step is not None and self.tokens_per_step < 1: raise UserError(f"tokens_per_step must be at least 1 (or left out: one micro-batch a step), not {self.tokens_per_step}")
+        if self.warmup_steps is not None and self.warmup_steps < 0: raise UserError(f"warmup_steps must be 0 (no warmup) or more, not {self.warmup_steps}")
+        if not 0 <= self.grad_clip < math.inf: raise UserError(f"grad_clip must be 0 (no clipping) or a positive number, not {self.grad_clip}")
+        if self.eval_batches < 1: raise UserError(f"eval_batches must be at least 1: an evaluation of no batches would log no loss as if it were one, not {self.eval_batches}")
+        for k in ('weight_decay', 'muon_weight_decay', 'min_lr_ratio'):
+            if not 0 <= getattr(self, k) < math.inf: raise UserError(f"{k} must be 0 or a positive number, not {getattr(self, k)}")
+        for k in ('beta1', 'beta2'):
+            if not 0 <= getattr(self, k) < 1: raise UserError(f"{k} must be in [0, 1), not {getattr(self, k)}")
         if self.schedule not in ('wsd', 'cosine'): raise UserError(f"schedule must be wsd or cosine, not {self.schedule!r}")
         if not 0 < self.cooldown <= 1: raise UserError(f"cooldown must be in (0, 1], not {self.cooldown}")
         autocast_dtype('cpu', self.precision)  # checks the name
@@ -332,6 +340,18 @@ def evaluate(self:Trainer) -> float|None:
     return (tot / n).item() if n > 0 else None
 
 # %% ../nbs/06_train.ipynb #6b144ff7
+def all_finite(
+    state, # A state dict, an optimizer's state, or any nesting of dicts, lists and tensors
+) -> bool:
+    "Whether every floating-point tensor in `state` is finite: a checkpoint is good only if this holds."
+    if isinstance(state, torch.Tensor): return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict): return all(all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)): return all(all_finite(v) for v in state)
+    return not isinstance(state, float) or math.isfinite(state)
+
+RESUME_KEYS = ('lr', 'muon_lr', 'seed', 'batch_size', 'tokens_per_step', 'schedule', 'cooldown', 'min_lr_ratio', 'weight_decay',
+               'muon_weight_decay', 'beta1', 'beta2', 'grad_clip')  # settings a checkpoint must share with the run that resumes it
+
 def _state_dicts(model, opt, full=True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
     return get_state_dict(model, opt, options=StateDictOptions(full_state_dict=full, cpu_offload=True))
@@ -352,6 +372,11 @@ def save_checkpoint(self:Trainer,
     "Write the resumable state after `self.step` steps to `checkpoints/last.pt` atomically (rank 0)."
     model_sd, opt_sd = _state_dicts(self.raw_model, self.opts)
     rngs = rngs or self._gather_rng()
+    if not (all_finite(model_sd) and all_finite(opt_sd)):  # a checkpoint to resume from must be one worth resuming
+        kept = (f"the previous checkpoint ({self.ckpt_path}, after step {self.saved_step}) is kept" if self.ckpt_path.exists()
+                else "no checkpoint had been written yet")
+        raise NonFiniteLoss(f"the weights or optimizer state are not finite after step {self.step}: nothing saved, and {kept}. "
+                            f"Lower --lr (now {self.cfg.lr:g}) or keep --grad-clip on, then resume or restart")
     if self.rank == 0:
         state = dict(step=self.step, **self.plan_state(), elapsed=self.elapsed, tokens=self.tokens,
                      model=model_sd, optimizer=opt_sd, scaler=self.scaler.state_dict(), rng=rngs, world=self.world,
@@ -382,6 +407,13 @@ def load_checkpoint(self:Trainer) -> int:
     except pickle.UnpicklingError: raise UserError(f"{p} holds objects other than tensors and plain data, which could run code if "
                                                    f"loaded: refused. A checkpoint we write never does; delete it and restart without --resume") from None
     except Exception as e: raise UserError(f"{p} cannot be read ({type(e).__name__}: {e}); delete it and restart without --resume") from None
+    missing = {'model', 'optimizer', 'scaler', 'step', 'elapsed', 'tokens', 'max_steps', 'warmup', 'data', 'rng', 'world'} - set(s if isinstance(s, dict) else ())
+    if missing: raise UserError(f"{p} is not a checkpoint of this loop (it lacks {', '.join(sorted(missing))}); delete it and restart without --resume")
+    if isinstance(s.get('config'), dict) and (diff := [k for k in RESUME_KEYS if k in s['config'] and s['config'][k] != getattr(self.cfg, k)]):
+        raise UserError(f"{p} belongs to another run: it was trained with " + ', '.join(f"{k}={s['config'][k]!r}" for k in diff)
+                        + ", this run has " + ', '.join(f"{k}={getattr(self.cfg, k)!r}" for k in diff)
+                        + "; restart without --resume (that replaces it), or resume with the settings it was made with")
+    if not all_finite(s['model']): raise UserError(f"{p} holds weights that are not finite: delete it and restart without --resume")
     set_state_dict(self.raw_model, self.opts, model_state_dict=s['model'],
                    optim_state_dict=s['optimizer'], options=StateDictOptions(full_state_dict=True))
     self.scaler.load_state_dict(s['scaler']) if s['scaler'] else None
@@ -541,8 +573,9 @@ def _begin(self:Trainer, resume:bool) -> int:
     "Everything before the first step; return the tokens per row."
     if self.rank == 0: self.out.mkdir(parents=True, exist_ok=True)
     if resume: self.load_checkpoint(); self.log.info(f"resumed from {self.ckpt_path} after step {self.step}")
-    elif self.ckpt_path.exists() and self.rank == 0:
-        self.log.warning(f"starting afresh: {self.ckpt_path} will be replaced (resume to continue it instead)")
+    elif self.ckpt_path.exists() and self.rank == 0:  # an earlier run's: it must never pass for this one's
+        self.ckpt_path.unlink()
+        self.log.warning(f"starting afresh: removed the earlier run's {self.ckpt_path} (resume to continue a run instead)")
     if self.rank == 0: save_json(asdict(self.cfg), self.out/'train_config.json')
     self.model.train()
     T = as_batch(self._peek())['input_ids'].shape[1]
@@ -634,6 +667,9 @@ def _fit(self:Trainer, resume:bool) -> dict:
     finally:
         bar.close()
         if self.tb is not None: self.tb.close()
+    if not all_finite(dict(self.raw_model.state_dict())) or not all_finite([v for k, v in last.items() if 'loss' in k]):
+        raise NonFiniteLoss(f"training ended with a loss or weights that are not finite ({last}); no model was written to {self.out}. "
+                            f"Lower --lr (now {self.cfg.lr:g}), then restart")
     self.save_model()
     if self.rank == 0: plot_metrics(self.history, self.out/'loss.png')
     return dict(last, step=self.step, max_steps=self.max_steps, elapsed=round(self.elapsed, 2))

@@ -103,7 +103,7 @@ def test_missing_run_folder_in_a_subprocess(tmp_path):
 @pytest.mark.parametrize('argv, needle', [
     (['pretrain', '--run', 'r', '--max-steps', 'ten'], "argument --max-steps: invalid int value: 'ten'"),
     (['pretrain', '--run', 'r', '--precision', 'half'], "argument --precision: invalid choice: 'half'"),
-    (['run', '--run', 'r', '--minutes', 'soon'], "argument --minutes: invalid float value: 'soon'"),
+    (['run', '--run', 'r', '--minutes', 'soon'], "argument --minutes: 'soon' is not a number"),
     (['clean', '--run', 'r', '--profanity', 'maybe'], "invalid choice: 'maybe'"),
     (['encode'], 'the following arguments are required: --run'),
     (['tokenizer', '--run', 'r', '--vocab'], '--vocab'),  # an abbreviation that is not one flag's
