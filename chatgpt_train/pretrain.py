@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_pretrain.ipynb #340bbcd7
 from __future__ import annotations
-import dataclasses, inspect
+import dataclasses, hashlib, inspect
 from typing import Callable, Literal
 
 import numpy as np
@@ -77,7 +77,9 @@ def pretrainer(
                  f"{len(train):,} training tokens, {world} process{'es' if world > 1 else ''}")
     held = val_batches(val, T, cfg.batch_size * world, cfg.eval_batches)  # global batches: each rank scores its rows
     if held is None: log.warning(f"encode/val.bin is too small for one block of {T} tokens: no held-out loss")
-    return Trainer(model, NextTokenBlocks(sampler), cfg, base, val_batches=held, tokenizer_dir=stage_dir(run, 'tokenizer'), logger=log)
+    data_id = hashlib.sha256((stage_dir(run, 'encode')/'meta.json').read_bytes()).hexdigest()  # tokenizer, counts and bytes of the token files
+    return Trainer(model, NextTokenBlocks(sampler), cfg, base, val_batches=held, tokenizer_dir=stage_dir(run, 'tokenizer'), logger=log,
+                   data_id=data_id)
 
 # %% ../nbs/06a_pretrain.ipynb #81cf4d38
 def run_pretrain(

@@ -189,8 +189,10 @@ class Trainer:
         live_plot:bool=False,                # Redraw a loss plot in the notebook as training goes
         logger=None,                         # Where to report (default: the "train" logger)
         objective=None,                      # What is minimised, as `NextTokenLoss` (the default) gives it
+        data_id:str|None=None,               # What the training data is (a hash): a checkpoint made on other data is not resumed
     ):
         self.cfg, self.out, self.train_batches, self.val_batches = cfg, Path(out), train_batches, val_batches
+        self.data_id = data_id
         self.objective = objective or NextTokenLoss()
         self.tokenizer_dir, self.live_plot = tokenizer_dir, live_plot
         self.device = rank_device(cfg.device)
@@ -380,7 +382,7 @@ def save_checkpoint(self:Trainer,
     if self.rank == 0:
         state = dict(step=self.step, **self.plan_state(), elapsed=self.elapsed, tokens=self.tokens,
                      model=model_sd, optimizer=opt_sd, scaler=self.scaler.state_dict(), rng=rngs, world=self.world,
-                     data=self.data_state, config=asdict(self.cfg))
+                     data=self.data_state, config=asdict(self.cfg), data_id=self.data_id)
         try:
             with atomic_path(self.ckpt_path) as tmp: torch.save(state, tmp)
         except OSError as e:  # a full disk, a quota, a folder gone: the rename never happened, so the old file is whole
@@ -413,6 +415,8 @@ def load_checkpoint(self:Trainer) -> int:
         raise UserError(f"{p} belongs to another run: it was trained with " + ', '.join(f"{k}={s['config'][k]!r}" for k in diff)
                         + ", this run has " + ', '.join(f"{k}={getattr(self.cfg, k)!r}" for k in diff)
                         + "; restart without --resume (that replaces it), or resume with the settings it was made with")
+    if s.get('data_id') and self.data_id and s['data_id'] != self.data_id:
+        raise UserError(f"{p} was made on other training data than this run has now (the data was rewritten since); restart without --resume")
     if not all_finite(s['model']): raise UserError(f"{p} holds weights that are not finite: delete it and restart without --resume")
     set_state_dict(self.raw_model, self.opts, model_state_dict=s['model'],
                    optim_state_dict=s['optimizer'], options=StateDictOptions(full_state_dict=True))

@@ -128,6 +128,14 @@ def test_a_checkpoint_of_another_kind_or_another_run(run, capsys):
     refused(capsys, 'pretrain', '--run', run, '--resume', says='weights that are not finite')
 
 
+def test_a_checkpoint_made_on_other_data_is_not_resumed(run, capsys):
+    f = run/'encode'/'meta.json'
+    meta = json.loads(f.read_text())
+    meta['text_bytes']['train'] += 1  # the token files were rewritten from other text since the checkpoint
+    f.write_text(json.dumps(meta))
+    refused(capsys, 'pretrain', '--run', run, '--resume', says='made on other training data')
+
+
 def test_a_fresh_run_never_leaves_an_older_checkpoint_and_a_diverging_one_writes_no_model(run, capsys):
     "The issue's case: an earlier run's checkpoint was taken for the new run's, and `--resume` then 'finished' it with a NaN loss."
     weights = (run/'base'/'model.safetensors').read_bytes()
