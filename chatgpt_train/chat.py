@@ -17,7 +17,7 @@ from .generate import SamplingConfig, stream_text
 
 # %% auto #0
 __all__ = ['REFUSAL', 'CHAT_HELP', 'ReplyFilter', 'ChatSession', 'ChatWidget', 'chat_command', 'clean_line', 'chat_loop',
-           'run_chat']
+           'block_categories', 'run_chat']
 
 # %% ../nbs/09_chat.ipynb #2f0c9d87
 REFUSAL = "Sorry, I can't reply to that."
@@ -270,6 +270,15 @@ def chat_loop(
     return n
 
 # %% ../nbs/09_chat.ipynb #bd2a9a77
+def block_categories(
+    block:str, # Content categories, comma-separated, e.g. "hate,sexual,mild"
+) -> set[str]:
+    "The categories of a `--block` flag, each checked to be one of the content filter's."
+    blocked = {c.strip() for c in block.split(',') if c.strip()}
+    if unknown := blocked - set(CATEGORIES): raise UserError(f"--block: unknown content categories {', '.join(sorted(unknown))}; use {', '.join(CATEGORIES)}")
+    return blocked
+
+# %% ../nbs/09_chat.ipynb #9a6f8278
 def run_chat(
     run:str|None=None,              # A run folder: chat with its newest model (sft/, else base/)
     model:str|None=None,            # A model folder (config.json, weights and tokenizer files) or a hub id, instead of --run
@@ -292,9 +301,7 @@ def run_chat(
     log = get_logger('chat')
     lm = load_model(run, model, device)
     log.info('loaded %s', lm.folder)
-    blocked = {c.strip() for c in block.split(',') if c.strip()}
-    if unknown := blocked - set(CATEGORIES): raise UserError(f"--block: unknown content categories {', '.join(sorted(unknown))}; use {', '.join(CATEGORIES)}")
-    session = ChatSession(lm.model, lm.fmt, system, sampling, seed, safety, refusal, blocked)
+    session = ChatSession(lm.model, lm.fmt, system, sampling, seed, safety, refusal, block_categories(block))
     interactive = sys.stdin.isatty()
     if interactive: sys.stderr.write(f'chatting with {lm.folder} ({CHAT_HELP})\n')
     piped = io.TextIOWrapper(sys.stdin.buffer, encoding='utf-8', errors='replace') if hasattr(sys.stdin, 'buffer') else sys.stdin

@@ -18,8 +18,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .core import MODEL_DIRS, UserError, get_logger, is_hub_id
-from .content import CATEGORIES, DEFAULT_DROP, SEVERE, profanity_classifier
-from .chat import REFUSAL, ChatSession
+from .content import DEFAULT_DROP, SEVERE, profanity_classifier
+from .chat import REFUSAL, ChatSession, block_categories
 from .generate import SamplingConfig
 from .model import load_model
 
@@ -418,8 +418,7 @@ def run_serve(
     for flag, v in dict(port=port, workers=workers, max_tokens=max_tokens, default_tokens=default_tokens, max_messages=max_messages, max_body=max_body).items():
         if not (0 < v if flag != 'port' else 0 < v < 65536): raise UserError(f"--{flag.replace('_', '-')} must be positive{' and below 65536' if flag == 'port' else ''}, not {v}")
     if not (math.isfinite(timeout) and timeout > 0): raise UserError(f"--timeout must be a positive number of seconds, not {timeout}")
-    blocked = {c.strip() for c in block.split(',') if c.strip()}
-    if unknown := blocked - set(CATEGORIES): raise UserError(f"--block: unknown content categories {', '.join(sorted(unknown))}; use {', '.join(CATEGORIES)}")
+    blocked = block_categories(block)
     api_key = api_key or os.environ.get('CHATGPT_TRAIN_API_KEY') or None
     log = get_logger('serve')
     lm = load_model(run, model, device)

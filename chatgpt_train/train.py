@@ -318,11 +318,14 @@ def _source_state(self:Trainer):
 def _stop_non_finite(self:Trainer, what:str, value:torch.Tensor):
     "Raise `NonFiniteLoss` naming the step (counted from 1) and the checkpoint that is kept."
     self._zero_grad()
-    if self.ckpt_path.exists():
-        kept = f"the last good checkpoint, {self.ckpt_path} after step {torch.load(self.ckpt_path, weights_only=True, map_location='cpu')['step']}, is kept"
-    else: kept = "no checkpoint had been written yet"
-    raise NonFiniteLoss(f"the {what} became {value.item()} at step {self.step + 1} of {self.max_steps}; training stopped and {kept}. "
+    raise NonFiniteLoss(f"the {what} became {value.item()} at step {self.step + 1} of {self.max_steps}; training stopped and {self._kept()}. "
                         f"Lower --lr (now {self.cfg.lr:g}) or keep --grad-clip on, then resume or restart")
+
+@patch
+def _kept(self:Trainer) -> str:
+    "What a failed run leaves to resume from: the last good checkpoint and its step, or none (read on any rank)."
+    if not self.ckpt_path.exists(): return "no checkpoint had been written yet"
+    return f"the last good checkpoint, {self.ckpt_path} after step {torch.load(self.ckpt_path, weights_only=True, map_location='cpu')['step']}, is kept"
 
 # %% ../nbs/06_train.ipynb #74ef63d1
 @patch
@@ -375,9 +378,7 @@ def save_checkpoint(self:Trainer,
     model_sd, opt_sd = _state_dicts(self.raw_model, self.opts)
     rngs = rngs or self._gather_rng()
     if not (all_finite(model_sd) and all_finite(opt_sd)):  # a checkpoint to resume from must be one worth resuming
-        kept = (f"the previous checkpoint ({self.ckpt_path}, after step {self.saved_step}) is kept" if self.ckpt_path.exists()
-                else "no checkpoint had been written yet")
-        raise NonFiniteLoss(f"the weights or optimizer state are not finite after step {self.step}: nothing saved, and {kept}. "
+        raise NonFiniteLoss(f"the weights or optimizer state are not finite after step {self.step}: nothing saved, and {self._kept()}. "
                             f"Lower --lr (now {self.cfg.lr:g}) or keep --grad-clip on, then resume or restart")
     if self.rank == 0:
         state = dict(step=self.step, **self.plan_state(), elapsed=self.elapsed, tokens=self.tokens,
