@@ -4,24 +4,30 @@
 
 # %% ../nbs/02_clean.ipynb #ff30f022
 from __future__ import annotations
-import codecs, dataclasses, functools, hashlib, logging, re, reprlib, time, unicodedata, zlib
-from collections import Counter
+import array, codecs, contextlib, dataclasses, functools, hashlib, logging, multiprocessing, os, re, reprlib, signal, struct, tempfile, time, unicodedata, zlib
+from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal
+from itertools import chain, islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Literal
 
 import ftfy
+import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from .core import UserError, run_file, save_json, write_jsonl, read_jsonl, save_args, get_logger, writing_stage
+from .core import SeenIds, UserError, jsonl_writer, run_file, save_json, write_jsonl, read_jsonl, save_args, get_logger, writing_stage
 from .collect import too_deep
 from .content import CATEGORIES, CONTENT_THRESHOLD, SEVERE, content_flags, profanity_classifier, stands_alone
 
 # %% auto #0
-__all__ = ['ZERO_WIDTH', 'PLACEHOLDERS', 'UNICODE_CATEGORIES', 'CHAT_WORDS', 'ROLES', 'MAX_DEPTH', 'tidy_whitespace',
-           'fix_unicode', 'lowercase', 'mask_personal', 'remove_unwanted', 'load_symspell', 'word_counts', 'SpellFixer',
-           'compression_ratio', 'turn_problem', 'dedup_key', 'shingles', 'jaccard', 'NearDupIndex', 'split_of',
-           'split_conversations', 'decode_text', 'StepLog', 'CleanConfig', 'conversation_problem',
-           'clean_conversations', 'run_clean']
+__all__ = ['ZERO_WIDTH', 'PLACEHOLDERS', 'UNICODE_CATEGORIES', 'CHAT_WORDS', 'SPLIT_SEED', 'SPLIT_PERM', 'ROLES', 'MAX_DEPTH',
+           'STEPS', 'CORPUS_STEPS', 'CHUNK', 'KEPT', 'tidy_whitespace', 'fix_unicode', 'lowercase', 'mask_personal',
+           'remove_unwanted', 'load_symspell', 'word_counts', 'SpellFixer', 'compression_ratio', 'turn_problem',
+           'dedup_key', 'shingles', 'jaccard', 'shingle_hashes', 'minhash_signature', 'NearDupIndex', 'split_of',
+           'Splitter', 'split_conversations', 'decode_text', 'StepLog', 'CleanConfig', 'conversation_problem',
+           'enabled_steps', 'record_step_names', 'start_worker', 'record_chunk', 'add_counts', 'chain_counts',
+           'default_workers', 'checked_chunks', 'CorpusSteps', 'clean_report', 'clean_stream', 'clean_conversations',
+           'finish_clean_stage', 'run_clean']
 
 # %% ../nbs/02_clean.ipynb #255f51bb
 # zero-width space, word joiner, byte-order mark, soft hyphen, Mongolian vowel separator; the joiners U+200C/D stay
@@ -195,42 +201,122 @@ def shingles(
     if len(words) < n: return {' '.join(words)}
     return {' '.join(words[i:i+n]) for i in range(len(words) - n + 1)}
 
-def jaccard(a:set, b:set) -> float:
+def jaccard(
+    a:set|np.ndarray, # A set, or a sorted array of distinct values (`shingle_hashes`)
+    b:set|np.ndarray, # Another of the same kind
+) -> float:
     "|a ∩ b| / |a ∪ b|."
+    if isinstance(a, np.ndarray):
+        both = len(np.intersect1d(a, b, assume_unique=True))
+        return both / max(len(a) + len(b) - both, 1)
     return len(a & b) / max(len(a | b), 1)
 
+def shingle_hashes(
+    s:set[str], # A shingle set
+) -> np.ndarray:
+    "The sorted, distinct CRC-32 hashes of the shingles: 4 bytes a shingle is all that deduplication keeps of a text."
+    return np.unique(np.fromiter((zlib.crc32(x.encode('utf-8')) for x in s), np.uint32, len(s)))
+
 # %% ../nbs/02_clean.ipynb #4995aa2f
+@functools.lru_cache(maxsize=8)
+def _permutations(num_perm:int, seed:int):
+    first = MinHash(num_perm=num_perm, seed=seed)  # drawing the permutations once, not once a conversation
+    return first.permutations, first.scheme
+
+def minhash_signature(
+    hashes:np.ndarray, # A set's `shingle_hashes`
+    num_perm:int=128,  # MinHash permutations: more is more accurate and slower
+    seed:int=1,        # Seed of the permutations
+) -> np.ndarray:
+    "datasketch's MinHash signature of the set, the CRC-32 hashes standing in for its hash function."
+    perms, scheme = _permutations(num_perm, seed)
+    # CRC-32 rather than datasketch's default SHA-1 to hash shingles: 2.5x faster, and the text is not adversarial
+    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, permutations=perms, scheme=scheme)
+    m.update_batch(hashes.tolist())
+    return m.hashvalues
+
+@functools.lru_cache(maxsize=8)
+def _bands(threshold:float, num_perm:int) -> tuple[int, int]:
+    # candidates are confirmed exactly, so a false positive costs little and a miss a duplicate: weigh misses 9 to 1
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
+    return lsh.b, lsh.r
+
 class NearDupIndex:
-    "MinHash LSH over shingle sets; `match` returns an indexed key whose set has Jaccard similarity >= `threshold`."
+    "MinHash LSH over shingle sets, in a few bytes a set; `match` returns an indexed key whose set has Jaccard similarity >= `threshold`."
     def __init__(self,
-                 threshold:float=0.8, # Jaccard similarity at or above which two sets are near-duplicates
-                 num_perm:int=128,    # MinHash permutations: more is more accurate and slower
-                 seed:int=1,          # Seed of the MinHash permutations
+                 threshold:float=0.8,         # Jaccard similarity at or above which two sets are near-duplicates
+                 num_perm:int=128,            # MinHash permutations: more is more accurate and slower
+                 seed:int=1,                  # Seed of the MinHash permutations
+                 folder:str|Path|None=None,   # Where the file of indexed keys and sets goes (default: the system's temporary folder)
+                 buffer:int=2048,             # Entries searched by a scan before they join the sorted bands
                 ):
-        self.threshold, self.num_perm, self.seed = threshold, num_perm, seed
-        # candidates are confirmed exactly, so a false positive costs little and a miss a duplicate: weigh misses 9 to 1
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
-        self.sets, self.rank = {}, {}
-        first = MinHash(num_perm=num_perm, seed=seed)  # drawing the permutations once, not once a conversation
-        self.perms, self.scheme = first.permutations, first.scheme
+        self.threshold, self.num_perm, self.seed, self.buffer = threshold, num_perm, seed, buffer
+        self.b, self.r = _bands(threshold, num_perm)
+        # a band's r values and its number become one 64-bit key: bands that differ but share a key only add a candidate, which is
+        # then rejected
+        rng = np.random.default_rng(seed)
+        self.mix = rng.integers(1, 2**62, self.r, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self.salt = rng.integers(0, 2**63, self.b, dtype=np.uint64)
+        self.keys = np.zeros(0, np.uint64)  # the band keys of the first `sorted` entries, all bands in one sorted array
+        self.rows = np.zeros(0, np.int32)   # and the entry of each key
+        self.recent = np.zeros((buffer, self.b), np.uint64)  # the band keys of the entries after those
+        self.n = self.sorted = 0
+        self.store = tempfile.TemporaryFile(dir=folder)  # each entry's key and set, read back only to confirm a candidate
+        self.offsets = array.array('q')
 
-    def minhash(self, s:set[str]) -> MinHash:
-        "The MinHash of a shingle set."
-        # CRC-32 rather than datasketch's default SHA-1 to hash shingles: 2.5x faster, and the text is not adversarial
-        m = MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=zlib.crc32, permutations=self.perms, scheme=self.scheme)
-        m.update_batch([x.encode('utf-8') for x in s])
-        return m
+    def signature(self, hashes:np.ndarray) -> np.ndarray:
+        "The MinHash signature of a set's `shingle_hashes`."
+        return minhash_signature(hashes, self.num_perm, self.seed)
 
-    def match(self, s:set[str], m:MinHash|None=None) -> tuple[str, float]|None:
-        "The first indexed key (by insertion) whose set is a near-duplicate of `s`, with its similarity."
-        hits = [(k, jaccard(s, self.sets[k])) for k in self.lsh.query(m or self.minhash(s))]
-        hits = [h for h in hits if h[1] >= self.threshold]
-        return min(hits, key=lambda h: self.rank[h[0]]) if hits else None
+    def band_keys(self, sig:np.ndarray) -> np.ndarray:
+        "One 64-bit key for each band of a signature."
+        return (sig[:self.b * self.r].astype(np.uint64).reshape(self.b, self.r) * self.mix).sum(axis=1, dtype=np.uint64) + self.salt
 
-    def add(self, key:str, s:set[str], m:MinHash|None=None):
-        "Index set `s` under `key`."
-        self.lsh.insert(key, m or self.minhash(s))
-        self.sets[key], self.rank[key] = s, len(self.rank)
+    def entry(self, i:int) -> tuple[str, np.ndarray]:
+        "The key and shingle hashes of entry `i`."
+        self.store.seek(self.offsets[i])
+        nk, nh = struct.unpack('<II', self.store.read(8))
+        data = self.store.read(nk + 4 * nh)
+        return data[:nk].decode('utf-8'), np.frombuffer(data[nk:], '<u4')
+
+    def match(self,
+              hashes:np.ndarray,         # The set's `shingle_hashes`
+              sig:np.ndarray|None=None,  # Its signature, if known
+              skip:set=frozenset(),      # Entries to leave out
+             ) -> tuple[str, float]|None:
+        "The first indexed key (by insertion) whose set is a near-duplicate of `hashes`, with its similarity."
+        keys = self.band_keys(self.signature(hashes) if sig is None else sig)
+        found = set((np.nonzero((self.recent[:self.n - self.sorted] == keys).any(axis=1))[0] + self.sorted).tolist())
+        lo, hi = np.searchsorted(self.keys, keys, 'left'), np.searchsorted(self.keys, keys, 'right')
+        for j in np.nonzero(hi > lo)[0]: found.update(self.rows[lo[j]:hi[j]].tolist())
+        for i in sorted(found - set(skip)):
+            key, other = self.entry(i)
+            if (s := jaccard(hashes, other)) >= self.threshold: return key, s
+        return None
+
+    def add(self,
+            key:str,                   # What `match` returns for this set
+            hashes:np.ndarray,         # The set's `shingle_hashes`
+            sig:np.ndarray|None=None,  # Its signature, if known
+           ) -> int:
+        "Index the set under `key`; its entry number."
+        if self.n - self.sorted == self.buffer: self._merge()
+        self.recent[self.n - self.sorted] = self.band_keys(self.signature(hashes) if sig is None else sig)
+        self.store.seek(0, os.SEEK_END)
+        self.offsets.append(self.store.tell())
+        k = key.encode('utf-8')
+        self.store.write(struct.pack('<II', len(k), len(hashes)) + k + hashes.astype('<u4').tobytes())
+        self.n += 1
+        return self.n - 1
+
+    def _merge(self):
+        "Move the recent entries into the sorted bands."
+        new = self.recent[:self.n - self.sorted].ravel()
+        rows = np.repeat(np.arange(self.sorted, self.n, dtype=np.int32), self.b)
+        order = np.argsort(new, kind='stable')
+        at = np.searchsorted(self.keys, new[order], 'right')
+        self.keys, self.rows = np.insert(self.keys, at, new[order]), np.insert(self.rows, at, rows[order])
+        self.sorted = self.n
 
 # %% ../nbs/02_clean.ipynb #69b6fa5c
 def split_of(
@@ -247,33 +333,77 @@ def _unit(conv_id:str, seed:int) -> float:
     return int.from_bytes(h, 'big') / 2**64
 
 # %% ../nbs/02_clean.ipynb #1bf5676e
+SPLIT_SEED, SPLIT_PERM = 2, 128  # the check's MinHash: other permutations than deduplication's, to catch what it missed
+
+class Splitter:
+    "The split of conversations as they stream past, then the check across it: validation near-duplicates of training ones move to train."
+    def __init__(self,
+                 val_fraction:float=0.05,   # Share that goes to validation
+                 seed:int=42,               # Seed of the split
+                 threshold:float=0.8,       # Near-duplicate threshold of the check (0 or 1: no check)
+                 folder:str|Path|None=None, # Where the check's index keeps its file
+                ):
+        self.val_fraction, self.seed = val_fraction, seed
+        self.idx = NearDupIndex(threshold, SPLIT_PERM, SPLIT_SEED, folder) if 0 < threshold < 1 else None
+        self.sides, self.turns, self.vals = [], array.array('q'), []  # vals: (row, hashes, signature) of each validation one
+        self.lo = self.hi = None  # the smallest and largest hash units: who moves if one side would be empty
+
+    def add(self,
+            conv_id:str,                  # The conversation's id
+            n_turns:int,                  # Its number of turns
+            hashes:np.ndarray|None=None,  # Its `shingle_hashes` (needed when the check is on)
+            sig:np.ndarray|None=None,     # Their signature with `SPLIT_PERM`, `SPLIT_SEED`, if known
+           ):
+        "Give the next conversation its side, and return it; a training one joins the check's index."
+        row, u = len(self.sides), _unit(conv_id, self.seed)
+        side, entry = 'val' if u < self.val_fraction else 'train', None
+        if self.idx is not None:
+            if side == 'train': entry = self.idx.add(str(row), hashes, sig)
+            else: self.vals.append((row, hashes, sig))
+        if self.lo is None or u < self.lo[0]: self.lo = (u, row, entry)
+        if self.hi is None or u >= self.hi[0]: self.hi = (u, row)
+        self.sides.append(side); self.turns.append(n_turns)
+        return side
+
+    def finish(self) -> tuple[list[str], dict]:
+        "Each conversation's side, in order, and a summary with the near-duplicates found across the split; `changed`: the rows whose side `add` gave changed."
+        sides, skip, idx, self.changed = self.sides, set(), self.idx, set()
+        if self.val_fraction > 0 and len(sides) >= 2 and len(set(sides)) == 1:  # keep both sides non-empty
+            if sides[0] == 'train':
+                _, row, entry = self.lo
+                sides[row] = 'val'; self.changed.add(row)
+                if idx is not None: skip.add(entry); self.vals.append((row, idx.entry(entry)[1], None))
+            else:
+                _, row = self.hi
+                sides[row] = 'train'; self.changed.add(row)
+                if idx is not None:
+                    v = next(v for v in self.vals if v[0] == row)
+                    self.vals.remove(v); idx.add(str(row), v[1], v[2])
+        found = moved = 0
+        if idx is not None and 'val' in sides:
+            vals = sorted(self.vals, key=lambda v: v[0])
+            crossing = lambda: [v for v in vals if sides[v[0]] == 'val' and idx.match(v[1], v[2], skip)]
+            hits = crossing()
+            found = len(hits)
+            while hits:  # a moved conversation joins train, where it may match another validation one
+                for row, h, sig in hits: sides[row] = 'train'; idx.add(str(row), h, sig); moved += 1; self.changed.add(row)
+                hits = crossing()
+        n_turns = lambda s: sum(t for t, x in zip(self.turns, sides) if x == s)
+        return sides, dict(train=sides.count('train'), val=sides.count('val'), train_turns=n_turns('train'),
+                           val_turns=n_turns('val'), val_fraction=self.val_fraction, seed=self.seed,
+                           near_dups_across_split_found=found, moved_to_train=moved, near_dups_across_split=0)
+
 def split_conversations(
     convs:list[dict],       # Deduplicated conversations
     val_fraction:float=0.05,# Share that goes to validation
     seed:int=42,            # Seed of the split
     threshold:float=0.8,    # Near-duplicate threshold of the check
 ) -> tuple[list[dict], dict]:
-    "Each conversation with its `split`, and a summary with the near-duplicates found across the split."
-    sides = [split_of(c['id'], val_fraction, seed) for c in convs]
-    if val_fraction > 0 and len(convs) >= 2 and len(set(sides)) == 1:  # keep both sides non-empty
-        order = sorted(range(len(convs)), key=lambda i: _unit(convs[i]['id'], seed))
-        sides[order[0] if sides[0] == 'train' else order[-1]] = 'val' if sides[0] == 'train' else 'train'
-    found = moved = 0
-    if 0 < threshold < 1 and 'val' in sides:
-        idx = NearDupIndex(threshold, num_perm=128, seed=2)
-        for i, c in enumerate(convs):
-            if sides[i] == 'train': idx.add(str(i), shingles(c))
-        crossing = lambda: [i for i, c in enumerate(convs) if sides[i] == 'val' and idx.match(shingles(c))]
-        hits = crossing()
-        found = len(hits)
-        while hits:  # a moved conversation joins train, where it may match another validation one
-            for i in hits: sides[i] = 'train'; idx.add(str(i), shingles(convs[i])); moved += 1
-            hits = crossing()
-    out = [{**c, 'split': s} for c, s in zip(convs, sides)]
-    n_turns = lambda s: sum(len(c['turns']) for c, x in zip(convs, sides) if x == s)
-    return out, dict(train=sides.count('train'), val=sides.count('val'), train_turns=n_turns('train'),
-                     val_turns=n_turns('val'), val_fraction=val_fraction, seed=seed,
-                     near_dups_across_split_found=found, moved_to_train=moved, near_dups_across_split=0)
+    "Each conversation with its `split`, and the `Splitter`'s summary."
+    sp = Splitter(val_fraction, seed, threshold)
+    for c in convs: sp.add(c['id'], len(c['turns']), shingle_hashes(shingles(c)) if sp.idx is not None else None)
+    sides, summary = sp.finish()
+    return [{**c, 'split': s} for c, s in zip(convs, sides)], summary
 
 # %% ../nbs/02_clean.ipynb #9c29d9b0
 ROLES = ('system', 'user', 'assistant')
@@ -291,6 +421,13 @@ def decode_text(
 ) -> str:
     "`data` decoded as UTF-8, with any byte that is not valid UTF-8 read as Windows-1252."
     return data.decode('utf-8', errors='chatgpt_train.cp1252')
+
+def _needs_fix(x) -> bool:
+    "Whether `_fix_strings` would change anything in `x` (a quick look, since almost nothing needs it)."
+    if isinstance(x, str): return not x.isascii() and _SURROGATE.search(x) is not None
+    if isinstance(x, dict): return any(map(_needs_fix, x.values()))
+    if isinstance(x, list): return any(map(_needs_fix, x))
+    return isinstance(x, bytes)
 
 def _fix_strings(x):
     "`x` with bytes decoded and lone surrogates (which cannot be written as UTF-8) fixed, in every string inside it."
@@ -451,13 +588,19 @@ def conversation_problem(
         if t.get('role') not in ROLES: return 'bad role', f"turn {i} has role {reprlib.repr(t.get('role'))}, not one of {', '.join(ROLES)}"
     return None
 
-def _check(convs, cfg, log):
-    seen = set()
+def _check(convs, cfg, log, state):
+    seen = state.setdefault('ids', SeenIds(state.get('folder')))
     def one(c):
         if problem := conversation_problem(c): return log.drop(c, *problem)
         if c['id'] in seen: return log.drop(c, 'repeated id', 'an earlier conversation has this id')
         seen.add(c['id'])
-        fixed = _fix_strings(c)
+        return c
+    return _each(convs, one, log)
+
+def _check_texts(convs, cfg, log):
+    "The rest of the check, which needs no memory of other conversations: it runs in the workers."
+    def one(c):
+        fixed = _fix_strings(c) if _needs_fix(c) else c
         log.stats['turns_changed'] += sum(a is not b for a, b in zip(c['turns'], fixed['turns']))
         missing = {i: ('no text', 'text is missing') if t.get('text') is None else
                       ('no text', f"text is a {type(t['text']).__name__}, not a string")
@@ -480,11 +623,11 @@ def _personal(convs, cfg, log):
     return out
 
 def _spelling(convs, cfg, log):
-    counts = word_counts(t['text'] for c in convs for t in c['turns'])
-    fixer = SpellFixer(counts, cfg.spelling_min_count)
+    if 'fixer' not in _WORKER: _WORKER['fixer'] = SpellFixer(_WORKER['counts'], cfg.spelling_min_count)
+    fixer = _WORKER['fixer']
+    fixer.changed = Counter()  # this chunk's changes; the stage adds them up
     out = _each(convs, lambda c: _map_texts(c, fixer, log), log)
-    log.extra.update(words=sum(counts.values()), words_changed=sum(fixer.changed.values()),
-                     top_changes={f'{a} -> {b}': n for (a, b), n in fixer.changed.most_common(20)})
+    log.extra['changes'] = dict(fixer.changed)
     return out
 
 def _profanity(convs, cfg, log):
@@ -516,68 +659,278 @@ def _quality(convs, cfg, log):
         return c
     return _each(convs, one, log)
 
-def _exact(convs, cfg, log):
-    seen = {}
+def _exact(convs, cfg, log, state):
+    seen, feats = state.setdefault('keys', {}), state['features']
     def one(c):
-        key = dedup_key(c)
+        key = feats[id(c)][0]
         if key in seen: return log.drop(c, 'exact duplicate', f'same words as {seen[key]}')
         seen[key] = c['id']
         return c
     return _each(convs, one, log)
 
-def _near(convs, cfg, log):
-    idx = NearDupIndex(cfg.near_dup_threshold, cfg.num_perm)
+def _near(convs, cfg, log, state):
+    idx, feats = state['near'], state['features']
     def one(c):
-        s = shingles(c)
-        m = idx.minhash(s)
-        if hit := idx.match(s, m): return log.drop(c, 'near duplicate', f'{hit[1]:.2f} similar to {hit[0]}')
-        idx.add(c['id'], s, m)
+        _, h, sig, _ = feats[id(c)]
+        if hit := idx.match(h, sig): return log.drop(c, 'near duplicate', f'{hit[1]:.2f} similar to {hit[0]}')
+        idx.add(c['id'], h, sig)
         return c
     return _each(convs, one, log)
 
-def _steps(cfg:CleanConfig) -> list[tuple[str, Callable, bool]]:
-    "The steps in order: (name, function, whether it runs under `cfg`)."
+STEPS = ('check', 'unicode', 'lowercase', 'personal', 'characters', 'spelling', 'profanity', 'quality', 'exact', 'near')
+
+def enabled_steps(
+    cfg:CleanConfig, # The choices
+) -> dict[str, bool]:
+    "Which steps run under `cfg`."
+    return dict(check=True, unicode=True, lowercase=cfg.lowercase, personal=cfg.mask_personal,
+                characters=bool(cfg.remove_chars or cfg.categories), spelling=cfg.spelling, profanity=cfg.profanity != 'off',
+                quality=True, exact=True, near=cfg.near_dup_threshold < 1)
+
+def _record_step(name:str, cfg:CleanConfig) -> Callable:
+    "The function of a step that looks at one conversation at a time (those run in the workers)."
     chars, cats = cfg.remove_chars, cfg.categories
-    return [('check', _check, True),
-            ('unicode', _text_step(fix_unicode), True),
-            ('lowercase', _text_step(lowercase), cfg.lowercase),
-            ('personal', _personal, cfg.mask_personal),
-            ('characters', _text_step(lambda t: remove_unwanted(t, chars, cats)), bool(chars or cats)),
-            ('spelling', _spelling, cfg.spelling),
-            ('profanity', _profanity, cfg.profanity != 'off'),
-            ('quality', _quality, True),
-            ('exact', _exact, True),
-            ('near', _near, cfg.near_dup_threshold < 1)]
+    return dict(check=_check_texts, unicode=_text_step(fix_unicode), lowercase=_text_step(lowercase), personal=_personal,
+                characters=_text_step(lambda t: remove_unwanted(t, chars, cats)), spelling=_spelling,
+                profanity=_profanity, quality=_quality)[name]
+
+CORPUS_STEPS = {'check': _check, 'exact': _exact, 'near': _near}  # steps (or parts) that remember earlier conversations: the main process runs them
+
+def record_step_names(
+    cfg:CleanConfig, # The choices
+) -> list[str]:
+    "The steps the workers run, in order: the check's second part, then the steps that look at one conversation at a time."
+    on = enabled_steps(cfg)
+    return ['check', *(n for n in STEPS if on[n] and n not in CORPUS_STEPS)]
 
 # %% ../nbs/02_clean.ipynb #2503f5e8
+CHUNK = 256  # conversations a worker takes at a time: enough that sending them costs little, few enough to keep memory flat
+
+_WORKER = {}  # in each worker (and in the main process when it works alone): the config, and for spelling the corpus's word counts
+
+def start_worker(
+    cfg:CleanConfig,          # The choices
+    counts:Counter|None=None, # The corpus's word counts, for the spelling step
+):
+    "Set up this process to run `record_chunk`."
+    _WORKER.clear(); _WORKER.update(cfg=cfg, counts=counts)
+
+def _pool_worker(cfg:CleanConfig, counts:Counter|None=None):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it stops the pool, quietly
+    start_worker(cfg, counts)
+
+def _features(c:dict, cfg:CleanConfig) -> tuple:
+    "What the main process needs to deduplicate and split `c`: its `dedup_key`, its shingle hashes and their two signatures."
+    if cfg.near_dup_threshold >= 1: return dedup_key(c), None, None, None
+    h = shingle_hashes(shingles(c))
+    return dedup_key(c), h, minhash_signature(h, cfg.num_perm), minhash_signature(h, SPLIT_PERM, SPLIT_SEED)
+
+def record_chunk(
+    job:tuple, # (step names, conversations, whether these are the last record steps)
+) -> tuple:
+    "One chunk through the record steps: what is left, with its features (last) or its word counts, each step's counts, the removed records."
+    names, convs, last = job
+    cfg, removed, stats = _WORKER['cfg'], [], []
+    for name in names:
+        log, t0 = StepLog(name, convs, removed), time.perf_counter()
+        convs = _record_step(name, cfg)(convs, cfg, log)
+        stats.append(log.finish(convs, time.perf_counter() - t0))
+    if last: return convs, [_features(c, cfg) for c in convs], stats, removed
+    return convs, word_counts(t['text'] for c in convs for t in c['turns']), stats, removed
+
+def _chunks(items:Iterable, n:int=CHUNK) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(islice(it, n)): yield chunk
+
+def _in_order(jobs:Iterable[tuple], pool, ahead:int) -> Iterator[tuple]:
+    "`(extra, record_chunk(job))` for each `(extra, job)`, in order, at most `ahead` jobs in the workers (`Pool.imap` would read all of them at once)."
+    pending = deque()
+    for extra, job in jobs:
+        pending.append((extra, pool.apply_async(record_chunk, (job,)) if pool else record_chunk(job)))
+        while len(pending) > ahead:
+            e, r = pending.popleft()
+            yield e, r.get() if pool else r
+    while pending:
+        e, r = pending.popleft()
+        yield e, r.get() if pool else r
+
+def add_counts(
+    a:dict|None, # One chunk's counts of a step (None: none yet)
+    b:dict,      # Another chunk's
+) -> dict:
+    "The two added up: numbers and counters summed, anything else kept from the first."
+    if a is None: return b
+    out = dict(a)
+    for k, v in b.items():
+        if k not in out: out[k] = v
+        elif isinstance(v, dict): out[k] = add_counts(out[k], v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool): out[k] += v
+    return out
+
+def chain_counts(
+    a:dict, # The counts of a step's first part
+    b:dict, # Of its second part, which took what the first passed on
+) -> dict:
+    "The counts of the whole step: what went into the first part, what came out of the second, the rest added up."
+    return {**add_counts(a, b), 'in': a['in'], 'turns_in': a['turns_in'], 'out': b['out'], 'turns_out': b['turns_out']}
+
+def default_workers() -> int:
+    "The cores this process may use."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+def checked_chunks(
+    dataset:Iterable,    # Conversations in the collect stage's schema
+    cfg:CleanConfig,     # The choices
+    state:dict,          # The check's memory across calls: its `SeenIds` (made in `state['folder']` if not there)
+) -> Iterator[tuple[list, dict, list]]:
+    "The check step over `dataset`, a chunk at a time: for each, the conversations that passed, the step's counts, the removed records."
+    for ch in _chunks(dataset):
+        removed = []
+        lg, t0 = StepLog('check', ch, removed), time.perf_counter()
+        ch = _check(ch, cfg, lg, state)
+        yield ch, lg.finish(ch, time.perf_counter() - t0), removed
+
+class CorpusSteps:
+    "Exact and near duplicates, then the split: the steps that remember earlier conversations, fed the record steps' chunks in order."
+    def __init__(self,
+                 cfg:CleanConfig,            # The choices
+                 folder:str|Path|None=None,  # Where the indexes keep their files
+                ):
+        self.cfg, self.on, self.seconds = cfg, enabled_steps(cfg), 0.
+        self.state = dict(near=NearDupIndex(cfg.near_dup_threshold, cfg.num_perm, folder=folder) if self.on['near'] else None)
+        self.splitter, self.stats = Splitter(cfg.val_fraction, cfg.seed, cfg.near_dup_threshold, folder), {}
+
+    def __call__(self,
+                 convs:list[dict],   # A chunk out of the record steps
+                 feats:list[tuple],  # Their `_features`
+                 removed:list,       # Where to append what these steps remove
+                ) -> list[dict]:
+        "The chunk's conversations that are no duplicate of an earlier one, each with the `split` the hash gives it."
+        self.state['features'] = {id(c): f for c, f in zip(convs, feats)}
+        for name in ('exact', 'near'):
+            if not self.on[name]: continue
+            lg, t0 = StepLog(name, convs, removed), time.perf_counter()
+            convs = CORPUS_STEPS[name](convs, self.cfg, lg, self.state)
+            self.stats[name] = add_counts(self.stats.get(name), lg.finish(convs, time.perf_counter() - t0))
+        t0, out = time.perf_counter(), []
+        for c in convs:
+            f = self.state['features'][id(c)]
+            out.append({**c, 'split': self.splitter.add(c['id'], len(c['turns']), f[1], f[3])})
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def finish(self) -> tuple[list[str], dict]:
+        "Each kept conversation's side, in order, and the split's summary; `changed`: the rows whose side moved at the end."
+        t0 = time.perf_counter()
+        sides, summary = self.splitter.finish()
+        self.changed = self.splitter.changed
+        summary['seconds'] = round(self.seconds + time.perf_counter() - t0, 3)
+        return sides, summary
+
+def clean_report(
+    stats:dict,        # Each step's counts, added up over the chunks (None for a step that never ran)
+    cfg:CleanConfig,   # The choices
+    counts:Counter,    # The corpus's word counts (spelling)
+    split:dict,        # The split's summary
+    seconds:float,     # Time the whole clean took
+    workers:int,       # Processes that did the record steps
+) -> dict:
+    "The clean stage's report: each step in order (one that did not run passing on what it got), the totals, the split."
+    steps, prev, on = [], dict(out=0, turns_out=0), enabled_steps(cfg)
+    for name in STEPS:
+        s = stats.get(name) or dict(step=name, **{'in': prev['out'], 'out': prev['out']}, removed=0, changed=0, turns_in=prev['turns_out'],
+                                    turns_out=prev['turns_out'], turns_removed=0, turns_changed=0, seconds=0., enabled=on[name],
+                                    reasons={}, turn_reasons={})
+        if steps and (s['in'], s['turns_in']) != (prev['out'], prev['turns_out']):
+            raise AssertionError(f"step {name} got {s['in']} conversations, {s['turns_in']} turns, but {steps[-1]['step']} passed on {prev}")
+        s['seconds'] = round(s['seconds'], 3)
+        if name == 'spelling' and on[name]:
+            changes = Counter(s.pop('changes', {}))
+            s.update(words=sum(counts.values()), words_changed=sum(changes.values()),
+                     top_changes={f'{a} -> {b}': n for (a, b), n in changes.most_common(20)})
+        steps.append(s); prev = s
+    total = lambda k: sum(s[k] for s in steps)
+    report = {'in': steps[0]['in'], 'out': steps[-1]['out'], 'removed': total('removed'),
+              'turns_in': steps[0]['turns_in'], 'turns_out': steps[-1]['turns_out'], 'turns_removed': total('turns_removed'),
+              'seconds': round(seconds, 2), 'workers': workers, 'steps': steps, 'split': split, 'config': dataclasses.asdict(cfg)}
+    log = logging.getLogger('clean')
+    for s in steps:
+        if s['enabled']: log.info('%-10s %6d in %6d out %6d removed %6d changed  (%.1f s)', s['step'], s['in'], s['out'],
+                                  s['removed'], s['changed'], s['seconds'])
+    log.info('kept %d of %d conversations (%d train, %d val) in %.1f s', report['out'], report['in'], split['train'],
+             split['val'], report['seconds'])
+    return report
+
+def clean_stream(
+    dataset:Iterable,                      # Conversations in the collect stage's schema, read once
+    config:CleanConfig|None=None,          # The choices (default: `CleanConfig()`)
+    keep:Callable[[dict], None]|None=None, # Called with each kept conversation, in order, with the `split` its hash gives it
+    drop:Callable[[dict], None]|None=None, # Called with each removed conversation or turn, with its step and reason
+    workers:int=1,                         # Processes for the record steps: the result is the same for any number
+    folder:str|Path|None=None,             # Where temporary files go (the indexes; with spelling, the text between the passes)
+) -> tuple[list[str], dict]:
+    "Clean `dataset` chunk by chunk; each kept conversation's final side, in order, and a report that accounts for every record (`moved`: the rows whose side changed after `keep` saw them)."
+    cfg = config or CleanConfig()
+    keep, drop = keep or (lambda c: None), drop or (lambda r: None)
+    if workers < 1: raise UserError(f"--workers must be at least 1, not {workers}")
+    on, start = enabled_steps(cfg), time.perf_counter()
+    record = record_step_names(cfg)
+    cut = record.index('spelling') if cfg.spelling else 0
+    passes = [record[:cut], record[cut:]] if cut else [record]  # spelling needs the word counts of all that reaches it
+    stats, counts = {}, Counter()
+    if on['profanity']: profanity_classifier()  # loaded once, before the workers start: they share it
+    with tempfile.TemporaryDirectory(dir=folder, prefix='.clean-') as tmp:
+        corpus, between = CorpusSteps(cfg, tmp), Path(tmp)/'between.jsonl'
+        for p, names in enumerate(passes):
+            last = p == len(passes) - 1
+            if p: jobs = ((None, (names, ch, last)) for ch in _chunks(read_jsonl(between)))
+            else: jobs = (((st, removed), (names, ch, last)) for ch, st, removed in checked_chunks(dataset, cfg, dict(folder=tmp)))
+            head = list(islice(jobs, 2))  # one chunk is not worth starting workers for
+            init = (cfg, counts if p else None)
+            pool = multiprocessing.get_context().Pool(workers, _pool_worker, init) if workers > 1 and len(head) > 1 else None
+            if pool is None: start_worker(*init)
+            with pool or contextlib.nullcontext(), (jsonl_writer(between) if not last else contextlib.nullcontext()) as write:
+                for extra, (convs, more, st, removed) in _in_order(chain(head, jobs), pool, 2 * workers):
+                    if extra: st, removed = [chain_counts(extra[0], st[0]), *st[1:]], extra[1] + removed
+                    for s in st: stats[s['step']] = add_counts(stats.get(s['step']), s)
+                    if last: convs = corpus(convs, more, removed)
+                    else: counts.update(more)
+                    for r in removed: drop(r)
+                    for c in convs: (keep if last else write)(c)
+        sides, split = corpus.finish()
+    report = clean_report({**stats, **corpus.stats}, cfg, counts, split, time.perf_counter() - start, workers)
+    return sides, {**report, 'moved': sorted(corpus.changed)}
+
 def clean_conversations(
     dataset:Iterable[dict],          # Conversations in the collect stage's schema
     config:CleanConfig|None=None,    # The choices (default: `CleanConfig()`)
     removed:list|None=None,          # If given, every removed conversation or turn is appended here, with step and reason
+    workers:int=1,                   # Processes for the record steps
 ) -> tuple[list[dict], dict]:
-    "The cleaned, deduplicated conversations, each with its `split`, and a report that accounts for every record."
-    cfg, log = config or CleanConfig(), logging.getLogger('clean')  # set up by `run_clean`; a library caller may set its own
-    convs, steps, start = list(dataset), [], time.perf_counter()
-    removed = [] if removed is None else removed
-    for name, fn, on in _steps(cfg):
-        step, t0 = StepLog(name, convs, removed), time.perf_counter()
-        if on: convs = fn(convs, cfg, step)
-        steps.append(s := step.finish(convs, time.perf_counter() - t0, on))
-        if on: log.info('%-10s %6d in %6d out %6d removed %6d changed  (%.1f s)', name, s['in'], s['out'], s['removed'],
-                        s['changed'], s['seconds'])
-    t0 = time.perf_counter()
-    convs, split = split_conversations(convs, cfg.val_fraction, cfg.seed, cfg.near_dup_threshold)
-    split['seconds'] = round(time.perf_counter() - t0, 3)
-    total = lambda k: sum(s[k] for s in steps)
-    report = {'in': steps[0]['in'], 'out': steps[-1]['out'], 'removed': total('removed'),
-              'turns_in': steps[0]['turns_in'], 'turns_out': steps[-1]['turns_out'], 'turns_removed': total('turns_removed'),
-              'seconds': round(time.perf_counter() - start, 2), 'steps': steps, 'split': split,
-              'config': dataclasses.asdict(cfg)}
-    log.info('kept %d of %d conversations (%d train, %d val) in %.1f s', report['out'], report['in'], split['train'],
-             split['val'], report['seconds'])
-    return convs, report
+    "The cleaned, deduplicated conversations, each with its `split`, and the report: `clean_stream` into lists."
+    kept, removed = [], [] if removed is None else removed
+    sides, report = clean_stream(dataset, config, kept.append, removed.append, workers)
+    report.pop('moved')
+    return [{**c, 'split': s} for c, s in zip(kept, sides)], report
 
 # %% ../nbs/02_clean.ipynb #c615dc84
+KEPT = '.kept.jsonl'  # the kept conversations in the stage folder, until the split is known
+
+def finish_clean_stage(
+    out:Path,      # The clean stage's folder, with the kept conversations in `KEPT`
+    sides:list,    # Their final sides of the split, in order
+    report:dict,   # The report, with `moved`
+    args:dict,     # The arguments to record
+):
+    "Write conversations.jsonl (each kept conversation with its final split), report.json and, last, args.json."
+    report = dict(report)
+    if report.pop('moved'):  # rare: a validation conversation was a near-duplicate of a training one
+        write_jsonl(({**c, 'split': s} for c, s in zip(read_jsonl(out/KEPT), sides, strict=True)), out/'conversations.jsonl')
+        (out/KEPT).unlink()
+    else: os.replace(out/KEPT, out/'conversations.jsonl')
+    save_json(report, out/'report.json')
+    save_args(out, 'clean', args)
+
 def run_clean(
     run:str,                          # The run folder (reads collect/, writes clean/)
     lowercase:bool=False,             # Lowercase all text (the model then never writes a capital letter)
@@ -597,20 +950,20 @@ def run_clean(
     num_perm:int=128,                 # MinHash permutations of the near-duplicate search
     val_fraction:float=0.05,          # Share of conversations held out for validation
     seed:int=42,                      # Seed of the train/val split
+    workers:int|None=None,            # Processes for the steps that look at one conversation at a time (default: one a core); any number gives the same result
 ) -> dict:
     "Clean a run's collected conversations into clean/: the kept ones with their split, the removed ones, a report."
     args = dict(locals())
     src = run_file(run, 'collect/conversations.jsonl')
-    cfg = CleanConfig(**{k: v for k, v in args.items() if k != 'run'})
+    cfg = CleanConfig(**{k: v for k, v in args.items() if k not in ('run', 'workers')})
+    workers = default_workers() if workers is None else workers
     with writing_stage(run, 'clean') as out:
         log = get_logger('clean', out)
-        log.info('cleaning %s', src)
-        removed = []
-        kept, report = clean_conversations(read_jsonl(src), cfg, removed)
-        write_jsonl(kept, out/'conversations.jsonl')
-        write_jsonl(removed, out/'removed.jsonl')
-        save_json(report, out/'report.json')
-        save_args(out, 'clean', args)
+        log.info('cleaning %s with %d worker%s', src, workers, 's' * (workers > 1))
+        n_removed = Counter()
+        with jsonl_writer(out/KEPT) as keep, jsonl_writer(out/'removed.jsonl') as drop:
+            sides, report = clean_stream(read_jsonl(src), cfg, keep, lambda r: (drop(r), n_removed.update(records=1)), workers, out)
+        finish_clean_stage(out, sides, report, args)
         log.info('wrote %s: %d conversations (%d train, %d val), %d removed records', out, report['out'],
-                 report['split']['train'], report['split']['val'], len(removed))
+                 report['split']['train'], report['split']['val'], n_removed['records'])
         return report

@@ -10,9 +10,9 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .core import UserError, atomic_path, get_logger, save_args, save_json, writing_stage
+from .core import SeenIds, UserError, atomic_path, get_logger, save_args, save_json, writing_stage
 from .conversation import MAX_TURN_CHARS, SURROGATE, BadRecord, Conversation, Item, Turn, parse_columns
-from .readers import CHITCHAT, chatterbot_items, chitchat_items, conversation_stats, hf_items, package_file, path_items
+from .readers import CHITCHAT, ConversationStats, chatterbot_items, chitchat_items, hf_items, package_file, path_items
 
 # %% auto #0
 __all__ = ['RAW_CHARS', 'META_DEPTH', 'iter_source', 'too_deep', 'collect', 'conversations_dataset', 'row_to_conversation',
@@ -49,12 +49,11 @@ META_DEPTH = 100    # the deepest a kept conversation's meta may nest: later sta
 
 def too_deep(x, limit:int) -> bool:
     "Whether `x` nests lists and objects more than `limit` levels deep (walked without recursion)."
-    stack = [(x, 0)]
-    while stack:
+    stack = [(x, 0)] if isinstance(x, (dict, list)) else []
+    while stack:  # only containers go on the stack: most values are strings
         v, d = stack.pop()
-        if isinstance(v, (dict, list)):
-            if d >= limit: return True
-            stack.extend((w, d + 1) for w in (v.values() if isinstance(v, dict) else v))
+        if d >= limit: return True
+        stack.extend((w, d + 1) for w in (v.values() if isinstance(v, dict) else v) if isinstance(w, (dict, list)))
     return False
 
 def _raw_text(raw) -> str:
@@ -68,18 +67,19 @@ def _raw_text(raw) -> str:
 def collect(
     items:Iterable[Item], # What the loaders yielded
     folder:str|Path,      # The stage folder: writes conversations.jsonl and quarantine.jsonl there
-) -> tuple[list[Conversation], dict]:
-    "Write kept conversations and quarantined records of `items` to `folder`; return the conversations and per-source counts."
+) -> tuple[dict, dict]:
+    "Write kept conversations and quarantined records of `items` to `folder` as they come; return their `conversation_stats` and per-source counts."
     folder = Path(folder)
-    convs, first_seen, sources = [], {}, {}
+    stats, sources = ConversationStats(), {}
     with atomic_path(folder/'conversations.jsonl') as cpath, atomic_path(folder/'quarantine.jsonl') as qpath, \
          open(cpath, 'wb') as cf, open(qpath, 'wb') as qf:
+        first_seen = SeenIds(folder)
         for it in items:
             s = sources.setdefault(it.source, dict(read=0, kept=0, quarantined=0, conversations=0, turns=0, reasons=Counter()))
             s['read'] += it.count
             error, c = it.error, it.conversation
             if error is None:
-                if c['id'] in first_seen: error = BadRecord('duplicate-id', f"id {c['id']!r} is already used by the record at {first_seen[c['id']]}")
+                if (seen := first_seen.where(c['id'])) is not None: error = BadRecord('duplicate-id', f"id {c['id']!r} is already used by the record at {seen}")
                 elif too_deep(c['meta'], META_DEPTH): error = BadRecord('too-deep', f'its other fields nest deeper than {META_DEPTH} levels')
                 else:
                     try: line = json.dumps(c, ensure_ascii=False).encode('utf-8')
@@ -91,12 +91,12 @@ def collect(
                 s['quarantined'] += it.count; s['reasons'][error.kind] += 1
                 continue
             cf.write(line + b'\n')
-            first_seen[c['id']] = ':'.join(str(v) for v in it.where.values())
-            convs.append(c)
+            first_seen.add(c['id'], ':'.join(str(v) for v in it.where.values()))
+            stats.add(c)
             s['kept'] += it.count; s['conversations'] += 1; s['turns'] += len(c['turns'])
             if c['meta'].get('empty_messages'): s['empty_messages'] = s.get('empty_messages', 0) + c['meta']['empty_messages']
     for s in sources.values(): s['reasons'] = dict(s['reasons'].most_common())
-    return convs, sources
+    return stats.result(), sources
 
 # %% ../nbs/01_collect.ipynb #1d6a7caa
 def conversations_dataset(
@@ -129,7 +129,7 @@ def run_collect(
     limit:int|None=None,                    # Read at most this many records (a first look at a large source)
     max_turn_chars:int=MAX_TURN_CHARS,      # Quarantine records with a turn longer than this many characters
 ):
-    "Read conversations from a source into RUN/collect/: conversations.jsonl, quarantine.jsonl, report.json, args.json."
+    "Read conversations from a source into RUN/collect/ (conversations.jsonl, quarantine.jsonl, report.json, args.json), a record at a time; the report."
     args = dict(locals())
     if limit is not None and limit < 1: raise UserError(f'--limit must be at least 1, not {limit}')
     if max_turn_chars < 1: raise UserError(f'--max-turn-chars must be at least 1, not {max_turn_chars}')
@@ -138,18 +138,18 @@ def run_collect(
     with writing_stage(run, 'collect') as folder:
         log = get_logger('collect', folder)
         try:
-            convs, sources = collect(islice(items, limit) if limit else items, folder)
+            stats, sources = collect(islice(items, limit) if limit else items, folder)
             total = {k: sum(s[k] for s in sources.values()) for k in ('read', 'kept', 'quarantined', 'conversations', 'turns')}
-            save_json(dict(source=source, **total, sources=sources, stats=conversation_stats(convs), seconds=round(time.time() - start, 2)),
-                      folder/'report.json')
+            report = dict(source=source, **total, sources=sources, stats=stats, seconds=round(time.time() - start, 2))
+            save_json(report, folder/'report.json')
             for name, s in sources.items():
                 log.info('%s: read %d, kept %d, quarantined %d%s', name, s['read'], s['kept'], s['quarantined'],
                          f" ({', '.join(f'{k} {v}' for k, v in s['reasons'].items())})" if s['reasons'] else '')
             log.info('%d conversations, %d turns in %s (%.1f s)', total['conversations'], total['turns'], folder, time.time() - start)
         finally:  # stop writing this run's log.txt: a later run in the same process has its own
             for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]: h.close(); log.removeHandler(h)
-        if not convs:
+        if not total['conversations']:
             raise UserError(f"no conversation could be read from {source}: {total['quarantined']} records quarantined, "
                             f"see {folder/'quarantine.jsonl'}")
         save_args(folder, 'collect', args)
-        return conversations_dataset(convs)
+        return report

@@ -4,20 +4,20 @@
 
 # %% ../nbs/00_core.ipynb #1b571209
 from __future__ import annotations
-import contextlib, datetime, fnmatch, hashlib, json, logging, os, random, re, shutil, socket, sys, tempfile, time
+import array, contextlib, datetime, fnmatch, hashlib, json, logging, os, random, re, shutil, socket, struct, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_DIRS', 'MODEL_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LOCK', 'SPLITS', 'META_KEYS', 'TOKEN_DTYPES',
            'HUB_FILES', 'UserError', 'run_path', 'Stage', 'stage', 'maker', 'stage_dir', 'require', 'redo_hint',
-           'run_file', 'atomic_path', 'save_json', 'load_json', 'write_jsonl', 'read_jsonl', 'save_args', 'load_args',
-           'set_seed', 'get_device', 'autocast_dtype', 'autocast', 'get_logger', 'Progress', 'run_lock',
-           'writing_stage', 'load_conversations', 'load_meta', 'load_tokens', 'read_metrics', 'is_hub_id', 'hub_model',
-           'hub_revision', 'model_dir']
+           'run_file', 'atomic_path', 'save_json', 'load_json', 'jsonl_writer', 'write_jsonl', 'read_jsonl',
+           'save_args', 'load_args', 'set_seed', 'get_device', 'autocast_dtype', 'autocast', 'get_logger', 'Progress',
+           'run_lock', 'writing_stage', 'SeenIds', 'iter_conversations', 'load_conversations', 'load_meta',
+           'load_tokens', 'read_metrics', 'is_hub_id', 'hub_model', 'hub_revision', 'model_dir']
 
 # %% ../nbs/00_core.ipynb #936c4cd1
 class UserError(Exception):
@@ -201,16 +201,22 @@ def load_json(
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise UserError(f"{path} is not valid JSON ({e}); delete it and rerun the stage that wrote it") from None
 
 # %% ../nbs/00_core.ipynb #7532d333
+@contextlib.contextmanager
+def jsonl_writer(
+    path:str|Path, # The file to write, atomically
+) -> Iterator[Callable[[Any], None]]:
+    "A function that writes one record to `path` as a JSON line; the file replaces `path` when the block ends without an error."
+    with atomic_path(path) as t, open(t, 'w', encoding='utf-8') as f:
+        yield lambda r: f.write(json.dumps(r, ensure_ascii=False, default=_default) + '\n')
+
 def write_jsonl(
     records:Iterable[dict], # The records, one a line
     path:str|Path,          # The file to write, atomically
 ) -> int:
     "Write `records` to `path` as JSON Lines and return how many were written."
     n = 0
-    with atomic_path(path) as t, open(t, 'w', encoding='utf-8') as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False, default=_default) + '\n')
-            n += 1
+    with jsonl_writer(path) as write:
+        for r in records: write(r); n += 1
     return n
 
 def read_jsonl(
@@ -464,8 +470,77 @@ def writing_stage(
         finally: _writing.discard(folder.resolve())
         if _rank0(): mark.unlink(missing_ok=True)
 
+# %% ../nbs/00_core.ipynb #9da3f96c
+class SeenIds:
+    "The ids seen so far and where each was first seen, in about 24 bytes of memory an id."
+    def __init__(self,
+                 folder:str|Path|None=None, # Where the file of ids goes (default: the system's temporary folder)
+                 buffer:int=4096,           # Newest ids kept in a dictionary before they join the sorted array
+                ):
+        self.buffer, self.recent = buffer, {}  # digest -> [entry, ...] for the newest ids
+        self.keys, self.rows = np.zeros(0, np.uint64), np.zeros(0, np.int64)  # the older digests, sorted, and their entries
+        self.store, self.offsets = tempfile.TemporaryFile(dir=folder), array.array('q')
+
+    @staticmethod
+    def _digest(b:bytes) -> int: return int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), 'little')
+
+    def where(self,
+              key:str, # An id
+             ) -> str|None:
+        "Where `key` was first seen ('' if it was added without a place), or None if it is new."
+        b = key.encode('utf-8', 'surrogatepass')
+        d = self._digest(b)
+        lo, hi = np.searchsorted(self.keys, np.uint64(d), 'left'), np.searchsorted(self.keys, np.uint64(d), 'right')
+        for e in [*self.recent.get(d, ()), *self.rows[lo:hi].tolist()]:
+            self.store.seek(self.offsets[e])
+            n, m = struct.unpack('<II', self.store.read(8))
+            if self.store.read(n) == b: return self.store.read(m).decode('utf-8', 'surrogatepass')
+        return None
+
+    def __contains__(self, key:str) -> bool: return self.where(key) is not None
+
+    def add(self,
+            key:str,      # An id not seen before
+            place:str='', # Where it was seen
+           ):
+        "Remember `key` and `place`."
+        b, p = key.encode('utf-8', 'surrogatepass'), place.encode('utf-8', 'surrogatepass')
+        self.store.seek(0, os.SEEK_END)
+        self.offsets.append(self.store.tell())
+        self.store.write(struct.pack('<II', len(b), len(p)) + b + p)
+        self.recent.setdefault(self._digest(b), []).append(len(self.offsets) - 1)
+        if len(self.recent) >= self.buffer:  # fold the dictionary into the sorted array
+            d = np.array([k for k, es in self.recent.items() for _ in es], np.uint64)
+            e = np.array([x for es in self.recent.values() for x in es], np.int64)
+            order = np.argsort(d, kind='stable')
+            at = np.searchsorted(self.keys, d[order], 'right')
+            self.keys, self.rows, self.recent = np.insert(self.keys, at, d[order]), np.insert(self.rows, at, e[order]), {}
+
 # %% ../nbs/00_core.ipynb #a3364f75
 SPLITS = ('train', 'val')
+
+def iter_conversations(
+    run:str|Path,            # The run folder (or a folder laid out like one, e.g. the fine-tune stage's `sft/data`)
+    split:str|None=None,     # "train" or "val" for one split of clean/, None for all
+    stage:str='clean',       # The stage whose conversations to read: "clean" or "collect"
+    required:bool=False,     # Refuse an empty result, saying how to get one
+) -> Iterator[dict]:
+    "A run's conversations as the collect or clean stage wrote them, of one split if given, one at a time: each is checked as it is read."
+    if split not in (None, *SPLITS): raise UserError(f"split must be train or val, not {split!r}")
+    if stage not in ('collect', 'clean'): raise ValueError(f"conversations are written by collect and clean, not {stage!r}")
+    path, n = run_file(run, f'{stage}/conversations.jsonl'), 0
+    for i, c in enumerate(read_jsonl(path), 1):
+        if not isinstance(c, dict) or not isinstance(c.get('turns'), list) or (stage == 'clean' and c.get('split') not in SPLITS):
+            raise UserError(f"{path}:{i}: not a conversation with turns{' and a split' if stage == 'clean' else ''}; rerun `{maker(f'{stage}/').hint(run)}`")
+        if (bad := next((j for j, t in enumerate(c['turns']) if not (isinstance(t, dict) and isinstance(t.get('role'), str) and isinstance(t.get('text'), str))), None)) is not None:
+            raise UserError(f"{path}:{i}: turn {bad} is not a {{\"role\", \"text\"}} object of strings; rerun `{maker(f'{stage}/').hint(run)}`")
+        if split is None or c['split'] == split:
+            n += 1
+            yield c
+    if required and not n:
+        what = 'held-out conversations' if split == 'val' else 'conversations'
+        raise UserError(f"{path} has no {what}{f' with split {split!r}' if split else ''}: rerun `{maker(f'{stage}/').hint(run)}`"
+                        + (" with --val-fraction above 0" if split == 'val' else ''))
 
 def load_conversations(
     run:str|Path,            # The run folder (or a folder laid out like one, e.g. the fine-tune stage's `sft/data`)
@@ -473,22 +548,8 @@ def load_conversations(
     stage:str='clean',       # The stage whose conversations to read: "clean" or "collect"
     required:bool=False,     # Refuse an empty result, saying how to get one
 ) -> list[dict]:
-    "A run's conversations as the collect or clean stage wrote them, of one split if given."
-    if split not in (None, *SPLITS): raise UserError(f"split must be train or val, not {split!r}")
-    if stage not in ('collect', 'clean'): raise ValueError(f"conversations are written by collect and clean, not {stage!r}")
-    path = run_file(run, f'{stage}/conversations.jsonl')
-    out = []
-    for i, c in enumerate(read_jsonl(path), 1):
-        if not isinstance(c, dict) or not isinstance(c.get('turns'), list) or (stage == 'clean' and c.get('split') not in SPLITS):
-            raise UserError(f"{path}:{i}: not a conversation with turns{' and a split' if stage == 'clean' else ''}; rerun `{maker(f'{stage}/').hint(run)}`")
-        if (bad := next((j for j, t in enumerate(c['turns']) if not (isinstance(t, dict) and isinstance(t.get('role'), str) and isinstance(t.get('text'), str))), None)) is not None:
-            raise UserError(f"{path}:{i}: turn {bad} is not a {{\"role\", \"text\"}} object of strings; rerun `{maker(f'{stage}/').hint(run)}`")
-        if split is None or c['split'] == split: out.append(c)
-    if required and not out:
-        what = 'held-out conversations' if split == 'val' else 'conversations'
-        raise UserError(f"{path} has no {what}{f' with split {split!r}' if split else ''}: rerun `{maker(f'{stage}/').hint(run)}`"
-                        + (" with --val-fraction above 0" if split == 'val' else ''))
-    return out
+    "`iter_conversations` as a list."
+    return list(iter_conversations(run, split, stage, required))
 
 # %% ../nbs/00_core.ipynb #57af503b
 META_KEYS = ('vocab_size', 'dtype', 'eot_id', 'end_id', 'pad_id', 'conversations', 'tokens', 'text_bytes')

@@ -5,17 +5,19 @@
 # %% ../nbs/04_encode.ipynb #c8a66a9d
 from __future__ import annotations
 import hashlib, time
+from collections import Counter
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 
-from .core import SPLITS, UserError, atomic_path, get_logger, load_conversations, save_args, save_json, writing_stage
+from .core import SPLITS, UserError, atomic_path, get_logger, iter_conversations, save_args, save_json, writing_stage
 from .tokenizer import ChatTokenizer, SPECIAL_TOKENS, load_tokenizer, turn_text
 from .chat_format import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['token_dtype', 'encode_conversations', 'write_tokens', 'run_encode', 'BlockSampler', 'pad_collate', 'first_fit',
-           'pack_sft', 'padding_stats']
+__all__ = ['ENCODE_CHUNK', 'token_dtype', 'encode_conversations', 'write_tokens', 'run_encode', 'BlockSampler', 'pad_collate',
+           'first_fit', 'pack_sft', 'padding_stats']
 
 # %% ../nbs/04_encode.ipynb #279ed147
 def token_dtype(
@@ -43,11 +45,15 @@ def write_tokens(
     return Path(path)
 
 # %% ../nbs/04_encode.ipynb #0a50e709
+ENCODE_CHUNK = 1024  # conversations encoded and written at a time: the stage never holds a split, only a chunk of it
+
 def run_encode(
     run:str, # The run folder: reads clean/conversations.jsonl and tokenizer/, writes encode/
 ) -> Path:
-    "Encode the train and val conversations into `encode/train.bin` and `encode/val.bin`, with `meta.json`."
-    splits = {k: load_conversations(run, k, required=k == 'train') for k in SPLITS}
+    "Encode the train and val conversations into `encode/train.bin` and `encode/val.bin`, with `meta.json`, a chunk at a time."
+    convs = {k: iter_conversations(run, k, required=k == 'train') for k in SPLITS}
+    first = next(convs['train'])  # a missing or empty train split is an error before anything is written
+    convs['train'] = chain([first], convs['train'])
     tok = load_tokenizer(run)
     with writing_stage(run, 'encode') as out:
         log = get_logger('encode', out)
@@ -59,15 +65,19 @@ def run_encode(
                     eot_id=tok.eot_id, end_id=tok.end_id, pad_id=tok.pad_id,
                     format='each conversation rendered with the chat template (it starts with <|endoftext|>), concatenated',
                     conversations={}, tokens={}, text_tokens={}, text_bytes={}, bytes_per_token={})
-        for split, part in splits.items():
-            if not part: log.warning('clean/conversations.jsonl has no val conversations: val.bin is empty')
-            ids = encode_conversations(part, tok, dtype)
-            write_tokens(ids, out/f'{split}.bin')
-            n_special = int(np.isin(ids, list(tok.special.values())).sum())
-            text_bytes = sum(len(turn_text(t).encode('utf-8')) for c in part for t in c['turns'])
-            meta['conversations'][split], meta['tokens'][split] = len(part), len(ids)
-            meta['text_tokens'][split], meta['text_bytes'][split] = len(ids) - n_special, text_bytes
-            meta['bytes_per_token'][split] = round(text_bytes / max(1, len(ids) - n_special), 4)
+        special = list(tok.special.values())
+        for split, part in convs.items():
+            n = Counter()
+            with atomic_path(out/f'{split}.bin') as path, open(path, 'wb') as f:
+                for chunk in iter(lambda: list(islice(part, ENCODE_CHUNK)), []):
+                    ids = encode_conversations(chunk, tok, dtype)
+                    ids.tofile(f)
+                    n.update(conversations=len(chunk), tokens=len(ids), special=int(np.isin(ids, special).sum()),
+                             text_bytes=sum(len(turn_text(t).encode('utf-8')) for c in chunk for t in c['turns']))
+            if not n['conversations']: log.warning('clean/conversations.jsonl has no val conversations: val.bin is empty')
+            meta['conversations'][split], meta['tokens'][split] = n['conversations'], n['tokens']
+            meta['text_tokens'][split], meta['text_bytes'][split] = n['tokens'] - n['special'], n['text_bytes']
+            meta['bytes_per_token'][split] = round(n['text_bytes'] / max(1, n['tokens'] - n['special']), 4)
         save_json(meta, out/'meta.json')
         save_args(out, 'encode', dict(run=str(run)))
         log.info('encoded %d train and %d val tokens in %.1f s; wrote %s', meta['tokens']['train'], meta['tokens']['val'], time.time() - t0, out)

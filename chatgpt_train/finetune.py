@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json, model_dir, run_file,
+from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json, model_dir, read_jsonl, run_file,
                                 save_args, save_json, set_seed, stage_dir, write_jsonl, writing_stage)
 from .collect import collect, iter_source
 from .clean import CleanConfig, clean_conversations
@@ -43,11 +43,11 @@ def prepare_chat_data(
     folder = Path(folder)
     config = config or CleanConfig(val_fraction=0.1)
     t0 = time.time()
-    convs, sources = collect(iter_source(data, lang), folder/'collect')
-    save_json(dict(source=data, conversations=len(convs), sources=sources, seconds=round(time.time() - t0, 2)), folder/'collect'/'report.json')
-    if not convs: raise UserError(f"no conversation could be read from {data}: see {folder/'collect'/'quarantine.jsonl'}")
+    stats, sources = collect(iter_source(data, lang), folder/'collect')
+    save_json(dict(source=data, conversations=stats['conversations'], sources=sources, seconds=round(time.time() - t0, 2)), folder/'collect'/'report.json')
+    if not stats['conversations']: raise UserError(f"no conversation could be read from {data}: see {folder/'collect'/'quarantine.jsonl'}")
     removed = []
-    kept, report = clean_conversations(convs, config, removed)
+    kept, report = clean_conversations(read_jsonl(folder/'collect'/'conversations.jsonl'), config, removed)
     write_jsonl(kept, folder/'clean'/'conversations.jsonl')
     write_jsonl(removed, folder/'clean'/'removed.jsonl')
     save_json(report, folder/'clean'/'report.json')

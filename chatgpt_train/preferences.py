@@ -12,7 +12,7 @@ from typing import Iterator, TypedDict
 from .core import UserError, read_jsonl, write_jsonl
 from .conversation import (MAX_TURN_CHARS, ROLES, BadRecord, Turn, _content, _role, _show, check_dict, check_list,
                                         check_text, type_name)
-from .readers import _json_units, _jsonl_units, _one_line, csv_rows, parquet_rows, read_text
+from .readers import _json_units, _jsonl_units, _one_line, csv_rows, parquet_rows, read_lines, read_text
 from .collect import _raw_text
 from .clean import _unit, split_of
 
@@ -149,7 +149,8 @@ def _file_units(path:Path, display:str) -> Iterator[tuple]:
             at = f"{display}:{where['line'] if 'line' in where else where['row']}"
             yield at, at, at, reason, row, err or row
         return
-    for where, raw, v in (_jsonl_units if suffix in ('.jsonl', '.ndjson') else _json_units)(read_text(path), display):
+    units = _jsonl_units(read_lines(path), display) if suffix in ('.jsonl', '.ndjson') else _json_units(read_text(path), display)
+    for where, raw, v in units:
         at = f"{display}:{where['line']}" if 'line' in where else display
         rid = str(where['key']) if 'key' in where else f"{display}[{where['index']}]" if 'index' in where else at
         yield at, rid, at, reason, raw, v

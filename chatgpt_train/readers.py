@@ -20,9 +20,10 @@ from .conversation import (ASSISTANT_KEYS, CONVERSATION_KEYS, MAX_TURN_CHARS, SU
 
 # %% auto #0
 __all__ = ['DEEP_LIMIT', 'RECORD_KEYS', 'THREAD_KEYS', 'CHITCHAT', 'ID_COLUMNS', 'TEXT_COLUMNS', 'SPEAKER_COLUMNS',
-           'CHATTERBOT_LANGS', 'LOADERS', 'json_elements', 'read_text', 'json_items', 'package_file', 'chitchat_items',
-           'conversation_stats', 'thread_items', 'table_items', 'csv_rows', 'table_file_items', 'parquet_rows',
-           'yaml_items', 'chatterbot_items', 'text_items', 'path_items', 'hf_items']
+           'CHATTERBOT_LANGS', 'LOADERS', 'json_elements', 'read_text', 'read_lines', 'json_items', 'package_file',
+           'chitchat_items', 'summarize', 'ConversationStats', 'conversation_stats', 'thread_items', 'table_items',
+           'csv_rows', 'table_file_items', 'parquet_rows', 'yaml_items', 'chatterbot_items', 'text_items', 'path_items',
+           'hf_items']
 
 # %% ../nbs/00b_readers.ipynb #ef938fcf
 _WS = re.compile(r'[ \t\n\r]*')
@@ -128,8 +129,21 @@ def read_text(
     text = data.decode('utf-8', 'surrogateescape')
     return text[1:] if text.startswith('\ufeff') else text
 
-def _jsonl_units(text:str, file:str):
-    for n, line in enumerate(text.split('\n'), 1):  # not splitlines: JSON strings may hold U+2028 and other line breaks
+def read_lines(
+    path:str|Path, # A file
+) -> Iterator[str]:
+    "The lines of `path` as `read_text(path).split('\\n')` gives them (but for the last, empty one), read one at a time."
+    try: f = open(path, 'rb')
+    except FileNotFoundError: raise UserError(f"{path} not found") from None
+    except OSError as e: raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    with f:
+        for n, data in enumerate(f):  # bytes split at b"\n" only, which no other UTF-8 character contains
+            line = data.decode('utf-8', 'surrogateescape')
+            if n == 0 and line.startswith('\ufeff'): line = line[1:]
+            yield line[:-1] if line.endswith('\n') else line
+
+def _jsonl_units(lines:Iterable[str], file:str):
+    for n, line in enumerate(lines, 1):  # not splitlines: JSON strings may hold U+2028 and other line breaks
         s = line.strip()
         if not s: continue
         try:
@@ -169,8 +183,8 @@ def json_items(
 ) -> Iterator[Item]:
     "Items from a JSON or JSON Lines file of conversations (any shape `record_to_conversation` knows) or of comment threads."
     display = display or str(path); source = source or display
-    text = read_text(path)
-    units = (_jsonl_units if Path(path).suffix.lower() in ('.jsonl', '.ndjson') else _json_units)(text, display)
+    # JSON Lines stream, a line at a time; a JSON document is parsed whole
+    units = _jsonl_units(read_lines(path), display) if Path(path).suffix.lower() in ('.jsonl', '.ndjson') else _json_units(read_text(path), display)
     head = list(islice(units, 1000))
     units = chain(head, units)
     if _looks_like_thread([v for *_, v in head], columns):
@@ -204,16 +218,44 @@ def chitchat_items(
     yield from json_items(package_file(*CHITCHAT), source='chitchat', display='/'.join(CHITCHAT), max_turn_chars=max_turn_chars)
 
 # %% ../nbs/00b_readers.ipynb #cd88a6f0
+def summarize(
+    hist:Counter, # How often each whole number occurs
+) -> dict:
+    "Mean, median, 99th percentile (numpy's linear interpolation, exactly) and maximum of the numbers `hist` counts."
+    if not hist: return {}
+    vals = np.array(sorted(hist), dtype=np.int64)
+    cum = np.cumsum([hist[v] for v in vals])
+    n = int(cum[-1])
+    def pct(q):
+        x = q / 100 * (n - 1)
+        lo = int(np.floor(x)); g = x - lo
+        a, b = (float(vals[np.searchsorted(cum, k, 'right')]) for k in (lo, min(lo + 1, n - 1)))
+        return a + (b - a) * g if g < 0.5 else b - (b - a) * (1 - g)
+    return dict(mean=round(sum(v * k for v, k in hist.items()) / n, 2), median=pct(50), p99=pct(99), max=int(vals[-1]))
+
+class ConversationStats:
+    "Counts and length statistics of conversations added one at a time, in memory that does not grow with their number."
+    def __init__(self): self.n_turns, self.lens, self.roles = Counter(), Counter(), Counter()  # histograms, not lists
+
+    def add(self, c:Conversation):
+        "Count one conversation."
+        self.n_turns[len(c['turns'])] += 1
+        self.lens.update(len(t['text']) for t in c['turns'])
+        self.roles.update(t['role'] for t in c['turns'])
+
+    def result(self) -> dict:
+        "Turns per conversation, characters per turn, roles."
+        return dict(conversations=self.n_turns.total(), turns=sum(v * k for v, k in self.n_turns.items()), single_turn=self.n_turns[1],
+                    characters=sum(v * k for v, k in self.lens.items()), turns_per_conversation=summarize(self.n_turns),
+                    chars_per_turn=summarize(self.lens), roles=dict(self.roles))
+
 def conversation_stats(
-    convs:list[Conversation], # The conversations
+    convs:Iterable[Conversation], # The conversations
 ) -> dict:
     "Counts and length statistics of `convs`: turns per conversation, characters per turn, roles."
-    n_turns = np.array([len(c['turns']) for c in convs], dtype=np.int64)
-    lens = np.array([len(t['text']) for c in convs for t in c['turns']], dtype=np.int64)
-    def summary(a): return dict(mean=round(float(a.mean()), 2), median=float(np.median(a)), p99=float(np.percentile(a, 99)), max=int(a.max())) if len(a) else {}
-    return dict(conversations=len(convs), turns=int(n_turns.sum()), single_turn=int((n_turns == 1).sum()),
-                characters=int(lens.sum()), turns_per_conversation=summary(n_turns), chars_per_turn=summary(lens),
-                roles=dict(Counter(t['role'] for c in convs for t in c['turns'])))
+    s = ConversationStats()
+    for c in convs: s.add(c)
+    return s.result()
 
 # %% ../nbs/00b_readers.ipynb #9f7a0771
 def _first(d:dict, keys:tuple, default=None):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import functools, os, tempfile, time
 from collections import Counter
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable
 
@@ -15,12 +16,12 @@ import tiktoken
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import chatgpt_train
-from .core import UserError, get_logger, load_conversations, require, run_file, save_args, save_json, writing_stage
+from .core import UserError, get_logger, iter_conversations, require, run_file, save_args, save_json, writing_stage
 
 # %% auto #0
-__all__ = ['NLTK_DATA', 'GPT2_SPLIT', 'SPECIAL_TOKENS', 'ROLES', 'CHAT_TEMPLATE', 'write_punkt_tab', 'use_packaged_punkt',
-           'word_counts', 'oov_rate', 'plot_zipf', 'pair_counts', 'merge_pair', 'SimpleBPE', 'train_bpe',
-           'bytes_to_unicode', 'token_bytes', 'turn_text', 'check_role', 'render_chat', 'save_tokenizer',
+__all__ = ['NLTK_DATA', 'GPT2_SPLIT', 'SPECIAL_TOKENS', 'ROLES', 'CHAT_TEMPLATE', 'CHECK_TURNS', 'write_punkt_tab',
+           'use_packaged_punkt', 'word_counts', 'oov_rate', 'plot_zipf', 'pair_counts', 'merge_pair', 'SimpleBPE',
+           'train_bpe', 'bytes_to_unicode', 'token_bytes', 'turn_text', 'check_role', 'render_chat', 'save_tokenizer',
            'tiktoken_encoding', 'ChatTokenizer', 'load_tokenizer', 'tokenization_stats', 'token_byte_lengths',
            'run_tokenizer']
 
@@ -330,25 +331,35 @@ def token_byte_lengths(
     return out
 
 # %% ../nbs/03_tokenizer.ipynb #117a7901
+CHECK_TURNS = 10_000  # val turns the stage checks and measures the tokenizer on: plenty for the figures, and memory that stays flat
+
 def run_tokenizer(
     run:str,             # The run folder: reads clean/conversations.jsonl, writes tokenizer/
     vocab_size:int=2048, # Vocabulary size, the 5 special tokens and 256 bytes included
 ) -> Path:
-    "Train the byte-level BPE tokenizer on the train split and save it, with its chat template, to `tokenizer/`."
-    texts = lambda split: [turn_text(t) for c in load_conversations(run, split, required=split == 'train') for t in c['turns']]
-    train, val = texts('train'), texts('val')
+    "Train the byte-level BPE tokenizer on the train split, streamed, and save it, with its chat template, to `tokenizer/`."
+    turns = lambda split, **kw: (turn_text(t) for c in iter_conversations(run, split, **kw) for t in c['turns'])
+    texts = turns('train', required=True)
+    first = next(texts, None)  # a missing or empty train split is an error before anything is written
+    if first is None: raise UserError(f"{run_file(run, 'clean/conversations.jsonl')}: the train split has no turns; rerun `chatgpt-train clean --run {run}`")
+    size = Counter()
+    def train():
+        for text in chain([first], texts):
+            size.update(turns=1, chars=len(text))
+            yield text
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
         raise UserError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} (256 bytes, {len(SPECIAL_TOKENS)} special tokens and one merge), not {vocab_size}")
     with writing_stage(run, 'tokenizer') as out:
         log = get_logger('tokenizer', out)
         t0 = time.time()
-        tok = train_bpe(train, vocab_size)
+        tok = train_bpe(train(), vocab_size)
         secs = time.time() - t0
-        log.info('trained %d tokens on %d turns (%.1f MB) in %.1f s', tok.get_vocab_size(), len(train), sum(map(len, train))/1e6, secs)
+        log.info('trained %d tokens on %d turns (%.1f MB) in %.1f s', tok.get_vocab_size(), size['turns'], size['chars']/1e6, secs)
         if tok.get_vocab_size() < vocab_size: log.warning('the training text has no pairs left to merge after %d tokens (asked for %d)', tok.get_vocab_size(), vocab_size)
         save_tokenizer(tok, out)
         ct = load_tokenizer(out)
-        check = val or train[:1000]
+        val = list(islice(turns('val'), CHECK_TURNS))
+        check = val or list(islice(turns('train'), 1000))
         ids = ct.encode_batch(check)
         ref = Tokenizer.from_file(str(out/'tokenizer.json'))
         ref.encode_special_tokens = True  # read "<|end|>" in a message as text, as tiktoken's encode_ordinary does
@@ -357,8 +368,8 @@ def run_tokenizer(
         bad = sum(ct.decode(i) != t for i, t in zip(ids, check))
         if bad: raise RuntimeError(f'{bad} texts do not survive decode(encode(text)): a bug in the tokenizer settings')
         report = dict(vocab_size=len(ct), requested_vocab_size=vocab_size, merges=len(ct) - 256 - len(SPECIAL_TOKENS),
-                      special_tokens={t: ct.special[n] for n, t in SPECIAL_TOKENS.items()}, train_turns=len(train),
-                      train_chars=sum(map(len, train)), train_seconds=round(secs, 2), measured_on='val' if val else 'train',
+                      special_tokens={t: ct.special[n] for n, t in SPECIAL_TOKENS.items()}, train_turns=size['turns'],
+                      train_chars=size['chars'], train_seconds=round(secs, 2), measured_on='val' if val else 'train',
                       **{k: round(v, 4) for k, v in tokenization_stats(check, ids).items()})
         save_json(report, out/'report.json')
         save_args(out, 'tokenizer', dict(run=str(run), vocab_size=vocab_size))

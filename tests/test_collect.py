@@ -410,7 +410,7 @@ def test_chatterbot(tmp_path):
 def test_limit_and_rerun(tmp_path):
     path = tmp_path/'qa.jsonl'
     write_lines(path, [json.dumps({'prompt': f'q{i}', 'response': 'a'}) for i in range(10)])
-    ds = run_collect(str(tmp_path/'r'), source=str(path), limit=3)
-    assert len(ds) == 3
+    report = run_collect(str(tmp_path/'r'), source=str(path), limit=3)
+    assert report['conversations'] == 3 and report['read'] == 3
     kept, _, report = collect(tmp_path, path, name='r')  # a rerun replaces the earlier files
     assert len(kept) == 10 and report['read'] == 10
