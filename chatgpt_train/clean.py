@@ -717,7 +717,15 @@ def start_worker(
 
 def _pool_worker(cfg:CleanConfig, counts:Counter|None=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it stops the pool, quietly
+    if hasattr(signal, 'pthread_sigmask'): signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     start_worker(cfg, counts)
+
+def _start_pool(workers:int, init:tuple):
+    "A pool of `workers` processes; a Ctrl-C while they start waits, and reaches the main process once they ignore it."
+    if not hasattr(signal, 'pthread_sigmask'): return multiprocessing.get_context().Pool(workers, _pool_worker, init)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try: return multiprocessing.get_context().Pool(workers, _pool_worker, init)
+    finally: signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 def _features(c:dict, cfg:CleanConfig) -> tuple:
     "What the main process needs to deduplicate and split `c`: its `dedup_key`, its shingle hashes and their two signatures."
@@ -887,7 +895,7 @@ def clean_stream(
             else: jobs = (((st, removed), (names, ch, last)) for ch, st, removed in checked_chunks(dataset, cfg, dict(folder=tmp)))
             head = list(islice(jobs, 2))  # one chunk is not worth starting workers for
             init = (cfg, counts if p else None)
-            pool = multiprocessing.get_context().Pool(workers, _pool_worker, init) if workers > 1 and len(head) > 1 else None
+            pool = _start_pool(workers, init) if workers > 1 and len(head) > 1 else None
             if pool is None: start_worker(*init)
             with pool or contextlib.nullcontext(), (jsonl_writer(between) if not last else contextlib.nullcontext()) as write:
                 for extra, (convs, more, st, removed) in _in_order(chain(head, jobs), pool, 2 * workers):
