@@ -77,7 +77,9 @@ def test_interrupted_clean_leaves_no_workers(collected, tmp_path):
                 c = json.loads(line)
                 f.write(json.dumps({**c, 'id': f"{c['id']}-{k}"}) + '\n')
     shutil.copy(collected/'collect'/'args.json', run/'collect'/'args.json')
-    p = psutil.Popen([EXE, 'clean', '--run', str(run), '--workers', '2'], stderr=subprocess.PIPE, start_new_session=True)
+    # as from a terminal: a job started in the background (as CI may be) inherits SIGINT ignored, and Python then keeps it so
+    p = psutil.Popen([EXE, 'clean', '--run', str(run), '--workers', '2'], stderr=subprocess.PIPE, start_new_session=True,
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and len(p.children()) < 2: time.sleep(0.1)  # the workers are at work
     workers = p.children()
