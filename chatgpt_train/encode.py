@@ -16,8 +16,8 @@ from .tokenizer import ChatTokenizer, SPECIAL_TOKENS, load_tokenizer, turn_text
 from .chat_format import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['ENCODE_CHUNK', 'token_dtype', 'encode_conversations', 'write_tokens', 'run_encode', 'BlockSampler', 'pad_collate',
-           'first_fit', 'pack_sft', 'padding_stats']
+__all__ = ['ENCODE_CHUNK', 'token_dtype', 'encode_conversations', 'run_encode', 'BlockSampler', 'pad_collate', 'first_fit',
+           'pack_sft', 'padding_stats']
 
 # %% ../nbs/04_encode.ipynb #279ed147
 def token_dtype(
@@ -34,15 +34,6 @@ def encode_conversations(
     "One stream of ids: each conversation rendered with the chat template (starting with `<|endoftext|>`), in order."
     if not convs: return np.zeros(0, dtype)
     return np.concatenate([np.array(tok.encode_chat(c['turns']), dtype=dtype) for c in convs])
-
-# %% ../nbs/04_encode.ipynb #1ab4e7f4
-def write_tokens(
-    ids:np.ndarray,  # Token ids
-    path:str|Path,   # The .bin file to write
-) -> Path:
-    "Write `ids` as raw binary (its own dtype, native byte order), atomically."
-    with atomic_path(path) as t: ids.tofile(t)
-    return Path(path)
 
 # %% ../nbs/04_encode.ipynb #0a50e709
 ENCODE_CHUNK = 1024  # conversations encoded and written at a time: the stage never holds a split, only a chunk of it
