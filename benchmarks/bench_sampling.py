@@ -35,6 +35,7 @@ from chatgpt_train.replies import generated_metrics, model_scorer, selection_ite
 
 # (name, settings): greedy with and without a repetition penalty, then sampling at three temperatures, two top-p and two penalties
 GRID = [('greedy', GREEDY), ('greedy, penalty 1.2', dataclasses.replace(GREEDY, repetition_penalty=1.2)),
+        ('greedy, penalty 1.3', dataclasses.replace(GREEDY, repetition_penalty=1.3)),
         ('greedy, penalty 1.5', dataclasses.replace(GREEDY, repetition_penalty=1.5)),
         *[(f'T {t}, top-p {p}, penalty {r}', SamplingConfig(temperature=t, top_k=0, top_p=p, repetition_penalty=r))
           for t in (0.5, 0.7, 1.0) for p in (0.9, 1.0) for r in (1.1, 1.3)]]

@@ -247,7 +247,7 @@ def run_all(
     minutes:float=15.,         # Time for the whole run: pretraining gets 62% of it, fine-tuning at most 10% (72% with --from), alignment 5%, data and evaluation the rest
     source:str='chitchat',     # Pretraining conversations: chitchat (embedded), chatterbot, hf:NAME, or a file or folder
     sft_data:str='chatterbot', # Fine-tuning conversations for the assistant's role, in any form --source takes
-    sft_mix:float=0.9,         # Share of the fine-tuning text drawn from the run's own conversations (0: --sft-data alone)
+    sft_mix:float=0.95,        # Share of the fine-tuning text drawn from the run's own conversations (0: --sft-data alone)
     limit:int|None=None,       # Read at most this many records of --source (a quick first try)
     vocab_size:int=2048,       # Tokens in the vocabulary
     max_steps:int|None=None,   # Pretraining steps, instead of the time budget (default: as many as the time allows)

@@ -22,7 +22,8 @@ from .model import (TOKENIZER_FILES, ModelConfig, context_length, hf_quiet, load
                                  training_memory)
 from .generate import PROMPTS, sample_replies, sample_settings
 from .train import TrainConfig, Trainer, barrier, end_distributed, init_distributed, rank_device, resume_args
-from .evaluate import assistant_metrics
+from .replies import NotAPrefix, model_scorer, response_selection, selection_items
+from .evaluate import EvalConfig, assistant_metrics
 
 # %% auto #0
 __all__ = ['ADAPTER_FILES', 'MIX_LOSSES', 'SFT_LR_FRACTION', 'LORA_ABOVE', 'prepare_chat_data', 'prepare_tokenizer',
@@ -243,7 +244,7 @@ class FinetuneConfig:
     max_steps:int|None=None; minutes:float=1.5; batch_size:int=8; block_size:int|None=None; lr:float|None=None
     warmup_steps:int|None=None; weight_decay:float=0.1; grad_clip:float=1.0; precision:str='auto'; device:str='auto'
     val_fraction:float=0.1; eval_every:int=25; save_every:int=100; log_every:int=5; seed:int=42; max_new_tokens:int=40
-    mix:float=0.9; mix_loss:str='all'; checkpointing:bool|None=None
+    mix:float=0.95; mix_loss:str='all'; checkpointing:bool|None=None
 
     def __post_init__(self):
         if self.mix_loss not in MIX_LOSSES: raise UserError(f"--mix-loss must be one of {', '.join(MIX_LOSSES)}, not {self.mix_loss!r}")
@@ -262,7 +263,7 @@ def finetune_source(
         raise UserError(f"{folder} is where this run writes its fine-tuned model: copy it elsewhere to fine-tune it again")
     return folder
 
-SFT_LR_FRACTION = 0.1  # of the pretraining peaks, for full fine-tuning (measured at the end of this notebook)
+SFT_LR_FRACTION = 1 / 15  # of the pretraining peaks, for full fine-tuning (measured at the end of this notebook)
 
 def default_lr(
     folder:str|Path,   # The model folder to fine-tune
@@ -357,9 +358,12 @@ def measure_replies(
     T:int,             # Tokens an example has at most
     cfg:FinetuneConfig, # Its seed and `max_new_tokens`
 ) -> dict:
-    "Assistant-turn metrics on `val` and sample replies to `PROMPTS`, with the seconds they took."
-    t0 = time.time()
-    return dict(assistant=assistant_metrics(model, fmt, val, T),
+    "Assistant-turn metrics on `val`, response selection on it as the evaluate stage measures it, and sample replies to `PROMPTS`, with the seconds they took."
+    t0, ev = time.time(), EvalConfig()
+    try:  # the same items and scores as `evaluate`'s sft_data: the pretrained model's number, in the same run as the fine-tuned one's
+        sel = response_selection(selection_items(val, ev.selection_items), fmt, model_scorer(model, fmt.pad_id, 4 * ev.batch_size), min(T, ev.reply_len))
+    except NotAPrefix: sel = None  # a template whose replies' tokens cannot be told apart (07a_replies)
+    return dict(assistant=assistant_metrics(model, fmt, val, T), selection=sel,
                 samples=sample_replies(model, fmt, PROMPTS, sample_settings(cfg.max_new_tokens), cfg.seed, T),
                 seconds=round(time.time() - t0, 2))
 
@@ -484,6 +488,7 @@ def finetune_result(
                       lr=res['lr'], elapsed=res['elapsed']),
         before=b, assistant=f,
         improvement=dict(perplexity_ratio=round(f['perplexity'] / b['perplexity'], 4)) if b and f else None,
+        selection=dict(before=before.get('selection'), after=after.get('selection')),  # a before.json of an older version has none
         samples=compare_replies(before['samples'], after['samples']),
         seconds=dict(before=before['seconds'], after=after['seconds'], total=round(seconds, 2)))
 
@@ -492,7 +497,7 @@ def run_finetune(
     run:str,                     # The run folder: reads base/ (or --from), writes sft/ and eval/finetune.json
     from_:str='base',            # The model to fine-tune: base (this run's pretrained model) or the path of a Hugging Face causal LM folder
     data:str='chatterbot',       # Conversations: chatterbot (English, with its bot profile), hf:NAME, or a file or folder the collect stage reads
-    mix:float=0.9,               # Share of the training rows drawn from this run's own conversations (clean/'s train split; its val split is scored too); 0: --data alone
+    mix:float=0.95,              # Share of the training rows drawn from this run's own conversations (clean/'s train split; its val split is scored too); 0: --data alone
     mix_loss:Literal['all','assistant']='all', # Where the loss falls on the run's own conversations: all (every turn, as pretraining did) or assistant
     lora:bool|None=None,         # Train LoRA adapters instead of every weight (merged into sft/, kept in sft/lora/); default: for models over 200M parameters
     lora_r:int=16,               # LoRA rank
@@ -502,7 +507,7 @@ def run_finetune(
     minutes:float=1.5,           # Time budget in minutes: training stops when it is spent (0: no budget)
     batch_size:int=8,            # Rows per micro-batch on each process
     block_size:int|None=None,    # Tokens per packed row, and the longest example (default: the model's context, at most 512)
-    lr:float|None=None,          # Peak learning rate of AdamW, Muon's moved with it (default: a tenth of the pretraining peaks if the folder records them, else 5e-5; LoRA: 5x the AdamW peak, at most 5e-3)
+    lr:float|None=None,          # Peak learning rate of AdamW, Muon's moved with it (default: a fifteenth of the pretraining peaks if the folder records them, else 5e-5; LoRA: 5x the AdamW peak, at most 5e-3)
     warmup_steps:int|None=None,  # Steps of linear warmup (default: 5% of the steps)
     weight_decay:float=0.1,      # AdamW weight decay on weight matrices
     grad_clip:float=1.0,         # Clip the gradient norm to this (0: off)
@@ -547,7 +552,9 @@ def run_finetune(
                                      n_train, new, time.time() - t_start)
             save_json(result, stage_dir(run, 'eval', create=True)/'finetune.json')
             if result['improvement']:
+                b, a = result['selection']['before'], result['selection']['after']
+                picked = f"; response selection (PMI hits@1 of 10): {b['pmi']:.2f} before, {a['pmi']:.2f} after" if b and a else ''
                 log.info(f"assistant-turn perplexity on {len(val)} held-out conversations: {result['before']['perplexity']:.2f} before, "
-                         f"{result['assistant']['perplexity']:.2f} after; {time.time() - t_start:.0f} s; wrote {sft} and eval/finetune.json")
+                         f"{result['assistant']['perplexity']:.2f} after{picked}; {time.time() - t_start:.0f} s; wrote {sft} and eval/finetune.json")
             return result
         finally: end_distributed()

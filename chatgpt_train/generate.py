@@ -68,7 +68,7 @@ class SamplingConfig:
         if self.max_new_tokens < 1: raise bad(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
 
 GREEDY = SamplingConfig(temperature=0, top_k=0, top_p=1, repetition_penalty=1)  # what `generate` does by default
-GREEDY_PENALTY = 1.2  # the repetition penalty of the greedy replies that evaluate and the report show (measured under "Sample replies")
+GREEDY_PENALTY = 1.3  # the repetition penalty of the greedy replies that evaluate and the report show (measured under "Sample replies")
 
 # %% ../nbs/05a_generate.ipynb #ad06e9c3
 def process_logits(

@@ -21,9 +21,9 @@ from .tokenizer import turn_text
 from .train import lm_loss
 
 # %% auto #0
-__all__ = ['example_nlls', 'NotAPrefix', 'reply_example', 'fit_context', 'selection_items', 'no_context', 'model_scorer',
-           'candidate_scores', 'hits_at_1', 'response_selection', 'generated_replies', 'words', 'reply_stats',
-           'generated_metrics']
+__all__ = ['example_nlls', 'NotAPrefix', 'reply_example', 'fit_context', 'selection_items', 'no_context', 'alone_example',
+           'model_scorer', 'candidate_scores', 'hits_at_1', 'response_selection', 'generated_replies', 'words',
+           'reply_stats', 'generated_metrics']
 
 # %% ../nbs/07a_replies.ipynb #bf4b431c
 @torch.no_grad()
@@ -116,6 +116,18 @@ def no_context(
     try: fmt.prompt([]); return []
     except ValueError: return [dict(role='user', text='')]  # transformers refuses to apply a template to no messages
 
+def alone_example(
+    fmt:ChatFormat,  # How the model reads conversations
+    reply:str,       # The assistant's reply
+    max_len:int,     # Most tokens the example has
+) -> dict:
+    "The example of `reply` with no context: after `no_context`'s turns, and in our format without the token that opens a conversation."
+    empty = no_context(fmt)
+    e = reply_example(fmt, empty, reply, max_len)
+    start = fmt.conversation([]) if fmt.ours else []  # our models saw that token only before a user's turn (see above)
+    if start and e['input_ids'][:len(start)] == start: e = {k: v[len(start):] for k, v in e.items()}
+    return e
+
 def model_scorer(
     model,                 # A causal language model
     pad_id:int=0,          # Its padding token
@@ -133,9 +145,7 @@ def candidate_scores(
     pmi:bool=True,     # Also score each distinct candidate with no context, for `pmi`
 ) -> dict[str, list]:
     "For each item, an array over its candidates of `tokens` (scored), `loglik` (mean log-likelihood a token) and `pmi` (summed; None if not `pmi`)."
-    empty = no_context(fmt)
-    none = fmt.prompt(empty)
-    alone = {r: reply_example(fmt, empty, r, max_len, none) for it in items for r in it['candidates']}  # each distinct text once
+    alone = {r: alone_example(fmt, r, max_len) for it in items for r in it['candidates']}  # each distinct text once
     length = {r: sum(y != IGNORE_INDEX for y in e['labels']) for r, e in alone.items()}
     examples, sizes = [], []
     for it in items:

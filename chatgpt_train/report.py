@@ -178,6 +178,10 @@ REPLY_DATA = {'chitchat': 'held-out chats', 'sft_data': 'fine-tuning data'}  # t
 def _replies_section(root:Path) -> str:
     ev = {k: r['replies'] for k in ('base', 'sft', 'aligned') if (r := read_input(root, f'eval/{k}.json'))}
     found = [(label, k, rep[data]) for data, label in REPLY_DATA.items() for k, rep in ev.items() if rep.get(data)]
+    before = ((read_input(root, 'eval/finetune.json') or {}).get('selection') or {}).get('before')
+    if before and any(label == REPLY_DATA['sft_data'] for label, _, _ in found):  # the pretrained model on the fine-tuning data
+        at = next(i for i, (label, _, _) in enumerate(found) if label == REPLY_DATA['sft_data'])
+        found.insert(at, (REPLY_DATA['sft_data'], 'base (before fine-tuning)', dict(selection=before, generated=None)))
     notes = [f"*{k}: no reply metrics: {rep['note']}*" for k, rep in ev.items() if rep.get('note')]
     if not found and not notes: return ''  # no evaluation yet (the evaluation section says so), or the metrics were skipped
     sel = next((d['selection'] for _, _, d in found if d['selection']), None)

@@ -33,6 +33,8 @@ def test_full_finetune_on_chatterbot_lowers_assistant_perplexity(run):
     res = load_json(run/'eval'/'finetune.json')
     assert res['assistant']['perplexity'] < 0.7 * res['before']['perplexity']
     assert res['before']['tokens'] == res['assistant']['tokens'] > 500  # the same held-out replies, before and after
+    sel = res['selection']  # response selection on the same held-out items before and after: the pretrained model's number in this run
+    assert sel['before']['items'] == sel['after']['items'] > 50 and sel['after']['chance'] == 0.1 and sel['before'] != sel['after']
     assert res['method']['kind'] == 'full' and res['data']['source'] == 'chatterbot' and 0.2 < res['data']['label_share'] < 0.9
     assert [s['prompt'] for s in res['samples']] == ft.PROMPTS and {'base', 'sft', 'sft_sampled'} <= set(res['samples'][0])
     sft = run/'sft'

@@ -15,7 +15,7 @@ from chatgpt_train.core import UserError, load_json
 from chatgpt_train.evaluate import EVAL_KEYS, run_evaluate
 from chatgpt_train.generate import random_chat_model, sample_settings
 from chatgpt_train.model import hf_quiet, make_model
-from chatgpt_train.replies import (NotAPrefix, candidate_scores, example_nlls, fit_context, generated_metrics, hits_at_1, model_scorer,
+from chatgpt_train.replies import (NotAPrefix, alone_example, candidate_scores, example_nlls, fit_context, generated_metrics, hits_at_1, model_scorer,
                                    no_context, reply_example, reply_stats, response_selection, selection_items, words)
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -134,6 +134,8 @@ def test_formats_without_an_empty_conversation_or_the_prefix_property():
                              "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
     assert no_context(chatml) == [dict(role='user', text='')]  # transformers refuses to render no messages
     assert chatml.hf.decode([i for i in reply_example(chatml, no_context(chatml), 'hello', 64)['labels'] if i != IGNORE_INDEX]) == 'hello</s>'
+    # a foreign format's reply with no context keeps its start: its models were trained with it
+    assert alone_example(chatml, 'hello', 64) == reply_example(chatml, no_context(chatml), 'hello', 64)
     # like Qwen3's without thinking: the prompt opens an empty thought that the rendered reply does not have
     marked = template_format("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>{% endfor %}"
                              "{% if add_generation_prompt %}<s>assistant\n<think></think>{% endif %}")
@@ -177,3 +179,13 @@ def test_the_evaluate_stage_writes_replies(run):
     assert res['replies']['note'] is None and res['seconds']['selection'] > 0 and res['seconds']['generated'] > 0
     skip = run_evaluate(str(run), 'base', max_tokens=0, samples=False, selection_items=0, reply_items=0)
     assert skip['replies'] == dict(chitchat=None, sft_data=None, note=None)
+
+
+def test_a_reply_alone_in_our_format_starts_at_its_header(fmt):
+    "Our models saw the conversation's opening token only before a user's turn: the reply with no context starts at the assistant's header."
+    alone, opened = alone_example(fmt, 'hello there', 64), reply_example(fmt, [], 'hello there', 64)
+    assert opened['input_ids'][0] == fmt.hf.bos_token_id and alone['input_ids'] == opened['input_ids'][1:]
+    assert alone['input_ids'][0] == fmt.hf.convert_tokens_to_ids('<|assistant|>') and alone['labels'] == opened['labels'][1:]
+    # cut to fit, the opening token is already gone and no reply token goes with it
+    short = alone_example(fmt, 'hello there ' * 20, 16)
+    assert len(short['input_ids']) == 16 and short['labels'] == reply_example(fmt, [], 'hello there ' * 20, 16)['labels']
