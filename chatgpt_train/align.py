@@ -4,32 +4,34 @@
 
 # %% ../nbs/08b_align.ipynb #e60b7713
 from __future__ import annotations
-import dataclasses, json, random, time
+import copy, dataclasses, json, random, time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from functools import partial
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json, model_dir,
-                                save_args, save_json, set_seed, stage_dir, write_jsonl, writing_stage)
+                                run_path, save_args, save_json, set_seed, stage_dir, write_jsonl, writing_stage)
 from .chat_format import IGNORE_INDEX, ChatFormat
 from .content import SEVERE, content_flags
 from .encode import pad_collate
 from .generate import SamplingConfig, sample_settings
 from .model import context_length, load_model
 from .replies import example_nlls, fit_context, generated_replies, reply_example, selection_items
-from .train import TrainConfig, Trainer, end_distributed, init_distributed, lm_loss, rank_device, resume_args
+from .train import TrainConfig, Trainer, barrier, end_distributed, init_distributed, lm_loss, rank_device, resume_args
 from .finetune import (ChatBatches, add_lora, check_memory, finetune_memory, free_memory, save_merged,
                                     size_defaults, trainable_params)
 from .preferences import load_preferences, read_preferences, split_preferences, write_preferences
 
 # %% auto #0
-__all__ = ['SAFE_REPLIES', 'ALIGN_LR_FRACTION', 'pair_example', 'reply_logps', 'pair_collate', 'DPOLoss', 'with_reference',
-           'safety_prompts', 'flagged_turns', 'self_play_pairs', 'safety_pairs', 'preference_metrics', 'safety_replies',
-           'AlignConfig', 'align_lr', 'align_pairs', 'align_result', 'run_align']
+__all__ = ['SAFE_REPLIES', 'ALIGN_LR_FRACTION', 'MAX_VAL_PAIRS', 'pair_example', 'reply_logps', 'pair_collate', 'DPOLoss',
+           'with_reference', 'Reference', 'pair_batch', 'safety_prompts', 'flagged_turns', 'self_play_pairs',
+           'safety_pairs', 'preference_metrics', 'safety_replies', 'AlignConfig', 'align_lr', 'align_pairs',
+           'align_inputs', 'align_result', 'run_align']
 
 # %% ../nbs/08b_align.ipynb #7a25990d
 def pair_example(
@@ -53,28 +55,30 @@ def reply_logps(
     return -lm_loss(model(**b, use_cache=False).logits, y, reduction='none').view(y.shape[0], -1).sum(1)
 
 def pair_collate(
-    rows:list[dict], # Pairs of examples (`pair_example`), each with its reference log-probabilities `ref` (chosen, rejected)
+    rows:list[dict], # Pairs of examples (`pair_example`), with the reference's log-probabilities `ref` (chosen, rejected) or not
     pad_id:int,      # The token for padded positions
 ) -> dict:
-    "A batch of pairs: the chosen rows' tensors, the rejected rows' as `rejected_*`, and `ref` (pairs x 2); both sides padded alike."
+    "A batch of pairs: the chosen rows' tensors, the rejected rows' as `rejected_*`, and `ref` (pairs x 2) if the rows have it."
     both = pad_collate([r['chosen'] for r in rows] + [r['rejected'] for r in rows], pad_id)  # one length for both sides
     n = len(rows)
-    return {**{k: v[:n] for k, v in both.items()}, **{f'rejected_{k}': v[n:] for k, v in both.items()},
-            'ref': torch.tensor([r['ref'] for r in rows], dtype=torch.float32)}
+    ref = {'ref': torch.tensor([r['ref'] for r in rows], dtype=torch.float32)} if all('ref' in r for r in rows) else {}
+    return {**{k: v[:n] for k, v in both.items()}, **{f'rejected_{k}': v[n:] for k, v in both.items()}, **ref}
 
 @dataclass
 class DPOLoss:
     "The DPO loss as the training loop's objective: summed over a batch's pairs, counted in pairs."
-    beta:float=0.1 # How far the model may move from the reference: the scale of the implicit reward
+    beta:float=0.1           # How far the model may move from the reference: the scale of the implicit reward
+    reference:Callable|None=None # Scores a batch without `ref` as the model before alignment (`Reference`)
 
-    def count(self, b:dict) -> torch.Tensor: return torch.tensor(b['ref'].shape[0])
+    def count(self, b:dict) -> torch.Tensor: return torch.tensor(b['input_ids'].shape[0])
 
     def margins(self, model, b:dict) -> torch.Tensor:
         "The implicit reward of each chosen reply minus the rejected one's."
-        n = b['ref'].shape[0]
+        n = b['input_ids'].shape[0]
         both = {k: torch.cat([b[k], b[f'rejected_{k}']]) for k in ('input_ids', 'labels', 'attention_mask')}
         lp = reply_logps(model, both).float()
-        return self.beta * ((lp[:n] - b['ref'][:, 0]) - (lp[n:] - b['ref'][:, 1]))
+        ref = b['ref'] if 'ref' in b else self.reference(both).float().view(2, n).T  # scored as the batch is first used
+        return self.beta * ((lp[:n] - ref[:, 0]) - (lp[n:] - ref[:, 1]))
 
     def __call__(self, model, b:dict) -> torch.Tensor: return -F.logsigmoid(self.margins(model, b)).sum()
 
@@ -89,6 +93,34 @@ def with_reference(
     "The pairs with `ref`: the reference's summed log-probability of the chosen and of the rejected reply."
     nll = example_nlls(model, [e[k] for e in examples for k in ('chosen', 'rejected')], pad_id, batch_size, precision)
     return [dict(e, ref=[-float(nll[2 * i]), -float(nll[2 * i + 1])]) for i, e in enumerate(examples)]
+
+# %% ../nbs/08b_align.ipynb #f47bb8d1
+class Reference:
+    "The model before alignment, scoring rows as `reply_logps` does, without gradients: a frozen copy, or LoRA's base model."
+    def __init__(self,
+        model,           # The model to align, before training (under LoRA: as `add_lora` wrapped it)
+        lora:bool=False, # `model` carries LoRA adapters: they are switched off to score, so no copy is made
+    ):
+        self.lora, self.model = lora, model if lora else copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, b:dict) -> torch.Tensor:
+        if not self.lora: return reply_logps(self.model, b)
+        was = self.model.training
+        self.model.eval()  # as the reference scored before training: no dropout
+        try:
+            with self.model.disable_adapter(): return reply_logps(self.model, b)
+        finally: self.model.train(was)
+
+def pair_batch(
+    pairs:list[dict], # Preference pairs
+    pad_id:int,       # The token for padded positions
+    fmt:ChatFormat,   # How the model reads conversations
+    max_len:int,      # Most tokens an example has
+) -> dict:
+    "`pair_collate` of the pairs' examples, rendered as the batch is made: `ChatBatches`' collate over pairs."
+    return pair_collate([pair_example(fmt, p, max_len) for p in pairs], pad_id)
+
 
 # %% ../nbs/08b_align.ipynb #39226df2
 SAFE_REPLIES = (
@@ -210,6 +242,8 @@ def align_lr(
     return ALIGN_LR_FRACTION * c['lr'], c.get('muon_lr') and ALIGN_LR_FRACTION * c['muon_lr']
 
 # %% ../nbs/08b_align.ipynb #8df2c818
+MAX_VAL_PAIRS = 500  # held-out pairs at most: each evaluation scores them all, so a huge file keeps them to seconds
+
 def align_pairs(
     run:str|Path,       # The run folder
     lm,                 # The model to align and its format
@@ -218,16 +252,42 @@ def align_pairs(
     "Train and val pairs, and the quarantined records: from `cfg.data`, or built from the run (self-play and safety pairs)."
     if cfg.data != 'run':
         pairs, bad = read_preferences(cfg.data)
-        if not pairs: raise UserError(f"{cfg.data}: no usable preference pair ({len(bad)} quarantined; see aligned/data/quarantine.jsonl)")
-        train, val = split_preferences(pairs, cfg.val_fraction, cfg.seed)
+        if not pairs:  # aligned/ is not touched before its inputs are good: this attempt's quarantine goes beside it
+            write_jsonl(bad, q := run_path(run)/'align-quarantine.jsonl')
+            raise UserError(f"{cfg.data}: no usable preference pair ({len(bad)} quarantined; see {q}); aligned/ is unchanged")
+        train, val = split_preferences(pairs, cfg.val_fraction, cfg.seed, MAX_VAL_PAIRS)
         return train, val, bad
     C = context_length(lm.model)
     own = self_play_pairs(lm.model, lm.fmt, load_conversations(run, 'train', required=True), cfg.self_play, min(C, 256), cfg.seed, cfg.max_new_tokens)
-    train, val = split_preferences(own, cfg.val_fraction, cfg.seed)
+    train, val = split_preferences(own, cfg.val_fraction, cfg.seed, MAX_VAL_PAIRS)
     flagged = flagged_turns(run, seed=cfg.seed)
     half = len(flagged) // 2  # held-out safety pairs reject turns the training pairs never showed
     return (train + safety_pairs(safety_prompts('train'), flagged[:half], cfg.seed),
             val + safety_pairs(safety_prompts('val'), flagged[half:], cfg.seed), [])
+
+
+# %% ../nbs/08b_align.ipynb #27912f37
+def align_inputs(
+    run:str|Path,     # The run folder
+    cfg:AlignConfig,  # The settings
+    dev,              # Where the model runs
+    rank:int=0,       # This process's rank: rank 0 reads or builds the pairs
+    world:int=1,      # Processes
+    resume:bool=False, # The pairs are those aligned/data/ already holds
+) -> tuple:
+    "The model folder, the model, the settings with its size's defaults, and (rank 0, not resuming) the pairs: read and checked, nothing written."
+    src = model_dir(run, cfg.from_, '--from')
+    if src.resolve() == stage_dir(run, 'aligned').resolve():
+        raise UserError(f"{src} is where this run writes its aligned model: copy it elsewhere to align it again")
+    set_seed(cfg.seed)
+    lm = load_model(run, str(src), dev)
+    cfg = size_defaults(cfg, sum(p.numel() for p in lm.model.parameters()))
+    pairs = align_pairs(run, lm, cfg) if rank == 0 and not resume else None
+    if pairs:
+        ChatBatches(pairs[0], cfg.batch_size, lm.fmt.pad_id, world_size=world)  # refuses fewer pairs than a batch
+        pair_example(lm.fmt, pairs[0][0], min(cfg.block_size or 512, context_length(lm.model)))  # the model's format renders a pair
+    return src, lm, cfg, pairs
+
 
 # %% ../nbs/08b_align.ipynb #a153a1e4
 def align_result(
@@ -274,43 +334,42 @@ def run_align(
 ) -> dict:
     "Train a chat model on preference pairs with DPO, the loss on the replies; write aligned/ and eval/align.json (before/after)."
     args, t_start = dict(locals()), time.time()
-    if not resume: model_dir(run, from_, '--from')  # a missing model fails before anything is written
     out, dev = stage_dir(run, 'aligned'), rank_device(device)
     rank, world = init_distributed(dev)
-    log = get_logger('align', out if rank == 0 else None)
-    with writing_stage(run, 'align'):
-        try:
-            if resume: args = resume_args(out, args, run_align, log)
-            cfg = AlignConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
-            src = model_dir(run, cfg.from_, '--from')
-            if src.resolve() == out.resolve(): raise UserError(f"{src} is where this run writes its aligned model: copy it elsewhere to align it again")
-            set_seed(cfg.seed)
-            lm = load_model(run, str(src), dev)
-            cfg = size_defaults(cfg, sum(p.numel() for p in lm.model.parameters()))
+    try:
+        if resume: args = resume_args(out, args, run_align, get_logger('align'))
+        cfg = AlignConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
+        src, lm, cfg, pairs = align_inputs(run, cfg, dev, rank, world, resume)  # all read and checked: aligned/ is still as it was
+        with writing_stage(run, 'align'):
+            log = get_logger('align', out if rank == 0 else None)
             C = context_length(lm.model)
             T, pad = min(cfg.block_size or min(C, 512), C), lm.fmt.pad_id
             prec = 'fp32' if autocast_dtype(dev, cfg.precision) is None else 'bf16'
             d = out/'data'
-            if rank == 0 and not resume:
+            if pairs:
                 lm.fmt.hf.save_pretrained(d/'tokenizer', save_jinja_files=False)  # the tokenizer alone goes into aligned/, as sft/data/tokenizer does
-                train, val, bad = align_pairs(run, lm, cfg)
+                train, val, bad = pairs
                 write_preferences(train, d/'train.jsonl'); write_preferences(val, d/'val.jsonl'); write_jsonl(bad, d/'quarantine.jsonl')
+            barrier(world)
             train, val = load_preferences(d/'train.jsonl'), load_preferences(d/'val.jsonl')
             if rank == 0:
                 log.info(f"{len(train):,} train and {len(val):,} val pairs from {cfg.data}" +
                          (f" ({sum(p['id'].startswith('self-') for p in train):,} of them self-play)" if cfg.data == 'run' else ''))
-            train_rows = with_reference(lm.model, [pair_example(lm.fmt, p, T) for p in train], pad, prec)
-            val_rows = with_reference(lm.model, [pair_example(lm.fmt, p, T) for p in val], pad, prec)
+            val_rows = with_reference(lm.model, [pair_example(lm.fmt, p, T) for p in val], pad, prec)  # training pairs: as used
             val_prompts = safety_prompts('val')
             if rank == 0 and not (d/'before.json').exists():
                 save_json(dict(preferences=preference_metrics(lm.model, val_rows, pad, cfg.beta, prec),
                                safety=safety_replies(lm.model, lm.fmt, val_prompts, cfg.max_new_tokens)), d/'before.json')
-            batches = ChatBatches(train_rows, cfg.batch_size, pad, seed=cfg.seed, rank=rank, world_size=world, collate=pair_collate)
+            batches = ChatBatches(train, cfg.batch_size, pad, seed=cfg.seed, rank=rank, world_size=world,
+                                  collate=partial(pair_batch, fmt=lm.fmt, max_len=T))
             steps = cfg.max_steps or max(1, int(np.ceil(cfg.epochs * batches.steps_in_epoch())))
             val_batches = [pair_collate(val_rows[i:i + cfg.batch_size * world], pad) for i in range(0, len(val_rows), cfg.batch_size * world)]
             model = add_lora(lm.model, cfg.lora_r, cfg.lora_alpha) if cfg.lora else lm.model
+            reference = Reference(model, cfg.lora)  # before the loop loads a checkpoint's weights: the model as it was
             n_train, n_all = trainable_params(model)
-            check_memory(finetune_memory(model, 2 * cfg.batch_size, T, prec, cfg.checkpointing), free_memory(dev), cfg, T, f"{src} on {dev}")
+            mem = finetune_memory(model, 2 * cfg.batch_size, T, prec, cfg.checkpointing)
+            if not cfg.lora: mem = dict(mem, total=mem['total'] + mem['weights'])  # the reference's frozen copy
+            check_memory(mem, free_memory(dev), cfg, T, f"{src} on {dev}")
             adamw, muon = align_lr(src, cfg.lora)
             lr_ = adamw if cfg.lr is None else cfg.lr  # 0 is refused by the loop, not taken for the default
             tc = TrainConfig(max_steps=steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=lr_, muon_lr=muon and muon * lr_ / adamw,
@@ -322,7 +381,7 @@ def run_align(
                 log.info(f"DPO of {src}, beta {cfg.beta:g}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M parameters trained, {steps} steps of "
                          f"{cfg.batch_size} pairs, lr {lr_:g}" + (f", at most {cfg.minutes:g} min" if cfg.minutes else ''))
             trainer = Trainer(model, batches, tc, out, val_batches=lambda: val_batches, tokenizer_dir=d/'tokenizer', logger=log,
-                              objective=DPOLoss(cfg.beta))
+                              objective=DPOLoss(cfg.beta, reference))
             res = trainer.fit(resume=resume)
             if rank != 0: return res
             final = save_merged(trainer.raw_model, out) if cfg.lora else trainer.raw_model
@@ -339,4 +398,4 @@ def run_align(
                      f"{a['preferences']['likelihood_preference']:.2f} after; flagged safety replies {b['flagged']:.0%} before, "
                      f"{a['flagged']:.0%} after; {time.time() - t_start:.0f} s; wrote {out} and eval/align.json")
             return result
-        finally: end_distributed()
+    finally: end_distributed()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_chat.ipynb #5383bc6b
 from __future__ import annotations
-import contextlib, dataclasses, html, io, json, re, sys, threading
+import contextlib, dataclasses, html, io, json, os, re, select, sys, threading
 from typing import Iterable, Iterator, TextIO
 
 import torch
@@ -16,8 +16,8 @@ from .model import context_length, load_model
 from .generate import SamplingConfig, stream_text
 
 # %% auto #0
-__all__ = ['REFUSAL', 'CHAT_HELP', 'ReplyFilter', 'ChatSession', 'ChatWidget', 'chat_command', 'clean_line', 'chat_loop',
-           'block_categories', 'run_chat']
+__all__ = ['REFUSAL', 'CHAT_HELP', 'ReplyFilter', 'strip_special', 'first_fit', 'MessageTooLong', 'ChatSession', 'ChatWidget',
+           'chat_command', 'clean_line', 'chat_loop', 'block_categories', 'run_chat']
 
 # %% ../nbs/09_chat.ipynb #2f0c9d87
 REFUSAL = "Sorry, I can't reply to that."
@@ -51,7 +51,45 @@ class ReplyFilter:
             shown, pending = text, pending[cut:]
         if not self.check(shown + pending) and pending: yield pending
 
+# %% ../nbs/09_chat.ipynb #b6d2f1e2
+def strip_special(
+    text:str,           # A message
+    special:list[str],  # The special tokens' texts
+) -> str:
+    "`text` without the special tokens' texts, also those that removing one joins: one pass, in linear time."
+    special = [t for t in special if t]
+    if not any(t in text for t in special): return text
+    ends, longest, kept = tuple(special), max(map(len, special)), []  # kept: the text so far, a character an item
+    last = re.escape(''.join({t[-1] for t in special}))
+    for piece in re.split(f'(?<=[{last}])', text):  # pieces that end where a token can: after a token's last character
+        kept += piece
+        tail = ''.join(kept[-longest:])
+        if tail.endswith(ends):  # a token ends here: take it back off (what was kept before it holds none)
+            del kept[-max(len(t) for t in special if tail.endswith(t)):]
+    return ''.join(kept)
+
+# %% ../nbs/09_chat.ipynb #e9a5c4b5
+def first_fit(
+    n:int,  # Candidates 0 .. n-1, from keeping the most to keeping the least
+    fits,   # fits(i) -> bool: false up to some i, true from there on
+) -> int:
+    "The first `i` that fits (n - 1 if none fits): tries n-1, n-2, n-4, n-8… then bisects; about 2 log2(n) calls."
+    good, bad, step = n - 1, -1, 1
+    if not fits(good): return good
+    while good > 0:
+        i = max(good - step, 0)
+        if not fits(i): bad = i; break
+        good, step = i, step * 2
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        if fits(mid): good = mid
+        else: bad = mid
+    return good
+
 # %% ../nbs/09_chat.ipynb #8dfc1dd9
+class MessageTooLong(UserError):
+    "A message that, with the system prompt, does not fit in the model's context."
+
 class ChatSession:
     "A conversation with a model: history, chat template, context window, sampling settings, seed and output filter."
     def __init__(self,
@@ -84,10 +122,7 @@ class ChatSession:
 
     def clean(self, text:str) -> str:
         "`text` without the text of special tokens, so a message cannot forge a turn."
-        while True:
-            before = text
-            for t in self._special: text = text.replace(t, '')
-            if text == before: return text
+        return strip_special(text, self._special)
 
     def messages(self, message:str|None=None, start:int=0) -> list[dict]:
         "The system prompt, the history from message `start` on, and `message`, as chat-template messages."
@@ -97,14 +132,16 @@ class ChatSession:
 
     def prompt_ids(self, message:str) -> list[int]:
         "The token ids the model reads to answer `message`: the newest exchanges that fit with room for the reply."
-        room, h = self.n_ctx - self.sampling.max_new_tokens, self.history
-        starts = [0] + [i for i in range(1, len(h)) if h[i]['role'] == 'user'] + [len(h)]  # a prompt starts at a user turn
-        for start in dict.fromkeys(starts):  # leave out the oldest exchanges until the rest fits
-            ids = self.fmt.prompt(self.messages(message, start))
-            if len(ids) <= room: break
-        self.dropped = start
+        room, h, rendered = self.n_ctx - self.sampling.max_new_tokens, self.history, {}
+        starts = sorted({0, len(h)} | {i for i in range(1, len(h)) if h[i]['role'] == 'user'})  # at user turns
+        system, new = self.messages(start=len(h)), self.messages(message, len(h))[-1:]  # each cleaned once
+        def fits(j):
+            rendered[j] = self.fmt.prompt(system + h[starts[j]:] + new)
+            return len(rendered[j]) <= room
+        j = first_fit(len(starts), fits)  # leave out the oldest exchanges until the rest fits
+        self.dropped, ids = starts[j], rendered[j]
         if len(ids) >= self.n_ctx:
-            raise UserError(f"the message is too long: with the system prompt it is {len(ids)} tokens and the model reads at most {self.n_ctx}")
+            raise MessageTooLong(f"the message is too long: with the system prompt it is {len(ids)} tokens and the model reads at most {self.n_ctx}")
         return list(ids)
 
     def stream(self,
@@ -211,16 +248,25 @@ def chat_command(
         return f'system prompt: {arg}' if arg else 'no system prompt'
     if cmd == '/temp':
         try: session.sampling = dataclasses.replace(session.sampling, temperature=float(arg))
-        except (ValueError, UserError): return f'/temp needs a number of 0 or more (0 is greedy), not {arg!r}'
+        except (ValueError, UserError): return f'/temp needs a number, finite and 0 or more (0 is greedy), not {arg!r}'
         return f'temperature {session.sampling.temperature}'
     if cmd == '/help': return CHAT_HELP
     return f'unknown command {cmd}; {CHAT_HELP}'
 
-def _typed_lines(prompt:str, err:TextIO) -> Iterator[str]:
-    "Lines typed at `prompt`, until Ctrl-D."
+def _typed_ahead(fd:int) -> str:
+    "A line typed while the last reply streamed ('' if none); `EOFError` if Ctrl-D was."
+    try:
+        if not select.select([fd], [], [], 0)[0]: return ''
+        data = os.read(fd, 1 << 16)  # the terminal is in line mode: one line, or b'' for Ctrl-D (readline loses it)
+    except (OSError, ValueError): return ''  # no select on this input (a Windows console): readline alone
+    if not data: raise EOFError
+    return data.decode('utf-8', 'replace')
+
+def _typed_lines(prompt:str, err:TextIO, fd:int=0) -> Iterator[str]:
+    "Lines typed at `prompt` on the terminal `fd`, until Ctrl-D (also one typed while a reply streamed)."
     with contextlib.suppress(ImportError): import readline  # noqa: F401  arrow keys and history in input()
     while True:
-        try: yield input(prompt)
+        try: yield _typed_ahead(fd) or input(prompt)
         except EOFError:
             err.write('\n')
             return
@@ -305,7 +351,10 @@ def run_chat(
     interactive = sys.stdin.isatty()
     if interactive: sys.stderr.write(f'chatting with {lm.folder} ({CHAT_HELP})\n')
     piped = io.TextIOWrapper(sys.stdin.buffer, encoding='utf-8', errors='replace') if hasattr(sys.stdin, 'buffer') else sys.stdin
-    lines = _typed_lines('you> ', sys.stderr) if interactive else piped
-    n = chat_loop(session, lines, sys.stdout, sys.stderr, interactive=interactive, jsonl=jsonl)
+    lines = _typed_lines('you> ', sys.stderr, sys.stdin.fileno()) if interactive else piped
+    try: n = chat_loop(session, lines, sys.stdout, sys.stderr, interactive=interactive, jsonl=jsonl)
+    except BrokenPipeError:  # the reader left (`| head -1`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush of stdout would fail again
+        return session
     log.info('%d replies', n)
     return session

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_chat_format.ipynb #068b475c
 from __future__ import annotations
-import re
+import json, os, re, time
 from pathlib import Path
 
 from fastcore.basics import patch
@@ -13,7 +13,8 @@ from .core import UserError, redo_hint
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, ChatTokenizer, check_role, turn_text
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'encode_sft', 'encode_sft_windows', 'is_ours', 'plain_chat', 'ChatFormat', 'add_chat_tokens',
+__all__ = ['IGNORE_INDEX', 'CODE_CONFIGS', 'TEMPLATE_LIMITS', 'PROBES', 'encode_sft', 'encode_sft_windows', 'is_ours',
+           'plain_chat', 'ChatFormat', 'add_chat_tokens', 'refuse_custom_code', 'run_limited', 'check_chat_template',
            'load_chat_format']
 
 # %% ../nbs/03a_chat_format.ipynb #6ed11479
@@ -118,11 +119,16 @@ class ChatFormat:
         "Whether the chat template marks the assistant's part with `{% generation %}`."
         return self.template and re.search(r'\{%-?\s*generation\s*-?%\}', self.hf.chat_template) is not None
 
-    def _template_ids(self, turns, **kw) -> dict:
-        return self.hf.apply_chat_template(_messages(turns), tokenize=True, return_dict=True, **kw)
+    def _render(self, turns, **kw):
+        "`apply_chat_template` on `turns`; the template's error is one line naming it (`load_chat_format` tried it on short chats only)."
+        try: return self.hf.apply_chat_template(_messages(turns), **kw)
+        except Exception as e:  # jinja raises its own kinds, and a template raises what it likes
+            if not turns: raise  # transformers' own ValueError for an empty chat, which callers may test for (`replies.no_context`)
+            raise UserError(f"{self.hf.name_or_path}: its chat template failed on this conversation ({_why(e)})") from None
 
-    def _template_text(self, turns, gen:bool=False) -> str:
-        return self.hf.apply_chat_template(_messages(turns), tokenize=False, add_generation_prompt=gen)
+    def _template_ids(self, turns, **kw) -> dict: return self._render(turns, tokenize=True, return_dict=True, **kw)
+
+    def _template_text(self, turns, gen:bool=False) -> str: return self._render(turns, tokenize=False, add_generation_prompt=gen)
 
     def _turn_ends(self) -> list[int]:
         "The special token the template writes right after a reply (`<|im_end|>`, `<|eot_id|>`), as a list of 0 or 1 ids."
@@ -133,6 +139,8 @@ class ChatFormat:
         return [i for i in self.hf(tail, add_special_tokens=False)['input_ids'][:1] if i in self.special]
 
 def _messages(turns) -> list[dict]: return [dict(role=t['role'], content=turn_text(t)) for t in turns]
+
+def _why(e:BaseException) -> str: return ' '.join(f"{type(e).__name__}: {e}".split()).rstrip(':')[:300]
 
 # %% ../nbs/03a_chat_format.ipynb #9cb971c7
 @patch
@@ -218,16 +226,109 @@ def add_chat_tokens(
     hf.chat_template = CHAT_TEMPLATE
     return list(range(n, len(hf)))
 
+# %% ../nbs/03a_chat_format.ipynb #706b5e30
+CODE_CONFIGS = ('config.json', 'tokenizer_config.json')  # where transformers finds an `auto_map` to a folder's own Python files
+
+def refuse_custom_code(
+    folder:str|Path, # A model or tokenizer folder
+):
+    "Raise a `UserError` if `folder`'s config.json or tokenizer_config.json asks for Python code shipped in the folder."
+    for name in CODE_CONFIGS:
+        try: cfg = json.loads((Path(folder)/name).read_text())
+        except (OSError, ValueError): continue  # absent or damaged: the loader that reads it says so
+        if isinstance(cfg, dict) and cfg.get('auto_map'):
+            ref = json.dumps(cfg['auto_map'])[:120]
+            raise UserError(f"{Path(folder)/name} has an auto_map ({ref}) to Python code in the folder: we never run code from a model "
+                            f"folder; use a model whose architecture transformers has built in")
+
+# %% ../nbs/03a_chat_format.ipynb #e622b4eb
+TEMPLATE_LIMITS = dict(seconds=5, memory=2**30, chars=2**18)  # a template renders a short chat in milliseconds, kB of memory and text
+
+def _address_space() -> int:
+    "Bytes of address space this process has mapped (Linux); 0 where unknown."
+    try: return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))
+    except (OSError, StopIteration, ValueError): return 0
+
+def run_limited(
+    fn,                   # A function of no arguments returning something JSON can write
+    seconds:float,        # Wall time it may take
+    memory:int,           # Bytes of address space it may add
+):
+    "`fn()` run in a forked child under limits of time and memory; raises `RuntimeError` with the child's error or `TimeoutError`."
+    import resource, select, signal
+    if not hasattr(os, 'fork'): return fn()  # Windows: jinja's sandbox is the only guard
+    r, w = os.pipe()
+    if (pid := os.fork()) == 0:  # the child: limit itself, run, answer, and exit without running the parent's cleanup
+        try:
+            os.close(r)
+            hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+            if vm := _address_space(): resource.setrlimit(resource.RLIMIT_AS, (vm + memory if hard < 0 else min(vm + memory, hard), hard))
+            try: out = dict(ok=fn())
+            except BaseException as e: out = dict(error=_why(e))
+            os.write(w, json.dumps(out).encode())
+        finally: os._exit(0)
+    os.close(w)
+    data, done, deadline = b'', False, time.monotonic() + seconds
+    try:
+        while not done and select.select([r], [], [], max(0, deadline - time.monotonic()))[0]:
+            chunk = os.read(r, 1 << 16)
+            data, done = data + chunk, not chunk
+    finally:
+        os.close(r)
+        if not done: os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    if not done: raise TimeoutError(f"did not finish in {seconds:g} s")
+    out = json.loads(data) if data else dict(error='its process died')
+    if 'error' in out: raise RuntimeError(out['error'])
+    return out['ok']
+
+# %% ../nbs/03a_chat_format.ipynb #d983c9f9
+_CHAT = [dict(role='system', text='Be brief.'), dict(role='user', text='Hi'), dict(role='assistant', text='Hello'),
+         dict(role='user', text='How are you?')]
+# (turns, add_generation_prompt, whether the template may refuse it): every chat template renders the first two
+PROBES = [(_CHAT[1:2], True, False), (_CHAT[1:3], False, False), (_CHAT, True, True), (_CHAT, False, True)]
+
+def _render_probes(hf, template:str) -> list[int|str]:
+    "Each probe's length as `template` renders it, or the message a template raised on purpose (`raise_exception`)."
+    from jinja2.exceptions import TemplateError
+    out = []
+    for turns, gen, _ in PROBES:
+        try: text = hf.apply_chat_template(_messages(turns), chat_template=template, tokenize=False, add_generation_prompt=gen)
+        except TemplateError as e:
+            if type(e) is not TemplateError: raise  # syntax, undefined names, sandbox escapes: subclasses, a broken template
+            out.append(str(e)); continue
+        if len(text) > TEMPLATE_LIMITS['chars']: raise ValueError(f"wrote {len(text):,} characters for a {len(turns)}-turn chat")
+        out.append(len(text))
+    return out
+
+def check_chat_template(
+    hf,              # A `transformers` tokenizer
+    folder:str|Path, # Its folder, for the message
+):
+    "Raise a `UserError` naming the template's file if `hf`'s chat template fails, runs too long or too big on short chats."
+    t, folder = getattr(hf, 'chat_template', None), Path(folder)
+    src = next((folder/n for n in ('chat_template.jinja', 'chat_template.json') if (folder/n).exists()), folder/'tokenizer_config.json')
+    for template in (t.values() if isinstance(t, dict) else [t] if t else []):
+        if template == CHAT_TEMPLATE: continue  # ours: known to be sound
+        why = f"is {len(template):,} characters long" if len(template) > TEMPLATE_LIMITS['chars'] else None
+        try: got = why or run_limited(lambda: _render_probes(hf, template), TEMPLATE_LIMITS['seconds'], TEMPLATE_LIMITS['memory'])
+        except (RuntimeError, TimeoutError) as e: why = str(e)
+        if not why: why = next((f"raised {r!r} on a {len(turns)}-turn chat" for (turns, _, may), r in zip(PROBES, got)
+                                if isinstance(r, str) and not may), None)
+        if why: raise UserError(f"{src}: its chat template is refused: on a short test chat it {why}; fix the template or remove it")
+
 # %% ../nbs/03a_chat_format.ipynb #d42f44cb
 def load_chat_format(
     folder:str|Path, # A tokenizer folder (a model folder has one)
 ) -> ChatFormat:
     "The `ChatFormat` of the tokenizer in `folder`."
     from transformers import AutoTokenizer  # imported here: transformers takes seconds to import
-    try: hf = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    refuse_custom_code(folder)
+    try: hf = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # a missing file, a truncated tokenizer.json (`tokenizers` raises a bare Exception), a config that is not JSON
         why = ' '.join(f"{type(e).__name__}: {e}".split())[:300]
         raise UserError(f"{folder}: no tokenizer could be loaded from the folder ({why}){redo_hint(folder)}") from None
+    check_chat_template(hf, folder)
     if is_ours(hf) and (Path(folder)/'tokenizer.json').exists():
         try: return ChatFormat(hf, ChatTokenizer(folder))
         except (ValueError, KeyError): pass  # not a byte-level BPE that tiktoken can run: the template renders it

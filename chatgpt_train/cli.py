@@ -4,20 +4,21 @@
 
 # %% ../nbs/10_cli.ipynb #82c47580
 from __future__ import annotations
-import argparse, importlib, importlib.util, inspect, json, math, shutil, sys, time, types, typing
+import argparse, datetime, hashlib, importlib, importlib.util, inspect, json, math, shutil, sys, time, types, typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 from fastcore.docments import docments
 
-from .core import (INCOMPLETE, STAGES, Stage, UserError, get_logger, load_args, load_json, model_dir, run_lock, run_path,
-                                save_json, stage)
+from .core import (INCOMPLETE, MODEL_DIRS, SPLITS, STAGES, Stage, UserError, get_logger, load_json, load_pipeline,
+                                load_tokens, model_dir, run_lock, run_path, save_json, stage, stage_dir)
 
 # %% auto #0
 __all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'ALIGN_SHARE',
-           'PRETRAIN_EVAL_BATCHES', 'available_commands', 'finite_float', 'StageParser', 'stage_parser',
-           'missing_package', 'main', 'Step', 'pipeline_steps', 'step_state', 'sample_chat', 'run_all']
+           'PRETRAIN_EVAL_BATCHES', 'SMALL_FILE', 'CHECKS', 'available_commands', 'finite_float', 'StageParser',
+           'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps', 'fingerprint', 'step_problem',
+           'step_state', 'sample_chat', 'run_all']
 
 # %% ../nbs/10_cli.ipynb #c67544b5
 RUN_ABOUT = 'all of the above, from nothing to a chat model and RUN/report.md'
@@ -179,33 +180,104 @@ def pipeline_steps(
            Step('evaluate aligned', 'evaluate', dict(model='aligned', name='aligned', **ev), ('align',))] if a.get('align', True) else []),
     ]
 
-# %% ../nbs/10_cli.ipynb #122a55e1
+# %% ../nbs/10_cli.ipynb #62ef7cba
 def _norm(d:dict) -> dict:
     "`d` as it reads back from JSON."
     return json.loads(json.dumps(d, default=str))
 
+def _saved(folder:Path) -> dict:
+    "The stage's own `args.json` in `folder` ({} if it is missing or unreadable)."
+    try: saved = load_json(folder/'args.json', finished=False) if (folder/'args.json').is_file() else {}
+    except UserError: return {}
+    return saved if isinstance(saved, dict) and isinstance(saved.get('args'), dict) else {}
+
 def _same_args(folder:Path, kwargs:dict) -> bool:
     "Whether the stage's own `args.json` agrees with `kwargs` (an argument given as None is the stage's to choose)."
-    if not (folder/'args.json').exists(): return False
-    saved = load_args(folder)
-    return all(saved.get(k) == v for k, v in _norm(kwargs).items() if v is not None)
+    saved = _saved(folder)
+    return bool(saved) and all(saved['args'].get(k) == v for k, v in _norm(kwargs).items() if v is not None)
+
+def _started(folder:Path) -> float|None:
+    "When the stage that wrote `folder` saved its arguments, from `args.json` (copying a folder keeps it, unlike a file's time)."
+    try: return datetime.datetime.fromisoformat(_saved(folder)['created']).timestamp()
+    except (KeyError, TypeError, ValueError): return None
+
+# %% ../nbs/10_cli.ipynb #6269e670
+SMALL_FILE = 1 << 20  # bytes: files up to this size are hashed for the fingerprint, larger ones known by their size
+def _model_config(
+    run:str|Path, # The run folder
+    folder:str,   # One of `MODEL_DIRS`
+):
+    "The config of the run's model in `folder`, read by the model stage's own reader."
+    from chatgpt_train.model import read_model_config  # imported here: `--help` must not pay for transformers
+    return read_model_config(model_dir(run, folder))
+
+CHECKS = {'encode': lambda run: [load_tokens(run, s) for s in SPLITS],  # the token files against meta.json and the tokenizer
+          **{s.name: (lambda run, m=s.folder: _model_config(run, m)) for s in STAGES if s.folder in MODEL_DIRS}}
+
+def fingerprint(
+    step:Step,    # A step of `pipeline_steps`
+    run:str|Path, # The run folder
+) -> dict:
+    "{file: [size, hash or None]} of what `step` wrote, relative to the run; logs and hidden temporaries left out."
+    root, out = run_path(run), {}
+    for w in step.writes:
+        for f in (sorted((root/w).rglob('*')) if w.endswith('/') else [root/w]):
+            rel = f.relative_to(root)
+            if f.is_file() and f.name != 'log.txt' and not any(p.startswith('.') for p in rel.parts):
+                n = f.stat().st_size
+                out[rel.as_posix()] = [n, hashlib.sha256(f.read_bytes()).hexdigest()[:16] if n <= SMALL_FILE else None]
+    return out
+
+def step_problem(
+    step:Step,    # A step of `pipeline_steps`
+    run:str|Path, # The run folder
+) -> str|None:
+    "Why `step`'s files are not whole (one missing or unfinished, or refused by its reader), or None if they are."
+    root = run_path(run)
+    for w in dict.fromkeys([*step.writes, step.output]):
+        stage_dir(run, w.split('/')[0])  # a file where a stage folder belongs: the user's to move, said in one line
+        p = root/w
+        if not (p.is_dir() if w.endswith('/') else p.is_file()): return f"{w} is missing"
+        if ((p if w.endswith('/') else p.parent)/INCOMPLETE).exists(): return f"{w.split('/')[0]}/ is marked unfinished"
+    try:
+        for w in step.writes + [step.output]:
+            if w.endswith('.json'): load_json(root/w)
+        CHECKS.get(step.stage, lambda run: None)(run)
+    except UserError as e: return str(e)
+    return None
+
+# %% ../nbs/10_cli.ipynb #f1418faf
+def _changed(st:dict, now:dict) -> str|None:
+    "The first file whose fingerprint differs from the one recorded in `st` (None if all match)."
+    return next((f"{f} {'is gone' if f not in now else 'changed'} since the step ran" for f, v in st['files'].items() if now.get(f) != v), None)
 
 def step_state(
     step:Step,     # A step of `pipeline_steps`
     run:str|Path,  # The run folder
-    stamps:dict,   # The contents of `pipeline.json`
-) -> Literal['done', 'resume', 'run']:
-    "'done' if `step`'s result is there and up to date, 'resume' if it stopped at a checkpoint it can continue from, else 'run'."
+    stamps:dict,   # The contents of `pipeline.json` (see `core.load_pipeline`): a done step it lacks is added to it
+) -> tuple[Literal['done', 'resume', 'run'], str]:
+    "('done', ''), ('resume', why) if it stopped at a checkpoint it can continue from, or ('run', why); `why` is '' for a new step."
     root, st = run_path(run), stamps.get(step.name)
-    folder, out = root/step.folder, root/step.output
-    dep_times = [stamps.get(d, {}).get('finished', math.inf) for d in step.deps]
-    if (st is not None and st['args'] == _norm(step.kwargs) and out.exists() and out.stat().st_mtime <= st['finished']
-        and all(t <= st['finished'] for t in dep_times) and not (folder/INCOMPLETE).exists()):
-        return 'done'
-    if (step.of.resumable and (folder/'checkpoints'/'last.pt').exists() and _same_args(folder, step.kwargs)
-        and all(t <= (folder/'args.json').stat().st_mtime for t in dep_times)):
-        return 'resume'
-    return 'run'
+    folder, deps = root/step.folder, [stamps.get(d, {}).get('finished', math.inf) for d in step.deps]
+    why = step_problem(step, run)
+    if why is None and st is not None:
+        if st['args'] != _norm(step.kwargs): why = 'its settings changed'
+        elif any(t > st['finished'] for t in deps): why = f"{' or '.join(step.deps)} ran again since"
+        elif 'files' in st: why = _changed(st, fingerprint(step, run))
+        elif (root/step.output).stat().st_mtime > st['finished']: why = f"{step.output} was written again since"  # an older record
+        if why is None: return 'done', ''
+    elif why is None:
+        t = _started(folder)
+        if t is None or not _same_args(folder, step.kwargs): why = f"{step.folder}/args.json holds other settings"
+        elif any(d > t for d in deps): why = f"{' or '.join(step.deps)} ran again since"
+        else:
+            stamps[step.name] = dict(args=_norm(step.kwargs), finished=t, seconds=0., resumed=False, files=fingerprint(step, run))
+            return 'done', ''
+    elif st is None and not (root/step.output).exists(): why = ''  # it never ran: nothing to explain
+    if (step.of.resumable and (folder/INCOMPLETE).exists() and (folder/'checkpoints'/'last.pt').exists()  # stopped half-way
+        and _same_args(folder, step.kwargs) and all(t <= (folder/'args.json').stat().st_mtime for t in deps)):
+        return 'resume', why
+    return 'run', why
 
 # %% ../nbs/10_cli.ipynb #c3c3c808
 def sample_chat(
@@ -226,6 +298,7 @@ def sample_chat(
 def _clear(step:Step, root:Path):
     "Remove what an earlier run of `step` wrote."
     for w in step.writes:
+        stage_dir(root, w.split('/')[0])  # a file where the folder should be is refused in one line, never removed
         if w.endswith('/'): shutil.rmtree(root/w, ignore_errors=True)
         else: (root/w).unlink(missing_ok=True)
 
@@ -236,7 +309,8 @@ def _take(step:Step, state:str, run:str, stamps:dict, path:Path) -> str:
     func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
     t0 = time.time()
     func(run=str(run), **step.kwargs, **({'resume': True} if state == 'resume' else {}))
-    stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1), resumed=state == 'resume')
+    stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1), resumed=state == 'resume',
+                             files=fingerprint(step, run))
     save_json(stamps, path)
     return 'resumed' if state == 'resume' else 'ran'
 
@@ -273,11 +347,14 @@ def run_all(
     with run_lock(run, 'the whole pipeline (chatgpt-train run)'):
         root = run_path(run)
         log, path = get_logger('run', root), root/PIPELINE_FILE
-        stamps = load_json(path) if path.exists() else {}
+        stamps = load_pipeline(path)
         t_start, states = time.time(), {}
         for step in pipeline_steps(args):
-            state = 'run' if force else step_state(step, run, stamps)
-            log.info(f"{step.name}: " + ('up to date, skipped' if state == 'done' else f"{'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}"))
+            known = stamps.get(step.name)
+            state, why = ('run', '') if force else step_state(step, run, stamps)
+            if state == 'done' and stamps.get(step.name) is not known: save_json(stamps, path)  # found done from its folder
+            log.info(f"{step.name}: " + ('up to date, skipped' if state == 'done' else
+                     f"{'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}" + (f" ({why})" if why else '')))
             states[step.name] = 'skipped' if state == 'done' else _take(step, state, run, stamps, path)
         report, total = write_report(run), time.time() - t_start
         print(f"{root}: done in {total / 60:.1f} min; report: {report}")

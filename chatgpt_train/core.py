@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #1b571209
 from __future__ import annotations
-import array, contextlib, datetime, fnmatch, hashlib, json, logging, os, random, re, shutil, socket, struct, sys, tempfile, time
+import array, contextlib, datetime, fnmatch, hashlib, json, logging, math, os, random, re, shutil, socket, struct, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -17,7 +17,7 @@ __all__ = ['STAGES', 'STAGE_DIRS', 'MODEL_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LO
            'run_file', 'atomic_path', 'save_json', 'load_json', 'jsonl_writer', 'write_jsonl', 'read_jsonl',
            'save_args', 'load_args', 'set_seed', 'get_device', 'autocast_dtype', 'autocast', 'get_logger', 'Progress',
            'run_lock', 'writing_stage', 'SeenIds', 'iter_conversations', 'load_conversations', 'load_meta',
-           'load_tokens', 'read_metrics', 'is_hub_id', 'hub_model', 'hub_revision', 'model_dir']
+           'load_tokens', 'read_metrics', 'load_pipeline', 'is_hub_id', 'hub_model', 'hub_revision', 'model_dir']
 
 # %% ../nbs/00_core.ipynb #936c4cd1
 class UserError(Exception):
@@ -198,7 +198,8 @@ def load_json(
     "Read a JSON file; a missing or broken file is a `UserError` naming it."
     path = require(path, finished=finished)
     try: return json.loads(Path(path).read_text(encoding='utf-8'))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise UserError(f"{path} is not valid JSON ({e}); delete it and rerun the stage that wrote it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise UserError(f"{path} is not valid JSON ({e}): the file is damaged"
+                                                                       + (redo_hint(path.parent) or "; rerun the command that wrote it")) from None
 
 # %% ../nbs/00_core.ipynb #7532d333
 @contextlib.contextmanager
@@ -625,6 +626,33 @@ def read_metrics(
             raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); the file is damaged") from None
     return out
 
+# %% ../nbs/00_core.ipynb #f5f3a47f
+_STAMP = dict(args=dict, finished=(int, float), seconds=(int, float))  # what each step's entry must hold, and of which type
+
+def _pipeline_problem(stamps) -> str|None:
+    "What is wrong with the contents of a `pipeline.json` (None if nothing)."
+    if not isinstance(stamps, dict): return f"a JSON {type(stamps).__name__}, not an object of steps"
+    for name, st in stamps.items():
+        if not isinstance(st, dict): return f"step {name!r} is not an object"
+        if bad := [k for k, t in _STAMP.items() if not isinstance(st.get(k), t) or isinstance(st.get(k), bool)]:
+            return f"step {name!r} lacks {' and '.join(bad)} of the right type"
+        if not all(math.isfinite(st[k]) for k in ('finished', 'seconds')): return f"step {name!r} has a time that is not a number"
+        if not isinstance(st.get('files', {}), dict): return f"step {name!r} has files that are not an object"
+    return None
+
+def load_pipeline(
+    path:str|Path, # A run's `pipeline.json`
+) -> dict:
+    "What `chatgpt-train run` recorded of each step: {} if the file is missing, or damaged (then with one warning line)."
+    path = Path(path)
+    if not path.exists(): return {}
+    try: stamps = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e: why = f"not readable JSON: {e}"  # a folder, bad bytes, a cut-off file
+    else: why = _pipeline_problem(stamps)
+    if why is None: return stamps
+    get_logger('run').warning(f"{path} is damaged ({why}): ignoring it; the stage folders say which steps are done")
+    return {}
+
 # %% ../nbs/00_core.ipynb #79635077
 HUB_FILES = ['*.json', '*.safetensors', '*.txt', '*.model', '*.jinja', '*.tiktoken']  # configs, weights, tokenizers: never pickles or code
 _HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[\w./-]+)?')
@@ -663,24 +691,35 @@ def hub_revision(
     p = Path(folder).resolve()
     return p.name if p.parent.name == 'snapshots' and p.parent.parent.name.startswith('models--') else None
 
+# %% ../nbs/00_core.ipynb #4e222515
+def _newest_model(
+    run:str|Path|None, # The run folder
+) -> Path:
+    "The run's newest finished model folder; a warning names each newer one left unfinished and the command that finishes it."
+    if run is None: raise UserError("give a model folder or a run folder")
+    found = [run_path(run)/m for m in reversed(MODEL_DIRS) if (run_path(run)/m/'config.json').is_file()]
+    done = [f for f in found if not (f/INCOMPLETE).exists() or f.resolve() in _writing]
+    if not done:
+        if found: require(found[0]/'config.json')  # raises: what stopped it, and how to finish it
+        raise UserError(f"{run_path(run)} has no model yet (none of {', '.join(f'{m}/' for m in reversed(MODEL_DIRS))}): "
+                        f"run `{maker(f'{MODEL_DIRS[0]}/').hint(run)}` first")
+    for f in found[:found.index(done[0])]:
+        get_logger().warning(f"using {done[0].name}/: {f.name}/ is unfinished; {maker(f'{f.name}/').rerun(run)}")
+    return done[0]
+
 # %% ../nbs/00_core.ipynb #9b1b9873
 def model_dir(
     run:str|Path|None,     # The run folder (needed for a stage's model)
     model:str|None=None,   # "base" or "sft" (see `MODEL_DIRS`), the path of a model folder, a hub id, or None for the run's newest model
     flag:str='--model',    # The flag `model` came from, for messages
 ) -> Path:
-    "The folder of `model`, checked to hold a Hugging Face model (a `config.json`); a hub id is downloaded (or found in the cache)."
+    "The folder of `model`, checked to hold a finished Hugging Face model (a `config.json`, no `INCOMPLETE` mark); a hub id is downloaded."
     if model in MODEL_DIRS:
         if run is None: raise UserError(f"{flag} {model} names a model of a run: give --run too")
         return run_file(run, f'{model}/config.json').parent
-    if model is None:
-        if run is None: raise UserError("give a model folder or a run folder")
-        for name in reversed(MODEL_DIRS):
-            if (run_path(run)/name/'config.json').exists(): return run_file(run, f'{name}/config.json').parent
-        raise UserError(f"{run_path(run)} has no model yet (none of {', '.join(f'{m}/' for m in reversed(MODEL_DIRS))}): "
-                        f"run `{maker(f'{MODEL_DIRS[0]}/').hint(run)}` first")
+    if model is None: return _newest_model(run)
     folder = hub_model(model, flag) if is_hub_id(model) else Path(model).expanduser()
     if not (folder/'config.json').is_file():
         raise UserError(f"{folder} is not a model folder ({folder/'config.json'} not found): give "
                         f"{', '.join(MODEL_DIRS)}, the folder of a Hugging Face model or a hub id")
-    return folder
+    return require(folder/'config.json').parent  # a folder its stage marked unfinished is refused, however it is named

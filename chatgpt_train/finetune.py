@@ -12,14 +12,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json, model_dir, read_jsonl, run_file,
-                                save_args, save_json, set_seed, stage_dir, write_jsonl, writing_stage)
+from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json, model_dir,
+                                read_jsonl, run_file, run_path, save_args, save_json, set_seed, stage_dir, write_jsonl,
+                                writing_stage)
 from .collect import collect, iter_source
 from .clean import CleanConfig, clean_conversations
 from .chat_format import IGNORE_INDEX, ChatFormat, add_chat_tokens, is_ours, load_chat_format
 from .encode import pack_sft, pad_collate
-from .model import (TOKENIZER_FILES, ModelConfig, context_length, hf_quiet, load_model, model_config, set_checkpointing,
-                                 training_memory)
+from .model import (TOKENIZER_FILES, ModelConfig, check_model_folder, context_length, hf_quiet, load_model,
+                                 model_config, set_checkpointing, training_memory)
 from .generate import PROMPTS, sample_replies, sample_settings
 from .train import TrainConfig, Trainer, barrier, end_distributed, init_distributed, rank_device, resume_args
 from .replies import NotAPrefix, model_scorer, response_selection, selection_items
@@ -29,9 +30,9 @@ from .evaluate import EvalConfig, assistant_metrics
 __all__ = ['ADAPTER_FILES', 'MIX_LOSSES', 'SFT_LR_FRACTION', 'LORA_ABOVE', 'prepare_chat_data', 'prepare_tokenizer',
            'fit_to_format', 'label_share', 'check_label_share', 'supports_packing', 'ChatBatches', 'add_lora',
            'trainable_params', 'save_merged', 'compare_replies', 'FinetuneConfig', 'finetune_source', 'default_lr',
-           'prepare_finetune', 'label_every_token', 'ChatData', 'chat_data', 'measure_replies', 'size_defaults',
-           'model_shape', 'finetune_memory', 'free_memory', 'check_memory', 'train_chat', 'finetune_result',
-           'run_finetune']
+           'stage_chat_data', 'prepare_finetune', 'label_every_token', 'ChatData', 'chat_data', 'measure_replies',
+           'size_defaults', 'model_shape', 'finetune_memory', 'free_memory', 'check_memory', 'train_chat',
+           'finetune_result', 'run_finetune']
 
 # %% ../nbs/08_finetune.ipynb #6f28fe10
 def prepare_chat_data(
@@ -69,7 +70,7 @@ def prepare_tokenizer(
     hf.save_pretrained(dst, save_jinja_files=False)  # the template inside tokenizer_config.json, as the tokenizer stage saves it
     fmt = load_chat_format(dst)
     probe = [dict(role='user', text='Hi there!'), dict(role='assistant', text='Hello.')]
-    rendered = list(fmt.hf.apply_chat_template([dict(role=t['role'], content=t['text']) for t in probe], tokenize=True, return_dict=True)['input_ids'])
+    rendered = list(fmt._template_ids(probe)['input_ids'])  # the template itself, its errors one line
     if fmt.conversation(probe) != rendered:  # the examples must be what a chat will feed the model
         raise RuntimeError(f"{dst}: encoding a conversation and apply_chat_template disagree; a bug in the chat format")
     return fmt, new
@@ -261,6 +262,7 @@ def finetune_source(
     folder = model_dir(run, from_, '--from')
     if folder.resolve() == stage_dir(run, 'sft').resolve():
         raise UserError(f"{folder} is where this run writes its fine-tuned model: copy it elsewhere to fine-tune it again")
+    check_model_folder(folder)  # a folder that cannot load is refused before sft/ is marked
     return folder
 
 SFT_LR_FRACTION = 1 / 15  # of the pretraining peaks, for full fine-tuning (measured at the end of this notebook)
@@ -278,6 +280,16 @@ def default_lr(
     return adamw, c.get('muon_lr') and c['muon_lr'] * adamw / c['lr']
 
 # %% ../nbs/08_finetune.ipynb #54323f9c
+def stage_chat_data(
+    run:str|Path,        # The run folder
+    cfg:FinetuneConfig,  # Its `data`, `val_fraction` and `seed`
+) -> Path:
+    "Collect and clean `cfg.data` into `RUN/.sft-data.tmp`, before the stage marks sft/: a bad --data leaves a finished sft/ as it was."
+    staged = run_path(run)/'.sft-data.tmp'
+    if staged.exists(): shutil.rmtree(staged)  # an earlier attempt's
+    prepare_chat_data(cfg.data, staged, CleanConfig(val_fraction=cfg.val_fraction, seed=cfg.seed))  # a failure's messages name files here
+    return staged
+
 def prepare_finetune(
     run:str|Path,        # The run folder
     cfg:FinetuneConfig,  # The settings
@@ -285,6 +297,7 @@ def prepare_finetune(
     rank:int=0,          # This process's rank (rank 0 writes)
     world:int=1,         # Processes
     resume:bool=False,   # Continue a run whose data is already prepared
+    staged:Path|None=None, # Rank 0's conversations from `stage_chat_data`, moved into sft/data (None: resuming, or another rank)
 ) -> tuple:
     "The model fitted to its chat format, the ids it gained, the train and val conversations, and the run's own train and val ones to mix in."
     sft = stage_dir(run, 'sft')
@@ -292,7 +305,7 @@ def prepare_finetune(
     if rank == 0 and not resume:
         for d in (data, sft/'lora'):
             if d.exists(): shutil.rmtree(d)
-        prepare_chat_data(cfg.data, data, CleanConfig(val_fraction=cfg.val_fraction, seed=cfg.seed))
+        os.replace(staged, data)
         has_tok = any((src/f).exists() for f in TOKENIZER_FILES)
         prepare_tokenizer(src if has_tok else run_file(run, 'tokenizer/tokenizer.json').parent, data/'tokenizer')
     barrier(world)
@@ -524,16 +537,16 @@ def run_finetune(
 ) -> dict:
     "Fine-tune a model on chat conversations, with the loss on the assistant's replies; write sft/ and eval/finetune.json (before/after)."
     args, t_start = dict(locals()), time.time()
-    if not resume: finetune_source(run, from_)  # a missing model fails before anything is written
     sft, dev = stage_dir(run, 'sft'), rank_device(device)
     rank, world = init_distributed(dev)
-    log = get_logger('finetune', sft if rank == 0 else None)
-    with writing_stage(run, 'finetune'):
-        try:
-            if resume: args = resume_args(sft, args, run_finetune, log)
-            cfg = FinetuneConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
-            src = finetune_source(run, cfg.from_)
-            lm, new, train, val, own_train, own_val = prepare_finetune(run, cfg, src, rank, world, resume)
+    try:
+        if resume: args = resume_args(sft, args, run_finetune, get_logger('finetune'))
+        cfg = FinetuneConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
+        src = finetune_source(run, cfg.from_)  # the inputs first: a missing model or unreadable --data leaves sft/ as it was
+        staged = stage_chat_data(run, cfg) if rank == 0 and not resume else None
+        with writing_stage(run, 'finetune'):
+            log = get_logger('finetune', sft if rank == 0 else None)
+            lm, new, train, val, own_train, own_val = prepare_finetune(run, cfg, src, rank, world, resume, staged)
             cfg = size_defaults(cfg, sum(p.numel() for p in lm.model.parameters()))
             data = chat_data(lm, train, val, cfg, rank, world, own_train, own_val)
             if rank == 0:
@@ -557,4 +570,4 @@ def run_finetune(
                 log.info(f"assistant-turn perplexity on {len(val)} held-out conversations: {result['before']['perplexity']:.2f} before, "
                          f"{result['assistant']['perplexity']:.2f} after{picked}; {time.time() - t_start:.0f} s; wrote {sft} and eval/finetune.json")
             return result
-        finally: end_distributed()
+    finally: end_distributed()

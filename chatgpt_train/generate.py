@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_generate.ipynb #2e63cdcf
 from __future__ import annotations
-import dataclasses, inspect, threading
+import dataclasses, inspect, math, threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -18,9 +18,9 @@ from .model import context_length, hf_quiet, make_model
 from .tokenizer import SPECIAL_TOKENS, save_tokenizer, train_bpe
 
 # %% auto #0
-__all__ = ['GREEDY', 'GREEDY_PENALTY', 'PROMPTS', 'random_chat_model', 'SamplingConfig', 'process_logits', 'next_token',
-           'CacheDecoder', 'WrittenDecoder', 'GPT2Decoder', 'Qwen3Decoder', 'make_decoder', 'generate_tokens',
-           'stream_text', 'generate_text', 'sample_settings', 'sample_replies']
+__all__ = ['GREEDY', 'GREEDY_PENALTY', 'PROMPTS', 'random_chat_model', 'SamplingConfig', 'process_logits', 'ModelOutputError',
+           'next_token', 'CacheDecoder', 'WrittenDecoder', 'GPT2Decoder', 'Qwen3Decoder', 'make_decoder',
+           'generate_tokens', 'stream_text', 'generate_text', 'sample_settings', 'sample_replies']
 
 # %% ../nbs/05a_generate.ipynb #a6286ddf
 def _corpus_texts() -> list[str]:
@@ -61,28 +61,37 @@ class SamplingConfig:
 
     def __post_init__(self):
         bad = lambda what: UserError(f"sampling: {what}")
-        if not self.temperature >= 0: raise bad(f"temperature must be 0 (greedy) or more, not {self.temperature}")
+        # not finite: `inf` or `1e309` typed where a number goes (refused here: the flags, /temp and a request alike)
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise bad(f"temperature must be a finite number, 0 (greedy) or more, not {self.temperature}")
         if self.top_k < 0: raise bad(f"top_k must be 0 (off) or more, not {self.top_k}")
         if not 0 < self.top_p <= 1: raise bad(f"top_p must be in (0, 1], not {self.top_p}")
-        if not self.repetition_penalty > 0: raise bad(f"repetition_penalty must be positive, not {self.repetition_penalty}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise bad(f"repetition_penalty must be a finite positive number, not {self.repetition_penalty}")
         if self.max_new_tokens < 1: raise bad(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
 
 GREEDY = SamplingConfig(temperature=0, top_k=0, top_p=1, repetition_penalty=1)  # what `generate` does by default
 GREEDY_PENALTY = 1.3  # the repetition penalty of the greedy replies that evaluate and the report show (measured under "Sample replies")
 
 # %% ../nbs/05a_generate.ipynb #ad06e9c3
+_F32 = torch.finfo(torch.float32)
+
+def _in_f32(v:float) -> float:
+    "A positive setting moved into float32's range: 1e-300 is 0 there and 1e300 infinite, and x/0 or 0*inf is NaN."
+    return min(max(v, _F32.tiny), _F32.max)
+
 def process_logits(
     logits:torch.Tensor, # (batch, vocab) scores of the next token
     ids:torch.Tensor,    # (batch, length) the tokens so far, for the repetition penalty
     cfg:SamplingConfig,  # The settings
 ) -> torch.Tensor:
-    "The logits to draw from: repetition penalty, temperature, top-k, top-p; dropped tokens get -inf."
+    "The logits to draw from: repetition penalty, temperature, top-k, top-p; dropped ones -inf, the top 0 if sampling."
     x = logits.float()
     if cfg.repetition_penalty != 1:
-        seen = x.gather(1, ids)
-        x = x.scatter(1, ids, torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty))
+        seen, r = x.gather(1, ids), _in_f32(cfg.repetition_penalty)
+        x = x.scatter(1, ids, torch.where(seen < 0, seen * r, seen / r)).clamp(-_F32.max, _F32.max)  # never inf
     if cfg.temperature == 0: return x  # greedy: the rest does not move the top token
-    x = x / cfg.temperature
+    x = (x - x.amax(-1, keepdim=True)) / _in_f32(cfg.temperature)  # the top at 0: T=1e-300 gives -inf, not NaN
     if 0 < cfg.top_k < x.size(-1):
         kth = x.topk(cfg.top_k, dim=-1).values[:, -1:]
         x = x.masked_fill(x < kth, float('-inf'))  # ties with the k-th token stay, as in transformers
@@ -90,9 +99,13 @@ def process_logits(
         sorted_x, order = x.sort(dim=-1, descending=True)
         p = sorted_x.softmax(-1)
         above = p.cumsum(-1) - p                 # probability of the tokens ranked above each token
-        drop = above >= cfg.top_p                # the top token has 0 above it, so it always stays
+        drop = above >= cfg.top_p
+        drop[:, 0] = False                       # the top token always stays, even where top_p rounds to 0 in float32
         x = x.masked_fill(drop.scatter(1, order, drop), float('-inf'))
     return x
+
+class ModelOutputError(UserError):
+    "The model's scores for the next token are NaN or infinite: no token can be drawn from them."
 
 def next_token(
     logits:torch.Tensor,              # (batch, vocab) scores of the next token
@@ -101,6 +114,9 @@ def next_token(
     generator:torch.Generator|None=None, # The random stream to draw from (for repeatable replies)
 ) -> torch.Tensor:
     "The next token of each sequence, (batch,): greedy when the temperature is 0, else drawn from the processed logits."
+    if not torch.isfinite(logits).all():
+        raise ModelOutputError("the model gave NaN or infinite scores (logits) for the next token: its weights are "
+                               "damaged or overflow in this precision; check or retrain the model")
     x = process_logits(logits, ids, cfg)
     if cfg.temperature == 0: return x.argmax(-1)
     return torch.multinomial(x.softmax(-1), 1, generator=generator)[:, 0]

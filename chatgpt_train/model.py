@@ -4,21 +4,23 @@
 
 # %% ../nbs/05_model.ipynb #fe154ff5
 from __future__ import annotations
-import contextlib, dataclasses, math, re
+import contextlib, dataclasses, json, math, os, re
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig, PreTrainedModel, Qwen3Config
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig, PreTrainedModel, Qwen3Config
 
 from .core import UserError, autocast_dtype, get_device, model_dir, redo_hint, run_file
-from .chat_format import ChatFormat, load_chat_format
+from .chat_format import ChatFormat, load_chat_format, refuse_custom_code
 
 # %% auto #0
-__all__ = ['PRESETS', 'CPU_TRAINING', 'PAPER_TRAINING', 'TRAINING', 'PICKLE_WEIGHTS', 'TOKENIZER_FILES', 'QWEN3_FP32', 'QWEN3_E',
-           'DEVICES', 'ModelConfig', 'depth_preset', 'get_preset', 'training_defaults', 'hf_config', 'make_model',
-           'context_length', 'hf_quiet', 'load_causal_lm', 'LoadedModel', 'load_model', 'count_params', 'matmul_params',
+__all__ = ['PRESETS', 'CPU_TRAINING', 'PAPER_TRAINING', 'TRAINING', 'PICKLE_WEIGHTS', 'MAX_LAYERS', 'MAX_CONTEXT', 'SHAPE_LIMITS',
+           'FLOAT_WEIGHTS', 'TOKENIZER_FILES', 'QWEN3_FP32', 'QWEN3_E', 'DEVICES', 'ModelConfig', 'depth_preset',
+           'get_preset', 'training_defaults', 'hf_config', 'make_model', 'context_length', 'hf_quiet',
+           'read_model_config', 'weight_files', 'weight_headers', 'free_ram', 'check_model_size', 'check_weights',
+           'check_model_folder', 'load_causal_lm', 'LoadedModel', 'load_model', 'count_params', 'matmul_params',
            'flops_per_token', 'training_memory', 'set_checkpointing', 'measure_training_peak', 'kv_cache_bytes',
            'training_time', 'model_config', 'model_summary', 'recommend_model']
 
@@ -213,21 +215,139 @@ def hf_quiet():
 
 PICKLE_WEIGHTS = ('*.bin', '*.pt', '*.pth', '*.ckpt', '*.pkl')  # weight files that unpickling could turn into code
 
+# %% ../nbs/05_model.ipynb #6c8db325
+MAX_LAYERS, MAX_CONTEXT = 1024, 2**24  # past any published model (Llama 3.1 405B: 126 layers; the longest contexts: 10M tokens)
+SHAPE_LIMITS = {**{k: MAX_LAYERS for k in ('num_hidden_layers', 'n_layer', 'num_layers')},
+                **{k: MAX_CONTEXT for k in ('max_position_embeddings', 'n_positions', 'n_ctx')}}
+
+def _not_a_model(folder:Path, e:BaseException|str) -> UserError:
+    why = e if isinstance(e, str) else ' '.join(f"{type(e).__name__}: {e}".split())[:300]
+    return UserError(f"{folder}: not a causal language model folder that transformers can load ({why}){redo_hint(folder)}")
+
+def read_model_config(
+    folder:Path, # A model folder
+) -> PretrainedConfig:
+    "The config of `folder`, refused if it asks for the folder's own code or has more layers or context than any model."
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    refuse_custom_code(folder)
+    f = folder/'config.json'
+    try: raw = json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise _not_a_model(folder, e) from None
+    if (mt := raw.get('model_type') if isinstance(raw, dict) else None) not in CONFIG_MAPPING_NAMES:
+        raise UserError(f"{f}: model_type {mt!r} is not an architecture transformers has built in, and we never run code from a model folder")
+    for k, most in SHAPE_LIMITS.items():
+        if type(raw.get(k)) is int and raw[k] > most:
+            raise UserError(f"{f}: {k} is {raw[k]:,}, more than any model has (at most {most:,} here): the file is damaged")
+    try: return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as e: raise _not_a_model(folder, e) from None
+
+# %% ../nbs/05_model.ipynb #597b4098
+FLOAT_WEIGHTS = ('F32', 'F16', 'BF16', 'F64')  # safetensors dtypes of plain weights; int8, 4-bit and fp8 ones are quantized models'
+
+def weight_files(folder:Path) -> list[Path]:
+    "The safetensors files `from_pretrained` reads: the shards the folder's index names, or model.safetensors."
+    idx = folder/'model.safetensors.index.json'
+    if idx.exists():
+        try: return [folder/Path(n).name for n in sorted(set(json.loads(idx.read_text())['weight_map'].values()))]  # files of the folder only
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e: raise _not_a_model(folder, e) from None
+    if (folder/'model.safetensors').exists(): return [folder/'model.safetensors']
+    if pickles := sorted(p.name for pat in PICKLE_WEIGHTS for p in folder.glob(pat)):
+        raise UserError(f"{folder} has its weights only as pickles ({', '.join(pickles)}), which can run code when loaded: we read "
+                        f"safetensors only. If you trust the folder, convert it once: load it with transformers and "
+                        f"save_pretrained, which writes model.safetensors")
+    raise _not_a_model(folder, 'it has no model.safetensors')
+
+def weight_headers(
+    folder:Path, # A model folder
+) -> dict[str, tuple[Path, str, list[int]]]:
+    "Every tensor of the folder's weight files, name: (file, dtype, shape), from the files' headers alone."
+    from safetensors import safe_open
+    out = {}
+    for f in weight_files(folder):
+        try:
+            with safe_open(f, 'pt') as s: out.update({k: (f, s.get_slice(k).get_dtype(), s.get_slice(k).get_shape()) for k in s.keys()})
+        except Exception as e: raise _not_a_model(folder, f"{f.name}: {' '.join(str(e).split())[:200]}") from None
+    if bad := next(((k, f, d) for k, (f, d, _) in out.items() if d not in FLOAT_WEIGHTS), None):
+        raise UserError(f"{bad[1]}: tensor {bad[0]} is {bad[2]}: we load float weights only ({', '.join(FLOAT_WEIGHTS)}); "
+                        f"a quantized model needs the tools it was made with")
+    return out
+
+# %% ../nbs/05_model.ipynb #26f962c3
+def free_ram() -> int:
+    "Bytes of memory free for new allocations: MemAvailable on Linux, else the machine's physical memory."
+    try: return next(int(l.split()[1]) * 1024 for l in open('/proc/meminfo') if l.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError): pass
+    try: return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (AttributeError, ValueError, OSError): return 1 << 62  # unknown (Windows): no limit from us
+
+def _size(n:int) -> str: return f"{n/1e6:,.1f} MB" if n < 1e9 else f"{n/1e9:,.1f} GB"
+
+def check_model_size(
+    folder:Path,          # The model folder
+    cfg:PretrainedConfig, # Its config
+    heads:dict,           # Its tensors, from `weight_headers`
+):
+    "Refuse a config whose model is far bigger than its weight files or than the free memory, counted on the meta device."
+    try:
+        with hf_quiet(), torch.device('meta'): m = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+    except Exception as e: raise _not_a_model(folder, e) from None  # not a causal LM (BERT), or sizes torch cannot build
+    n, held = sum(p.numel() for p in m.parameters()), sum(math.prod(s) for _, _, s in heads.values())  # a tied weight counts once
+    if n > 2 * held + 2**24:  # room for a few missing tensors (named after loading), not for another model's config
+        raise UserError(f"{folder/'config.json'} describes a model of {n:,} parameters, but its weight files hold {held:,} values: "
+                        f"the config and the weights are of different models{redo_hint(folder)}")
+    dtype = cfg.dtype if isinstance(cfg.dtype, torch.dtype) else getattr(torch, str(cfg.dtype), None)
+    need = n * (dtype.itemsize if isinstance(dtype, torch.dtype) else 4)
+    if need > (free := free_ram()): raise UserError(f"{folder}: the model needs {_size(need)} of memory to load, and {_size(free)} is free")
+
+# %% ../nbs/05_model.ipynb #e7a3b008
+def check_weights(
+    lm:PreTrainedModel, # The loaded model
+    info:dict,          # `from_pretrained`'s loading report (`output_loading_info=True`)
+    folder:Path,        # Its folder
+    heads:dict,         # Its tensors, from `weight_headers`
+):
+    "Refuse weights that leave some of the model's tensors random, hold others, differ in shape, or are not finite."
+    files = sorted({f for f, _, _ in heads.values()})
+    where = files[0] if len(files) == 1 else folder/'model.safetensors.index.json'
+    names = lambda ks: ', '.join(sorted(ks)[:3]) + (', ...' if len(ks) > 3 else '')
+    if info['mismatched_keys']:
+        k, theirs, ours = sorted(info['mismatched_keys'])[0]
+        raise UserError(f"{heads.get(k, (where,))[0]}: tensor {k} has shape {list(theirs)} where the model has {list(ours)} "
+                        f"(by config.json){redo_hint(folder)}")
+    missing, extra = info['missing_keys'], info['unexpected_keys']
+    parts = ([f"lack {len(missing)} of the model's tensors ({names(missing)}), which would be random"] if missing else []) + \
+            ([f"hold {len(extra)} tensors the model does not have ({names(extra)})"] if extra else [])
+    if parts: raise UserError(f"{where}: the weights {'; and '.join(parts)}: they are not those of the model config.json describes"
+                              f"{redo_hint(folder)}")
+    if bad := next((k for k, p in lm.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()), None):
+        raise UserError(f"{heads.get(bad, (where,))[0]}: tensor {bad} holds values that are not finite (NaN or inf): the training "
+                        f"that wrote it diverged, or the file is damaged{redo_hint(folder)}")
+
+# %% ../nbs/05_model.ipynb #6afed8b7
+def check_model_folder(
+    folder:str|Path, # A Hugging Face causal LM folder on this machine
+) -> tuple[PretrainedConfig, dict]:
+    "The config and weight headers of `folder`, checked without reading a weight: stages call it before they mark their folder."
+    folder = Path(folder)
+    cfg = read_model_config(folder)
+    heads = weight_headers(folder)
+    check_model_size(folder, cfg, heads)
+    return cfg, heads
+
 def load_causal_lm(
     folder:str|Path, # A Hugging Face causal LM folder on this machine
 ) -> PreTrainedModel:
-    "The model of `folder`, its weights read from safetensors only, never executing code from the folder."
+    "The model of `folder`, checked before and after its safetensors weights are read, never executing code from the folder."
     folder = Path(folder)
+    cfg, heads = check_model_folder(folder)
     try:
-        with hf_quiet(): return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, trust_remote_code=False)
-    except Exception as e:  # transformers, safetensors and json each raise their own kind for a damaged file
-        pickles = sorted(p.name for pat in PICKLE_WEIGHTS for p in folder.glob(pat))
-        if pickles and not any(folder.glob('*.safetensors')):
-            raise UserError(f"{folder} has its weights only as pickles ({', '.join(pickles)}), which can run code when loaded: we read "
-                            f"safetensors only. If you trust the folder, convert it once: load it with transformers and "
-                            f"save_pretrained, which writes model.safetensors") from None
-        why = ' '.join(f"{type(e).__name__}: {e}".split())[:300]
-        raise UserError(f"{folder}: not a causal language model folder that transformers can load ({why}){redo_hint(folder)}") from None
+        with hf_quiet():
+            lm, info = AutoModelForCausalLM.from_pretrained(folder, config=cfg, local_files_only=True, use_safetensors=True,
+                                                            trust_remote_code=False, output_loading_info=True,
+                                                            ignore_mismatched_sizes=True)  # a mismatch is named below, with both shapes
+    except Exception as e: raise _not_a_model(folder, e) from None  # transformers and safetensors each raise their own kinds
+    check_weights(lm, info, folder, heads)
+    return lm
 
 # %% ../nbs/05_model.ipynb #a9b00a90
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json')  # any of these: the folder has its own tokenizer

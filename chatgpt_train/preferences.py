@@ -5,6 +5,7 @@
 # %% ../nbs/08a_preferences.ipynb #40de6421
 from __future__ import annotations
 import json, re
+from collections import Counter
 from itertools import chain
 from pathlib import Path
 from typing import Iterator, TypedDict
@@ -12,7 +13,8 @@ from typing import Iterator, TypedDict
 from .core import UserError, read_jsonl, write_jsonl
 from .conversation import (MAX_TURN_CHARS, ROLES, BadRecord, Turn, _content, _role, _show, check_dict, check_list,
                                         check_text, type_name)
-from .readers import _json_units, _jsonl_units, _one_line, csv_rows, parquet_rows, read_lines, read_text
+from .readers import (_json_units, _jsonl_units, _one_line, csv_rows, entry_problem, folder_entries, parquet_rows,
+                                   read_lines, read_text)
 from .collect import _raw_text
 from .clean import _unit, split_of
 
@@ -141,7 +143,12 @@ def preference_from_record(
 FILE_KINDS = ('.jsonl', '.ndjson', '.json', '.csv', '.tsv', '.parquet')
 
 def _file_units(path:Path, display:str) -> Iterator[tuple]:
-    "(where, default id, source, reason, raw, value) for each record of a preference file."
+    "(where, default id, source, reason, raw, value) for each record of a preference file; a file not in UTF-8 is one bad unit."
+    try: yield from _records(path, display)
+    except BadRecord as e: yield display, display, display, '', None, e  # from `read_text`: UTF-16 or UTF-32 text
+
+def _records(path:Path, display:str) -> Iterator[tuple]:
+    "The units of `_file_units`, by the file's kind."
     suffix, reason = path.suffix.lower(), f'from {display}'
     if suffix in ('.csv', '.tsv', '.parquet'):
         _, rows = (parquet_rows if suffix == '.parquet' else csv_rows)(path, display)
@@ -171,15 +178,15 @@ def _units(src, hf_split:str, hf_config:str|None, streaming:bool) -> Iterator[tu
         if not src[3:]: raise UserError('hf: needs a dataset name, e.g. hf:user/name')
         return _hf_units(src[3:], hf_split, hf_config, streaming)
     path = Path(src)
-    if not path.exists(): raise UserError(f"{path} not found: give a preference file ({kinds}), a folder of them, or hf:NAME")
-    if path.is_file():
+    if not (path.exists() or path.is_symlink()): raise UserError(f"{path} not found: give a preference file ({kinds}), a folder of them, or hf:NAME")
+    if not path.is_dir():
+        if bad := entry_problem(path): raise UserError(f"{path}: {bad}")
         if path.suffix.lower() not in FILE_KINDS: raise UserError(f"{path}: unknown kind of file; preferences are read from {kinds}")
         return _file_units(path, str(path))
-    files = sorted(p for p in path.rglob('*') if p.is_file() and not any(s.startswith('.') for s in p.relative_to(path).parts))
-    if not any(p.suffix.lower() in FILE_KINDS for p in files): raise UserError(f"{path}: no preference files ({kinds}) in the folder")
-    return chain.from_iterable(_file_units(p, str(p)) if p.suffix.lower() in FILE_KINDS else
-                               [(str(p), str(p), str(p), '', None, BadRecord('unknown-file', f'not a kind of file preferences are read from ({kinds}); not read'))]
-                               for p in files)
+    entries = folder_entries(path, FILE_KINDS)  # pipes, bad links and folders named like files are listed, never opened
+    if all(bad for _, bad in entries): raise UserError(f"{path}: no preference files ({kinds}) in the folder")
+    return chain.from_iterable(_file_units(p, str(p)) if not bad else [(str(p), str(p), str(p), '', None, bad)] for p, bad in entries)
+
 
 # %% ../nbs/08a_preferences.ipynb #5c09bef4
 def read_preferences(
@@ -228,6 +235,7 @@ def split_preferences(
     pairs:list[PreferencePair], # The pairs
     val_fraction:float=0.05,    # Share of prompts whose pairs go to validation
     seed:int=42,                # Changes which prompts go
+    max_val:int|None=None,      # Most validation pairs: the prompts past it train (None: no limit)
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
     "The training and validation pairs, a prompt's pairs all on one side, fixed by `seed` and the prompt."
     keys = [_prompt_key(p) for p in pairs]
@@ -235,4 +243,10 @@ def split_preferences(
     if val_fraction > 0 and len(set(keys)) >= 2 and len(set(sides)) == 1:  # move the prompt nearest the cut across
         move = (min if sides[0] == 'train' else max)(keys, key=lambda k: _unit(k, seed))
         sides = [('val' if s == 'train' else 'train') if k == move else s for k, s in zip(keys, sides)]
+    if max_val is not None and sides.count('val') > max_val:  # a huge file: held-out prompts nearest the cut move to training
+        counts, kept, n = Counter(k for k, s in zip(keys, sides) if s == 'val'), set(), 0
+        for k in sorted(counts, key=lambda k: _unit(k, seed)):
+            if n and n + counts[k] > max_val: break
+            kept.add(k); n += counts[k]
+        sides = ['val' if s == 'val' and k in kept else 'train' for k, s in zip(keys, sides)]
     return [p for p, s in zip(pairs, sides) if s == 'train'], [p for p, s in zip(pairs, sides) if s == 'val']

@@ -17,7 +17,7 @@ from .train import (NextTokenBlocks, TrainConfig, Trainer, end_distributed, init
                                  resume_args)
 
 # %% auto #0
-__all__ = ['val_batches', 'pretrain_config', 'pretrainer', 'run_pretrain']
+__all__ = ['val_batches', 'pretrain_config', 'pretrain_inputs', 'pretrainer', 'run_pretrain']
 
 # %% ../nbs/06a_pretrain.ipynb #6cc72d06
 def val_batches(
@@ -54,17 +54,26 @@ def pretrain_config(
     return cfg
 
 # %% ../nbs/06a_pretrain.ipynb #6c3fe1fb
+def pretrain_inputs(
+    args:dict, # The arguments of `run_pretrain` (after a resume, the saved ones)
+) -> tuple:
+    "What pretraining reads, checked before base/ is marked: (meta, train tokens, held-out tokens, tokens per row)."
+    run, shape = args['run'], get_preset(args['preset'])
+    run_file(run, 'tokenizer/tokenizer.json')
+    meta, train, val = load_meta(run), load_tokens(run, 'train'), load_tokens(run, 'val')
+    T = args['block_size'] or shape.n_positions
+    if not 2 <= T <= shape.n_positions: raise UserError(f"--block-size must be between 2 and the context length of {args['preset']}, {shape.n_positions}; not {T}")
+    return meta, train, val, T
+
 def pretrainer(
     args:dict,       # The arguments of `run_pretrain` (after a resume, the saved ones)
     rank:int,        # This process's rank
     world:int,       # Processes
     log,             # The stage's logger
+    inputs:tuple,    # What `pretrain_inputs` returned
 ) -> Trainer:
     "The `Trainer` of a pretraining run: model, batches, held-out batches and settings."
-    run, shape = args['run'], get_preset(args['preset'])
-    meta, train, val = load_meta(run), load_tokens(run, 'train'), load_tokens(run, 'val')
-    T = args['block_size'] or shape.n_positions
-    if not 2 <= T <= shape.n_positions: raise UserError(f"--block-size must be between 2 and the context length of {args['preset']}, {shape.n_positions}; not {T}")
+    (meta, train, val, T), shape, run = inputs, get_preset(args['preset']), args['run']
     set_seed(args['seed'])  # the same initial weights on every rank
     model = make_model(shape, meta['vocab_size'], bos_token_id=meta['eot_id'], eos_token_id=meta['end_id'], pad_token_id=meta['pad_id'])
     set_seed(args['seed'] + rank)  # each rank its own dropout
@@ -114,13 +123,14 @@ def run_pretrain(
     get_preset(preset)
     base = stage_dir(run, 'base')
     rank, world = init_distributed(rank_device(device))
-    log = get_logger('pretrain', base if rank == 0 else None)
-    with writing_stage(run, 'pretrain'):
-        try:
-            if resume: args = resume_args(base, args, run_pretrain, log)
-            res = pretrainer(args, rank, world, log).fit(resume=resume)
+    try:
+        log = get_logger('pretrain', base if rank == 0 else None)
+        if resume: args = resume_args(base, args, run_pretrain, log)
+        inputs = pretrain_inputs(args)  # damaged token files or a bad setting leave a finished base/ as it was
+        with writing_stage(run, 'pretrain'):
+            res = pretrainer(args, rank, world, log, inputs).fit(resume=resume)
             if rank == 0:
                 log.info(f"done: {res['step']} steps, loss {res.get('loss', float('nan')):.3f}, held-out "
                          f"{res.get('val_loss', float('nan')):.3f}, {res['elapsed']:.0f} s; wrote {base}")
             return res
-        finally: end_distributed()
+    finally: end_distributed()

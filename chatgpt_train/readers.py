@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_readers.ipynb #7c3b7d69
 from __future__ import annotations
-import csv, importlib.util, io, json, re, sys, threading
+import csv, errno, importlib.util, io, json, os, re, stat, sys, threading
 from collections import Counter
 from decimal import Decimal
 from itertools import chain, islice
@@ -22,8 +22,8 @@ from .conversation import (ASSISTANT_KEYS, CONVERSATION_KEYS, MAX_TURN_CHARS, SU
 __all__ = ['DEEP_LIMIT', 'RECORD_KEYS', 'THREAD_KEYS', 'CHITCHAT', 'ID_COLUMNS', 'TEXT_COLUMNS', 'SPEAKER_COLUMNS',
            'CHATTERBOT_LANGS', 'LOADERS', 'json_elements', 'read_text', 'read_lines', 'json_items', 'package_file',
            'chitchat_items', 'summarize', 'ConversationStats', 'conversation_stats', 'thread_items', 'table_items',
-           'csv_rows', 'table_file_items', 'parquet_rows', 'yaml_items', 'chatterbot_items', 'text_items', 'path_items',
-           'hf_items']
+           'csv_rows', 'table_file_items', 'parquet_rows', 'yaml_items', 'chatterbot_items', 'text_items',
+           'entry_problem', 'folder_entries', 'path_items', 'hf_items']
 
 # %% ../nbs/00b_readers.ipynb #ef938fcf
 _WS = re.compile(r'[ \t\n\r]*')
@@ -119,13 +119,26 @@ def _one_line(e:BaseException) -> str:
     msg = str(e).strip()
     return msg.splitlines()[0] if msg else type(e).__name__
 
+_BOMS = ((b'\xff\xfe\x00\x00', 'UTF-32'), (b'\x00\x00\xfe\xff', 'UTF-32'), (b'\xff\xfe', 'UTF-16'), (b'\xfe\xff', 'UTF-16'))
+
+def _encoding_problem(
+    head:bytes, # The first bytes of a file (a few KB)
+) -> BadRecord|None:
+    "A `BadRecord` if `head` is UTF-16 or UTF-32 text (a byte-order mark, or NUL bytes in every other place), else None."
+    name = next((n for bom, n in _BOMS if head.startswith(bom)), None)
+    if name is None and len(head) >= 8:  # without a mark: ASCII in UTF-16 is every other byte NUL, in UTF-32 three of four
+        even, odd = head[0::2].count(0) > len(head) // 4, head[1::2].count(0) > len(head) // 4
+        name = 'UTF-32' if even and odd else 'UTF-16' if even or odd else None
+    return name and BadRecord('wrong-encoding', f'{name} text: save it as UTF-8; the file is not read')
+
 def read_text(
     path:str|Path, # A file
 ) -> str:
-    "The text of `path` (invalid UTF-8 kept as lone surrogates, a byte-order mark removed); `UserError` if it cannot be read."
+    "The text of `path` (invalid UTF-8 kept as lone surrogates, a byte-order mark removed); `UserError` if it cannot be read, `BadRecord` if it is UTF-16 or UTF-32."
     try: data = Path(path).read_bytes()
     except FileNotFoundError: raise UserError(f"{path} not found") from None
     except OSError as e: raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if bad := _encoding_problem(data[:4096]): raise bad
     text = data.decode('utf-8', 'surrogateescape')
     return text[1:] if text.startswith('\ufeff') else text
 
@@ -137,6 +150,7 @@ def read_lines(
     except FileNotFoundError: raise UserError(f"{path} not found") from None
     except OSError as e: raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     with f:
+        if bad := _encoding_problem(f.peek(4096)[:4096]): raise bad  # UTF-16's newline is two bytes: its lines are not ours
         for n, data in enumerate(f):  # bytes split at b"\n" only, which no other UTF-8 character contains
             line = data.decode('utf-8', 'surrogateescape')
             if n == 0 and line.startswith('\ufeff'): line = line[1:]
@@ -559,9 +573,45 @@ def text_items(
         if block: yield map_record(source, {'file': display, 'line': first}, '\n'.join(block), dialogue, block, first)
         block = []
 
+# %% ../nbs/00b_readers.ipynb #1ce84d3b
+def entry_problem(
+    p:Path, # A path: a folder's entry, or one given on the command line
+) -> BadRecord|None:
+    "Why `p` cannot be read as a file (a pipe, a device, a link to nothing or to itself, a folder), from `stat` alone; None for a file."
+    try: mode = p.stat().st_mode
+    except OSError as e:  # `stat` follows links: a loop or a missing target fails here
+        if not p.is_symlink(): return BadRecord('not-a-file', f'cannot be read ({e.strerror})')
+        if e.errno == errno.ELOOP: return BadRecord('bad-link', 'a symbolic link that points to itself (a loop of links); not read')
+        return BadRecord('bad-link', f'a symbolic link that points to nothing ({os.readlink(p)} does not exist); not read')
+    if stat.S_ISREG(mode): return None
+    if stat.S_ISDIR(mode): return BadRecord('not-a-file', 'a folder named like a file; the files in it are read, if any')
+    if stat.S_ISFIFO(mode): return BadRecord('not-a-file', 'a named pipe, not a file; not read (opening it would wait for a writer forever)')
+    return BadRecord('not-a-file', 'a device or socket, not a file; not read')
+
+def folder_entries(
+    folder:Path, # A folder
+    kinds,       # The suffixes of the files that are read, e.g. `LOADERS`
+) -> list[tuple[Path, BadRecord|None]]:
+    "Every entry of `folder` (recursively, sorted, hidden ones skipped) that is read (None) or set aside with its reason; plain folders are not listed."
+    out = []
+    for p in sorted(folder.rglob('*')):
+        if any(s.startswith('.') for s in p.relative_to(folder).parts): continue
+        bad = entry_problem(p)
+        if bad and bad.kind == 'not-a-file' and p.is_dir() and p.suffix.lower() not in kinds: continue  # a folder is no file to list
+        if not bad and p.suffix.lower() not in kinds:
+            bad = BadRecord('unknown-file', f"not a kind of file that is read here ({', '.join(kinds)}); not read")
+        out.append((p, bad))
+    return out
+
+
 # %% ../nbs/00b_readers.ipynb #598e4ec4
 LOADERS = {'.jsonl': json_items, '.ndjson': json_items, '.json': json_items, '.csv': table_file_items, '.tsv': table_file_items,
            '.yml': yaml_items, '.yaml': yaml_items, '.txt': text_items, '.parquet': table_file_items}
+
+def _file_items(p:Path, columns, max_turn_chars) -> Iterator[Item]:
+    "The items of one file; a file that is not UTF-8 text (`read_text`) is one quarantined item."
+    try: yield from LOADERS[p.suffix.lower()](p, columns=columns, max_turn_chars=max_turn_chars)
+    except BadRecord as e: yield Item(str(p), {'file': str(p)}, error=e, count=0)
 
 def path_items(
     path:str|Path,                          # A file of a kind in `LOADERS`, or a folder of them
@@ -571,17 +621,19 @@ def path_items(
     "Items from a file, or from every file in a folder."
     path = Path(path)
     kinds = ', '.join(LOADERS)
-    if not path.exists(): raise UserError(f"{path} not found: give chitchat, chatterbot, hf:NAME, or an existing file or folder")
-    if path.is_file():
+    if not (path.exists() or path.is_symlink()): raise UserError(f"{path} not found: give chitchat, chatterbot, hf:NAME, or an existing file or folder")
+    if not path.is_dir():
+        if bad := entry_problem(path): raise UserError(f"{path}: {bad}")
         if path.suffix.lower() not in LOADERS: raise UserError(f"{path}: unknown kind of file; collect reads {kinds}")
-        return LOADERS[path.suffix.lower()](path, columns=columns, max_turn_chars=max_turn_chars)
-    files = sorted(p for p in path.rglob('*') if p.is_file() and not any(s.startswith('.') for s in p.relative_to(path).parts))
-    if not any(p.suffix.lower() in LOADERS for p in files): raise UserError(f"{path}: no files collect can read ({kinds})")
+        return _file_items(path, columns, max_turn_chars)
+    entries = folder_entries(path, LOADERS)
+    if all(bad for _, bad in entries): raise UserError(f"{path}: no files collect can read ({kinds})")
     def items():
-        for p in files:
-            if p.suffix.lower() in LOADERS: yield from LOADERS[p.suffix.lower()](p, columns=columns, max_turn_chars=max_turn_chars)
-            else: yield Item(str(p), {'file': str(p)}, error=BadRecord('unknown-file', f'not a kind of file collect reads ({kinds}); not read'), count=0)
+        for p, bad in entries:
+            if bad: yield Item(str(p), {'file': str(p)}, error=bad, count=0)
+            else: yield from _file_items(p, columns, max_turn_chars)
     return items()
+
 
 # %% ../nbs/00b_readers.ipynb #970ea01b
 def hf_items(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime, html
 from pathlib import Path
 
-from .core import UserError, atomic_path, load_json, maker, read_metrics, run_path
+from .core import UserError, atomic_path, load_json, load_pipeline, maker, read_metrics, run_path
 
 # %% auto #0
 __all__ = ['PIPELINE_FILE', 'REPORT_INPUTS', 'REPLY_DATA', 'read_input', 'md_table', 'write_report', 'summary_lines']
@@ -116,7 +116,7 @@ def _model_section(root:Path) -> str:
     from transformers import AutoConfig
     from chatgpt_train.model import model_summary
     a = a['args']
-    s = model_summary(AutoConfig.from_pretrained(root/'base', local_files_only=True), batch_size=a['batch_size'])
+    s = model_summary(AutoConfig.from_pretrained(root/'base', local_files_only=True, trust_remote_code=False), batch_size=a['batch_size'])
     tr = [r for r in read_metrics(root/'base') if 'loss' in r]
     out.append(f"Preset **{a['preset']}**: {s['n_layer']} layers, {s['n_head']} heads, width {s['n_embd']}, context "
                f"{s['n_positions']}, vocabulary {s['vocab_size']:,}.")
@@ -230,7 +230,7 @@ def _samples_section(root:Path) -> str:
 
 # %% ../nbs/09a_report.ipynb #58e64211
 def _time_section(root:Path) -> str:
-    stamps = read_input(root, PIPELINE_FILE)
+    stamps = load_pipeline(root/PIPELINE_FILE)  # the one reader: a damaged file reads as none
     if not stamps: return ''
     rows = [dict(step=k, seconds=round(v['seconds']), resumed='yes' if v.get('resumed') else '') for k, v in stamps.items()]
     rows.append(dict(step='total', seconds=round(sum(v['seconds'] for v in stamps.values())), resumed=''))
@@ -262,7 +262,7 @@ def summary_lines(
 ) -> list[str]:
     "The summary `run_all` prints: what each step did and took, and the held-out numbers beside the baselines."
     root = run_path(run)
-    stamps = read_input(root, PIPELINE_FILE) or {}
+    stamps = load_pipeline(root/PIPELINE_FILE)
     w = max([15, *(len(n) + 2 for n in states)])  # "evaluate aligned" is longer than the rest
     lines = [f"  {'step':<{w}}{'status':<9}{'minutes':>8}"]
     for name, state in states.items():

@@ -4,28 +4,35 @@
 
 # %% ../nbs/09b_serve.ipynb #938bae1d
 from __future__ import annotations
-import asyncio, contextlib, dataclasses, ipaddress, json, math, os, secrets, threading, time, uuid
+import asyncio, contextlib, dataclasses, ipaddress, json, logging, math, os, secrets, threading, time, traceback, uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
+from urllib.parse import urlsplit
 
+import h11, uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .core import MODEL_DIRS, UserError, get_logger, is_hub_id
 from .content import DEFAULT_DROP, SEVERE, profanity_classifier
-from .chat import REFUSAL, ChatSession, block_categories
+from .chat import REFUSAL, ChatSession, MessageTooLong, block_categories
 from .generate import SamplingConfig
 from .model import load_model
 
 # %% auto #0
-__all__ = ['ROLES', 'UNSUPPORTED', 'PAGE_HEADERS', 'ApiError', 'ServeLimits', 'ChatRequest', 'parse_chat_request', 'StopText',
-           'ServerStats', 'Reply', 'completion_body', 'chunk_body', 'sse', 'make_app', 'run_serve']
+__all__ = ['ROLES', 'FIELDS', 'UNSUPPORTED', 'LOCAL_NAMES', 'FRAME_POLICY', 'PAGE_HEADERS', 'ApiError', 'ServeLimits',
+           'ChatRequest', 'parse_chat_request', 'StopText', 'ServerStats', 'Reply', 'completion_body', 'chunk_body',
+           'sse', 'host_allowed', 'Guard', 'guarded_protocol', 'LogBudget', 'server_config', 'make_app', 'run_serve']
 
 # %% ../nbs/09b_serve.ipynb #f60e90b1
 class ApiError(Exception):
@@ -50,23 +57,28 @@ class ApiError(Exception):
 
 # %% ../nbs/09b_serve.ipynb #5ea7aa77
 ROLES = {'system': 'system', 'developer': 'system', 'user': 'user', 'assistant': 'assistant'}  # API role: the role we render
+FIELDS = ('messages', 'model', 'stream', 'stream_options', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'stop',
+          'seed', 'n', 'user', 'frequency_penalty', 'presence_penalty')  # the fields we read; any other is refused
 UNSUPPORTED = ('tools', 'functions', 'tool_choice', 'function_call', 'logprobs', 'top_logprobs', 'logit_bias', 'response_format',
-               'audio', 'modalities', 'prediction')  # fields that would change the reply, refused unless empty
+               'audio', 'modalities', 'prediction', 'store')  # fields that would change the reply, taken only when they ask for nothing
 
 @dataclass(frozen=True)
 class ServeLimits:
-    "What one request may ask of the server."
+    "What one request (and one connection) may ask of the server."
     max_tokens:int=512          # Most tokens a reply may ask for
     default_tokens:int=128      # Tokens a reply gets when the request does not say
     max_messages:int=256        # Most messages a request may send
     max_body:int=1_000_000      # Largest request body, in bytes
     max_stop:int=4              # Most stop strings (OpenAI's limit)
     timeout:float=120.          # Seconds a request may take, waiting for a worker included
+    max_stop_chars:int=256      # Longest stop string: matching costs up to its length squared a piece of text
+    read_timeout:float=10.      # Seconds a client may take to send a request's head, and again its body
+    max_connections:int=256     # Open connections; past it, the one waiting longest for its request is closed
 
 @dataclass
 class ChatRequest:
     "A checked chat completion request."
-    messages:list[dict]         # {role, content} with roles system, user and assistant, the last the user's
+    messages:list[dict]         # {role, content} with roles system (first only), user and assistant, the last the user's
     model:str|None=None         # The model asked for
     stream:bool=False           # Reply as server-sent events
     include_usage:bool=False    # With `stream`, a last chunk with the token counts
@@ -77,19 +89,26 @@ class ChatRequest:
     seed:int|None=None          # Seed of the sampler (None: a fresh one)
 
 # %% ../nbs/09b_serve.ipynb #e9446546
-def _bad(param:str, message:str) -> ApiError:
+def _bad(param:str|None, message:str) -> ApiError:
     return ApiError(400, message, param=param)
 
 def _is_int(x) -> bool: return isinstance(x, int) and not isinstance(x, bool)
-def _is_number(x) -> bool: return (_is_int(x) or isinstance(x, float)) and math.isfinite(x)
+def _is_number(x) -> bool: return _is_int(x) or (isinstance(x, float) and math.isfinite(x))  # a 400-digit int is no float
+
+def _shown(x) -> str:
+    "`x` for an error message, short whatever its size or depth: a request's values are never printed whole."
+    if isinstance(x, str): return json.dumps(x[:40])
+    if _is_int(x) and abs(x) >= 10**20: return f'an integer of {len(str(x))} digits'
+    if isinstance(x, (dict, list)): return 'an object' if isinstance(x, dict) else 'a list'
+    return json.dumps(x)
 
 def _number(data:dict, name:str, low:float, high:float, low_open:bool=False):
     "`data[name]` if it is a number in [low, high] (or (low, high]), None if absent or null."
     x = data.get(name)
     if x is None: return None
-    if not _is_number(x): raise _bad(name, f"{name} must be a number, not {type(x).__name__} {json.dumps(x)[:40]}")
+    if not _is_number(x): raise _bad(name, f"{name} must be a number, not {_shown(x)}")
     if x < low or x > high or (low_open and x == low):
-        raise _bad(name, f"{name} must be in {'(' if low_open else '['}{low}, {high}], not {x}")
+        raise _bad(name, f"{name} must be in {'(' if low_open else '['}{low}, {high}], not {_shown(x)}")
     return float(x)
 
 def _content(m:dict, where:str) -> str:
@@ -102,58 +121,85 @@ def _content(m:dict, where:str) -> str:
                 raise _bad(f'{where}.content[{j}]', f"{where}.content[{j}] must be a text part {{\"type\": \"text\", \"text\": \"...\"}}: this model reads text only")
         return ''.join(part['text'] for part in c)
     if c is None: raise _bad(f'{where}.content', f"{where} has no content")
-    raise _bad(f'{where}.content', f"{where}.content must be a string or a list of text parts, not {type(c).__name__}")
+    raise _bad(f'{where}.content', f"{where}.content must be a string or a list of text parts, not {_shown(c)}")
 
 def _messages(data:dict, limits:ServeLimits) -> list[dict]:
     ms = data.get('messages')
     if ms is None: raise _bad('messages', "messages is required: a list of {\"role\": ..., \"content\": ...}")
-    if not isinstance(ms, list): raise _bad('messages', f"messages must be a list, not {type(ms).__name__}")
+    if not isinstance(ms, list): raise _bad('messages', f"messages must be a list, not {_shown(ms)}")
     if not ms: raise _bad('messages', "messages is empty: send at least one user message")
     if len(ms) > limits.max_messages: raise _bad('messages', f"messages has {len(ms)} messages; this server takes at most {limits.max_messages}")
     out = []
     for i, m in enumerate(ms):
         where = f'messages[{i}]'
-        if not isinstance(m, dict): raise _bad(where, f"{where} must be an object with role and content, not {type(m).__name__}")
+        if not isinstance(m, dict): raise _bad(where, f"{where} must be an object with role and content, not {_shown(m)}")
         role = m.get('role')
         if not isinstance(role, str): raise _bad(f'{where}.role', f"{where}.role must be a string, one of {', '.join(ROLES)}")
-        if role not in ROLES: raise _bad(f'{where}.role', f"{where}.role {role!r} is not one this server takes: use {', '.join(ROLES)}")
+        if role not in ROLES: raise _bad(f'{where}.role', f"{where}.role {role[:40]!r} is not one this server takes: use {', '.join(ROLES)}")
+        for key, v in m.items():  # SDKs echo back empty fields of a reply (`refusal: null`); a name or tool calls would be lost
+            if key not in ('role', 'content') and v not in (None, '', [], {}):
+                raise _bad(f'{where}.{key}'[:80], f"{where}.{key[:40]} is not supported by this server: a message is a role and its content")
+        if ROLES[role] == 'system' and out and out[-1]['role'] != 'system':
+            raise _bad(where, f"{where} is a {role} message after the conversation has begun: this model's chat format has one "
+                              "system prompt, before the first turn; put it first")
         out.append(dict(role=ROLES[role], content=_content(m, where)))
     if out[-1]['role'] != 'user': raise _bad(f'messages[{len(ms)-1}].role', "the last message must be the user's: the model answers it")
     return out
+
+# %% ../nbs/09b_serve.ipynb #47ef5521
+def _fields(data:dict):
+    "Refuse the fields we do not read, and those we cannot honour unless they ask for nothing."
+    for name, v in data.items():
+        if name in UNSUPPORTED:
+            if v not in (None, False, [], {}, {'type': 'text'}): raise _bad(name, f"{name} is not supported by this server: it serves plain chat replies")
+        elif name not in FIELDS: raise _bad(name[:80], f"{name[:40]} is not a field this server takes; leave it out (it reads {', '.join(FIELDS)})")
+    for name in ('frequency_penalty', 'presence_penalty'):
+        if _number(data, name, -2, 2) not in (None, 0):
+            raise _bad(name, f"{name} must be 0 here: this server's repetition penalty is set when it starts (--repetition-penalty)")
+    if (n := data.get('n')) is not None and not (_is_int(n) and n == 1): raise _bad('n', f"n must be 1: this server gives one reply a request, not {_shown(n)}")
+    if (user := data.get('user')) is not None and not isinstance(user, str): raise _bad('user', f"user must be a string, not {_shown(user)}")
+
+def _max_tokens(data:dict, limits:ServeLimits) -> int|None:
+    "The reply's token limit: `max_completion_tokens`, else the older `max_tokens`; each checked when it is sent."
+    given = {}
+    for key in ('max_tokens', 'max_completion_tokens'):
+        if (n := data.get(key)) is None: continue
+        if not _is_int(n): raise _bad(key, f"{key} must be an integer, not {_shown(n)}")
+        if n < 1: raise _bad(key, f"{key} must be at least 1, not {_shown(n)}")
+        if n > limits.max_tokens: raise _bad(key, f"{key} is {_shown(n)}; this server gives at most {limits.max_tokens} tokens a reply")
+        given[key] = n
+    return given.get('max_completion_tokens', given.get('max_tokens'))
+
+def _stop(data:dict, limits:ServeLimits) -> tuple[str, ...]:
+    "The stop strings: a string or a list of them, few and short (a long one would cost every piece of the reply its length squared)."
+    stop = data.get('stop')
+    stop = [stop] if isinstance(stop, str) else [] if stop is None else stop
+    if not isinstance(stop, list): raise _bad('stop', "stop must be a non-empty string or a list of them")
+    if len(stop) > limits.max_stop: raise _bad('stop', f"stop has {len(stop)} strings; at most {limits.max_stop}")
+    if not all(isinstance(s, str) and s for s in stop): raise _bad('stop', "stop must be a non-empty string or a list of them")
+    if (n := max(map(len, stop), default=0)) > limits.max_stop_chars:
+        raise _bad('stop', f"a stop string has {n:,} characters; this server takes at most {limits.max_stop_chars}")
+    return tuple(stop)
 
 def parse_chat_request(
     data:Any,            # The request's decoded JSON body
     limits:ServeLimits,  # What a request may ask
 ) -> ChatRequest:
     "The checked request, or an `ApiError` naming the first field that is wrong."
-    if not isinstance(data, dict): raise _bad(None, f"the body must be a JSON object, not {type(data).__name__}")
-    for name in UNSUPPORTED:
-        if data.get(name) not in (None, False, [], {}, {'type': 'text'}):
-            raise _bad(name, f"{name} is not supported by this server: it serves plain chat replies")
-    if data.get('n') not in (None, 1): raise _bad('n', f"n must be 1: this server gives one reply a request, not {data['n']!r}")
+    if not isinstance(data, dict): raise _bad(None, f"the body must be a JSON object, not {_shown(data)}")
+    _fields(data)
     model = data.get('model')
-    if model is not None and not isinstance(model, str): raise _bad('model', f"model must be a string, not {type(model).__name__}")
+    if model is not None and not isinstance(model, str): raise _bad('model', f"model must be a string, not {_shown(model)}")
     stream = data.get('stream', False)
-    if not isinstance(stream, bool) and stream is not None: raise _bad('stream', f"stream must be true or false, not {json.dumps(stream)[:40]}")
+    if not isinstance(stream, bool) and stream is not None: raise _bad('stream', f"stream must be true or false, not {_shown(stream)}")
     opts = data.get('stream_options') or {}
-    if not isinstance(opts, dict) or not isinstance(opts.get('include_usage', False), bool):
+    if not (isinstance(opts, dict) and set(opts) <= {'include_usage'} and isinstance(opts.get('include_usage', False), bool)):
         raise _bad('stream_options', "stream_options must be an object like {\"include_usage\": true}")
-    key = 'max_completion_tokens' if data.get('max_completion_tokens') is not None else 'max_tokens'
-    n = data.get(key)
-    if n is not None:
-        if not _is_int(n): raise _bad(key, f"{key} must be an integer, not {type(n).__name__} {json.dumps(n)[:40]}")
-        if n < 1: raise _bad(key, f"{key} must be at least 1, not {n}")
-        if n > limits.max_tokens: raise _bad(key, f"{key} is {n}; this server gives at most {limits.max_tokens} tokens a reply")
-    stop = data.get('stop')
-    stop = [stop] if isinstance(stop, str) else [] if stop is None else stop
-    if not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)):
-        raise _bad('stop', "stop must be a non-empty string or a list of them")
-    if len(stop) > limits.max_stop: raise _bad('stop', f"stop has {len(stop)} strings; at most {limits.max_stop}")
     seed = data.get('seed')
-    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**63): raise _bad('seed', f"seed must be a non-negative integer, not {json.dumps(seed)[:40]}")
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**63): raise _bad('seed', f"seed must be a non-negative integer, not {_shown(seed)}")
     return ChatRequest(messages=_messages(data, limits), model=model, stream=bool(stream), include_usage=bool(opts.get('include_usage')),
-                       max_tokens=n, temperature=_number(data, 'temperature', 0, 2), top_p=_number(data, 'top_p', 0, 1, low_open=True),
-                       stop=tuple(stop), seed=seed)
+                       max_tokens=_max_tokens(data, limits), temperature=_number(data, 'temperature', 0, 2),
+                       top_p=_number(data, 'top_p', 0, 1, low_open=True), stop=_stop(data, limits), seed=seed)
 
 # %% ../nbs/09b_serve.ipynb #2894ac3b
 class StopText:
@@ -196,8 +242,9 @@ class Reply:
                  pool:ThreadPoolExecutor, # Where generation runs
                  deadline:float,          # `time.monotonic()` by which it must be done
                  stats:ServerStats,       # Where it is counted
+                 stop_text:StopText|None=None, # The request's stop strings, matched in the worker (`stop_text.hit`: one was met)
                 ):
-        self.session, self.deadline, self.stats = session, deadline, stats
+        self.session, self.deadline, self.stats, self.stop_text = session, deadline, stats, stop_text or StopText()
         self.cancel, self.queue, loop = threading.Event(), asyncio.Queue(), asyncio.get_running_loop()
         def put(item):
             with contextlib.suppress(RuntimeError): loop.call_soon_threadsafe(self.queue.put_nowait, item)  # the loop may be gone at shutdown
@@ -209,8 +256,11 @@ class Reply:
                     with contextlib.closing(session.stream(message, self.cancel)) as pieces:
                         for piece in pieces:
                             if self.cancel.is_set(): break
-                            put(('piece', piece))
-                    outcome = 'stopped' if self.cancel.is_set() else 'served'
+                            if text := self.stop_text.feed(piece): put(('piece', text))
+                            if self.stop_text.hit: break
+                    if not (self.cancel.is_set() or self.stop_text.hit):
+                        if text := self.stop_text.flush(): put(('piece', text))
+                        outcome = 'served'
                 put(('end', None))
             except Exception as e:
                 outcome = 'failed'
@@ -236,7 +286,7 @@ class Reply:
                 if kind == 'end': return
                 if kind == 'error': raise value
                 yield value
-        finally:  # the end, a stop string, an error, or the handler cancelled
+        finally:  # the end, an error, or the handler cancelled
             self.cancel.set()
             if self.watcher: self.watcher.cancel()
 
@@ -262,30 +312,170 @@ def sse(data:dict|str) -> str:
     "One server-sent event: `data: JSON` and a blank line."
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
+# %% ../nbs/09b_serve.ipynb #7f4ebd4c
+LOCAL_NAMES = ('localhost', '127.0.0.1', '::1')  # what this machine calls itself
+FRAME_POLICY = "frame-ancestors 'none'"          # no page of another site may show ours in a frame
+
+def _host(value:str) -> str:
+    "The name in a Host header or an address, lowercase, without its port: 'Example.org:80' -> 'example.org', '[::1]:80' -> '::1'."
+    try: return urlsplit('//' + value).hostname or ''
+    except ValueError: return ''
+
+def host_allowed(
+    header:str|None,             # A request's Host header
+    names:Iterable[str]|None,    # The names the server answers to (None: any); with 0.0.0.0 or ::, any IP address too
+) -> bool:
+    "Whether a request for `header` is meant for this server, and not for a name that a page pointed at it (DNS rebinding)."
+    if names is None or header is None: return True  # no Host: not a browser (they always send one), so no rebinding page
+    name = _host(header)
+    if name in names: return True
+    if not {'0.0.0.0', '::'} & set(names): return False
+    try: return ipaddress.ip_address(name) is not None  # an address typed as such names no site that could rebind it
+    except ValueError: return False
+
+def _secured(headers:list) -> list:
+    "Response headers with `nosniff` and no framing, keeping what a page's own Content-Security-Policy says."
+    mine = (b'content-security-policy', b'x-content-type-options', b'x-frame-options')
+    policies = [v.decode('latin-1') for k, v in headers if k.lower() == b'content-security-policy']
+    if not any('frame-ancestors' in p for p in policies): policies.append(FRAME_POLICY)
+    return [(k, v) for k, v in headers if k.lower() not in mine] + [
+        (b'content-security-policy', '; '.join(policies).encode('latin-1')), (b'x-content-type-options', b'nosniff'), (b'x-frame-options', b'DENY')]
+
+def _fault(e:BaseException) -> str:
+    "An exception in one line: its type, message and where it was raised."
+    last = traceback.extract_tb(e.__traceback__)[-1:]
+    where = f' ({Path(last[0].filename).name}:{last[0].lineno})' if last else ''
+    return f'{type(e).__name__}: {str(e)[:200]}{where}'.replace('\n', ' ')
+
+# %% ../nbs/09b_serve.ipynb #1bb6318b
+class Guard:
+    "ASGI middleware around the app: our host names only, no API calls from other sites' pages, safe headers, one line per fault."
+    def __init__(self, app, names:Iterable[str]|None, log:logging.Logger):
+        self.app, self.names, self.log = app, None if names is None else frozenset(names), log
+
+    def check(self, scope):
+        "Refuse a request for another host name (400), and an API call from a page of another site (403)."
+        headers = Headers(scope=scope)
+        host, origin = headers.get('host'), headers.get('origin')
+        if not host_allowed(host, self.names):
+            raise ApiError(400, f"this server does not answer to the name {_host(host)[:80]!r}: a page may have pointed it here "
+                                "(DNS rebinding); start the server with --allowed-hosts NAME to allow it", code='invalid_host')
+        if origin is not None and scope['path'].startswith('/v1/'):
+            try: same = urlsplit(origin).netloc.lower() == (host or '').lower()
+            except ValueError: same = False
+            if not same: raise ApiError(403, f"a page of another site ({origin[:80]}) may not use this API", code='cross_origin')
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        started = False
+        async def secured(message):
+            nonlocal started
+            if message['type'] == 'http.response.start':
+                started, message = True, {**message, 'headers': _secured(list(message.get('headers') or []))}
+            await send(message)
+        try:
+            self.check(scope)
+            await self.app(scope, receive, secured)
+        except ApiError as e: await e.response()(scope, receive, secured)
+        except Exception as e:  # after the response has started there is nothing left to send: the log line is all
+            self.log.error('%s %s failed: %s', scope['method'], scope['path'][:80], _fault(e))
+            if not started: await ApiError(500, f"the server failed on this request ({type(e).__name__}); it is logged, and the server goes on",
+                                           type='server_error').response()(scope, receive, secured)
+
+# %% ../nbs/09b_serve.ipynb #a99dc9f1
+def guarded_protocol(
+    read_timeout:float,   # Seconds a connection may take to send a request's head (from its opening, or the last reply)
+    max_connections:int,  # Open connections; one more closes the one that has waited longest for its request head
+) -> type[H11Protocol]:
+    "uvicorn's HTTP/1.1 protocol with a timeout on each request head and a cap on open connections."
+    class Guarded(H11Protocol):
+        waiting = {}  # connections waiting for a request head, oldest first: their timers
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.waiting[self] = self.loop.call_later(read_timeout, self.drop)
+            if len(self.connections) > max_connections: next(iter(self.waiting)).drop()
+        def got_head(self):
+            if timer := self.waiting.pop(self, None): timer.cancel()
+        def drop(self):
+            self.got_head()
+            self.transport.close()
+        def handle_events(self):
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE: self.got_head()  # the head is in: the app's own limits take over
+        def on_response_complete(self):  # the connection stays open for another request, whose head must come in time too
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE and self not in self.waiting:
+                self.waiting[self] = self.loop.call_later(read_timeout, self.drop)
+        def connection_lost(self, exc):
+            self.got_head()
+            super().connection_lost(exc)
+    return Guarded
+
+class LogBudget(logging.Filter):
+    "Let a logger write at most `n` records a minute, each on one line (a traceback becomes its last line), and say so when it stops."
+    def __init__(self, n:int=20): super().__init__(); self.n, self.start, self.count = n, -math.inf, 0
+    def filter(self, record) -> bool:
+        if time.monotonic() - self.start > 60: self.start, self.count = time.monotonic(), 0
+        self.count += 1
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = f'{record.getMessage()} ({_fault(record.exc_info[1])})'.replace('\n', ' '), ()
+            record.exc_info = record.exc_text = None
+        if self.count == self.n + 1:
+            record.msg, record.args, record.exc_info, record.exc_text = f"{self.n} messages this minute: the rest of the minute's are left out", (), None, None
+        return self.count <= self.n + 1
+
+def _backlog(connections:int) -> int:
+    "Connections the kernel may hold for us to accept; asyncio accepts as many at once before the cap can close any."
+    return max(16, connections // 4)
+
+def server_config(
+    app,                              # The application (`make_app`)
+    host:str,                         # Address to listen on
+    port:int,                         # Port to listen on
+    limits:ServeLimits=ServeLimits(), # Its `read_timeout` and `max_connections`
+    log_level:str='warning',          # uvicorn's own messages at this level and above
+) -> uvicorn.Config:
+    "uvicorn's settings for `app`: the guarded HTTP/1.1 protocol, and logs that a flood cannot fill."
+    config = uvicorn.Config(app, host=host, port=port, http=guarded_protocol(limits.read_timeout, limits.max_connections),
+                            backlog=_backlog(limits.max_connections), log_level=log_level, timeout_graceful_shutdown=5)
+    for name in ('uvicorn.error', 'asyncio', 'serve'):  # uvicorn's warnings, the event loop's errors, ours
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LogBudget) for f in logger.filters): logger.addFilter(LogBudget())
+    return config
+
 # %% ../nbs/09b_serve.ipynb #53233544
 async def _read_json(request:Request, limits:ServeLimits):
-    "The request's JSON body, read up to `limits.max_body` bytes."
+    "The request's JSON body, sent as such, read up to `limits.max_body` bytes within `limits.read_timeout` seconds."
+    kind = request.headers.get('content-type', '').split(';')[0].strip().lower()
+    if kind != 'application/json':  # a page of another site can send text/plain or a form without asking first: not JSON
+        raise ApiError(415, f"send the body as Content-Type: application/json, not {kind[:60] or 'none'}", code='unsupported_media_type')
     too_big = ApiError(413, f"the request body is larger than this server's limit of {limits.max_body:,} bytes", code='body_too_large')
     size = request.headers.get('content-length') or '0'
-    if not size.isdigit(): raise ApiError(400, f"the Content-Length header {size!r} is not a number of bytes", code='invalid_header')
-    if int(size) > limits.max_body: raise too_big
+    if not size.isdigit(): raise ApiError(400, f"the Content-Length header {size[:40]!r} is not a number of bytes", code='invalid_header')
+    if len(size) > 12 or int(size) > limits.max_body: raise too_big
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limits.max_body: raise too_big
+    try:
+        async with asyncio.timeout(limits.read_timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limits.max_body: raise too_big
+    except TimeoutError: raise ApiError(408, f"the body did not arrive within {limits.read_timeout:g} seconds", code='timeout') from None
     try: return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ApiError(400, f"the body is not valid JSON: {e}", code='invalid_json') from None
+    except (ValueError, RecursionError) as e:  # bad syntax or UTF-8, an integer of over 4,300 digits, nesting deeper than the stack
+        raise ApiError(400, f"the body is not valid JSON: {str(e)[:200]}", code='invalid_json') from None
 
 def _session(lm, req:ChatRequest, sampling:SamplingConfig, limits:ServeLimits, **chat) -> tuple[ChatSession, str, list[int]]:
     "A session holding the request's conversation, the message it answers, and the prompt it will read."
     cfg = dataclasses.replace(sampling, max_new_tokens=req.max_tokens or min(limits.default_tokens, limits.max_tokens),
                               **{k: getattr(req, k) for k in ('temperature', 'top_p') if getattr(req, k) is not None})
-    system = '\n\n'.join(m['content'] for m in req.messages if m['role'] == 'system') or None
+    system = '\n\n'.join(m['content'] for m in req.messages if m['role'] == 'system') or None  # they all come first
     session = ChatSession(lm.model, lm.fmt, system=system, sampling=cfg, seed=req.seed, **chat)
     turns = [m for m in req.messages if m['role'] != 'system']
     session.history = [dict(role=m['role'], content=session.clean(m['content'])) for m in turns[:-1]]
     try: ids = session.prompt_ids(turns[-1]['content'])
-    except UserError as e: raise ApiError(400, f"{e}; send a shorter message", param='messages', code='context_length_exceeded') from None
+    except MessageTooLong as e:
+        raise ApiError(400, f"{e}; send a shorter message", param='messages', code='context_length_exceeded') from None
+    except UserError as e: raise ApiError(400, str(e), param='messages', code='invalid_messages') from None  # the template refused it
     return session, turns[-1]['content'], ids
 
 def make_app(
@@ -298,6 +488,7 @@ def make_app(
     safety:bool=True,                   # Check replies with the content filter
     refusal:str=REFUSAL,                # What a withdrawn whole reply reads as
     block:Iterable[str]=DEFAULT_DROP,   # Content categories whose replies are withdrawn
+    hosts:Iterable[str]|None=LOCAL_NAMES, # Host names it answers to (None: any; see `host_allowed`)
 ) -> Starlette:
     "A Starlette application serving `lm`: the chat completions API, the models list, health, and the chat page."
     log, stats, pool = get_logger('serve'), ServerStats(), ThreadPoolExecutor(workers, thread_name_prefix='generate')
@@ -317,32 +508,26 @@ def make_app(
         req = parse_chat_request(await _read_json(request, limits), limits)
         if req.model not in (None, name): raise ApiError(404, f"the model {req.model!r} is not served here; this server has {name!r}", param='model', code='model_not_found')
         session, message, ids = await asyncio.to_thread(_session, lm, req, sampling, limits, **chat)
-        id, headers, stop = f'chatcmpl-{uuid.uuid4().hex[:24]}', {'x-dropped-messages': str(session.dropped)}, StopText(req.stop)
-        reply = Reply(session, message, pool, deadline, stats)
+        id, headers = f'chatcmpl-{uuid.uuid4().hex[:24]}', {'x-dropped-messages': str(session.dropped)}
+        reply = Reply(session, message, pool, deadline, stats, StopText(req.stop))
         reply.watch(request)
 
         def finish_reason():
-            return 'stop' if stop.hit else session.finish_reason
+            return 'stop' if reply.stop_text.hit else session.finish_reason
 
         if not req.stream:
-            text = ''
-            async for piece in reply:
-                text += stop.feed(piece)
-                if stop.hit: break
+            text = ''.join([piece async for piece in reply])
             await reply.stop()
             if reply.client_left:  # the response would go nowhere
                 log.info('%s: the client disconnected; generation stopped', id)
                 return Response(status_code=499)
-            text = session.refusal if session.flagged else text + stop.flush()
+            text = session.refusal if session.flagged else text
             return JSONResponse(completion_body(id, name, text, finish_reason(), session.usage), headers=headers)
 
         async def events():
             try:
                 yield sse(chunk_body(id, name, dict(role='assistant', content='')))
-                async for piece in reply:
-                    if text := stop.feed(piece): yield sse(chunk_body(id, name, dict(content=text)))
-                    if stop.hit: break
-                if text := stop.flush(): yield sse(chunk_body(id, name, dict(content=text)))
+                async for text in reply: yield sse(chunk_body(id, name, dict(content=text)))
                 await reply.stop()
                 if reply.client_left:
                     log.info('%s: the client disconnected; generation stopped', id)
@@ -352,7 +537,7 @@ def make_app(
             except ApiError as e:  # the status has been sent: the error goes in the stream, as OpenAI's API does
                 yield sse(e.body())
             except Exception as e:
-                log.exception('%s: error while streaming', id)
+                log.error('%s: failed while streaming: %s', id, _fault(e))
                 yield sse(ApiError(500, f"the server failed while generating ({type(e).__name__}); it is logged", type='server_error').body())
             yield sse('[DONE]')
         return StreamingResponse(events(), media_type='text/event-stream', headers={**headers, 'cache-control': 'no-cache'})
@@ -369,10 +554,7 @@ def make_app(
 
     async def api_error(request:Request, e:ApiError) -> Response: return e.response()
     async def http_error(request:Request, e:HTTPException) -> Response:
-        return ApiError(e.status_code, f"{request.method} {request.url.path}: {e.detail}", code=str(e.status_code)).response()
-    async def server_error(request:Request, e:Exception) -> Response:
-        log.exception('error answering %s %s', request.method, request.url.path)
-        return ApiError(500, f"the server failed on this request ({type(e).__name__}); it is logged, and the server goes on", type='server_error').response()
+        return ApiError(e.status_code, f"{request.method} {request.url.path[:80]}: {e.detail}", code=str(e.status_code)).response()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -381,11 +563,12 @@ def make_app(
 
     app = Starlette(routes=[Route('/v1/chat/completions', completions, methods=['POST']), Route('/v1/models', models),
                             Route('/health', health), Route('/', index), Mount('/static', StaticFiles(directory=str(page)))],
-                    exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
+                    middleware=[Middleware(Guard, names=hosts, log=log)],
+                    exception_handlers={ApiError: api_error, HTTPException: http_error}, lifespan=lifespan)
     app.state.stats = stats
     return app
 
-PAGE_HEADERS = {'content-security-policy': "default-src 'self'", 'x-content-type-options': 'nosniff'}  # the page runs only its own files
+PAGE_HEADERS = {'content-security-policy': "default-src 'self'"}  # the page runs only its own files (`Guard` adds the rest)
 
 # %% ../nbs/09b_serve.ipynb #ba87b6b8
 def _loopback(host:str) -> bool:
@@ -394,18 +577,32 @@ def _loopback(host:str) -> bool:
     try: return ipaddress.ip_address(host).is_loopback
     except ValueError: return False
 
+def _room_for(connections:int):
+    "Let this process open enough files for `connections` sockets and its own files, or say what to do."
+    try: import resource
+    except ImportError: return  # not a Unix: no such limit to raise
+    need, (soft, hard) = connections + 2 * _backlog(connections) + 64, resource.getrlimit(resource.RLIMIT_NOFILE)  # + a burst, and its evictions
+    if soft == resource.RLIM_INFINITY or soft >= need: return
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need if hard == resource.RLIM_INFINITY else min(need, hard), hard))
+    if (soft := resource.getrlimit(resource.RLIMIT_NOFILE)[0]) < need:
+        raise UserError(f"--max-connections {connections} needs {need} open files and this process may open {soft}: lower it, or raise the limit (ulimit -n {need})")
+
 def run_serve(
     run:str|None=None,           # A run folder: serve its newest model (aligned/, else sft/, else base/)
     model:str|None=None,         # base, sft, aligned, a model folder or a hub id (with --run: one of its models)
     host:str='127.0.0.1',        # Address to listen on; 127.0.0.1 is this machine only, 0.0.0.0 every network (then set --api-key)
     port:int=8000,               # Port to listen on
     api_key:str|None=None,       # Require `Authorization: Bearer KEY` on every /v1/ request (default: $CHATGPT_TRAIN_API_KEY, else none)
+    allowed_hosts:str|None=None, # More names to answer to, comma-separated, e.g. a proxy's (always: localhost, 127.0.0.1, ::1, --host); * for any
     workers:int=1,               # Replies generated at once; more requests wait their turn (see the benchmark before raising it)
     max_tokens:int=ServeLimits.max_tokens, # Most tokens a request may ask for
     default_tokens:int=ServeLimits.default_tokens, # Tokens a reply gets when the request does not say
     max_messages:int=ServeLimits.max_messages, # Most messages in a request
     max_body:int=ServeLimits.max_body, # Largest request body, in bytes
     timeout:float=ServeLimits.timeout, # Seconds a request may take, waiting for a worker included
+    read_timeout:float=ServeLimits.read_timeout, # Seconds a client may take to send a request's head, and again its body
+    max_connections:int=ServeLimits.max_connections, # Most open connections; past it, the one waiting longest for its request is closed
     repetition_penalty:float=SamplingConfig.repetition_penalty, # Make tokens already in the text less likely (1: off)
     safety:bool=True,            # Check replies with the clean stage's content filter (--no-safety: off)
     refusal:str=REFUSAL,         # What a withdrawn reply reads as
@@ -413,20 +610,24 @@ def run_serve(
     device:str='auto',           # auto, cpu, cuda, cuda:1 or mps
 ):
     "Serve a model over HTTP: OpenAI's chat completions API with streaming, and a chat page at /."
-    import uvicorn
     if run is None and model is None: raise UserError("give a run folder (--run DIR) or a model (--model DIR or a hub id)")
-    for flag, v in dict(port=port, workers=workers, max_tokens=max_tokens, default_tokens=default_tokens, max_messages=max_messages, max_body=max_body).items():
+    for flag, v in dict(port=port, workers=workers, max_tokens=max_tokens, default_tokens=default_tokens, max_messages=max_messages,
+                        max_body=max_body, max_connections=max_connections).items():
         if not (0 < v if flag != 'port' else 0 < v < 65536): raise UserError(f"--{flag.replace('_', '-')} must be positive{' and below 65536' if flag == 'port' else ''}, not {v}")
-    if not (math.isfinite(timeout) and timeout > 0): raise UserError(f"--timeout must be a positive number of seconds, not {timeout}")
+    for flag, v in dict(timeout=timeout, read_timeout=read_timeout).items():
+        if not (math.isfinite(v) and v > 0): raise UserError(f"--{flag.replace('_', '-')} must be a positive number of seconds, not {v}")
     blocked = block_categories(block)
+    _room_for(max_connections)
+    hosts = None if (allowed_hosts or '').strip() == '*' else (*LOCAL_NAMES, host.lower(), *(h.strip().lower() for h in (allowed_hosts or '').split(',') if h.strip()))
     api_key = api_key or os.environ.get('CHATGPT_TRAIN_API_KEY') or None
     log = get_logger('serve')
     lm = load_model(run, model, device)
     name = model.split('@')[0] if model and (model in MODEL_DIRS or is_hub_id(model)) else lm.folder.name  # the id clients ask for
-    limits = ServeLimits(max_tokens, min(default_tokens, max_tokens), max_messages, max_body, timeout=timeout)
-    app = make_app(lm, name, limits, api_key, workers, SamplingConfig(repetition_penalty=repetition_penalty), safety, refusal, blocked)
+    limits = ServeLimits(max_tokens, min(default_tokens, max_tokens), max_messages, max_body, timeout=timeout, read_timeout=read_timeout,
+                         max_connections=max_connections)
+    app = make_app(lm, name, limits, api_key, workers, SamplingConfig(repetition_penalty=repetition_penalty), safety, refusal, blocked, hosts)
     if not _loopback(host) and api_key is None:
         log.warning('listening on %s without an API key: anyone who can reach this address can use the model; set --api-key', host)
     log.info('serving %s as %r at http://%s:%d/ (chat page) and http://%s:%d/v1 (API)%s', lm.folder, name, host, port, host, port,
              ', API key required' if api_key else '')
-    uvicorn.run(app, host=host, port=port, log_level='warning', timeout_graceful_shutdown=5)
+    uvicorn.Server(server_config(app, host, port, limits)).run()

@@ -272,7 +272,7 @@ class ChatTokenizer:
     def hf(self):
         "The `transformers` tokenizer of the same folder."
         from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(self.folder)
+        return AutoTokenizer.from_pretrained(self.folder, local_files_only=True, trust_remote_code=False)
 
     def __len__(self): return self.vocab_size
 
