@@ -119,17 +119,27 @@ def _one_line(e:BaseException) -> str:
     msg = str(e).strip()
     return msg.splitlines()[0] if msg else type(e).__name__
 
-_BOMS = ((b'\xff\xfe\x00\x00', 'UTF-32'), (b'\x00\x00\xfe\xff', 'UTF-32'), (b'\xff\xfe', 'UTF-16'), (b'\xfe\xff', 'UTF-16'))
+_BOMS = ((b'\xff\xfe\x00\x00', 'utf-32-le'), (b'\x00\x00\xfe\xff', 'utf-32-be'), (b'\xff\xfe', 'utf-16-le'), (b'\xfe\xff', 'utf-16-be'))
+
+def _reads_as_text(
+    head:bytes, # The first bytes of a file, without a byte-order mark
+    codec:str,  # utf-16-le, utf-16-be, utf-32-le or utf-32-be
+) -> bool:
+    "Whether `head` decodes in `codec` to text: 95% or more printable characters and line breaks (random bytes do not)."
+    unit = 4 if '32' in codec else 2
+    text = head[:len(head) - len(head) % unit].decode(codec, 'replace')
+    return bool(text) and sum(ch.isprintable() and ch != '\ufffd' or ch in '\t\r\n' for ch in text) >= 0.95 * len(text)
 
 def _encoding_problem(
     head:bytes, # The first bytes of a file (a few KB)
 ) -> BadRecord|None:
-    "A `BadRecord` if `head` is UTF-16 or UTF-32 text (a byte-order mark, or NUL bytes in every other place), else None."
-    name = next((n for bom, n in _BOMS if head.startswith(bom)), None)
-    if name is None and len(head) >= 8:  # without a mark: ASCII in UTF-16 is every other byte NUL, in UTF-32 three of four
-        even, odd = head[0::2].count(0) > len(head) // 4, head[1::2].count(0) > len(head) // 4
-        name = 'UTF-32' if even and odd else 'UTF-16' if even or odd else None
-    return name and BadRecord('wrong-encoding', f'{name} text: save it as UTF-8; the file is not read')
+    "A `BadRecord` if `head` is UTF-16 or UTF-32 text (by its byte-order mark, or by NUL bytes between its letters), else None."
+    bom = next(((mark, codec) for mark, codec in _BOMS if head.startswith(mark)), None)
+    if bom: codecs, head = [bom[1]], head[len(bom[0]):]
+    elif len(head) >= 8 and head.count(0) > len(head) // 4: codecs = ['utf-32-le', 'utf-32-be', 'utf-16-le', 'utf-16-be']
+    else: return None  # UTF-8 has no NUL bytes but in the NUL character, which no text of ours holds
+    codec = next((codec for codec in codecs if _reads_as_text(head, codec)), None)
+    return codec and BadRecord('wrong-encoding', f'{codec[:6].upper()} text: save it as UTF-8; the file is not read')
 
 def read_text(
     path:str|Path, # A file
