@@ -185,21 +185,28 @@ def _norm(d:dict) -> dict:
     "`d` as it reads back from JSON."
     return json.loads(json.dumps(d, default=str))
 
-def _saved(folder:Path) -> dict:
-    "The stage's own `args.json` in `folder` ({} if it is missing or unreadable)."
-    try: saved = load_json(folder/'args.json', finished=False) if (folder/'args.json').is_file() else {}
+def _saved(
+    f:Path, # A stage's `args.json`, or a result file that keeps its own `args` (evaluate's `eval/NAME.json`)
+) -> dict:
+    "The arguments and time the stage recorded in `f` ({} if it is missing, unreadable or holds none)."
+    try: saved = load_json(f, finished=False) if f.is_file() else {}
     except UserError: return {}
     return saved if isinstance(saved, dict) and isinstance(saved.get('args'), dict) else {}
 
-def _same_args(folder:Path, kwargs:dict) -> bool:
-    "Whether the stage's own `args.json` agrees with `kwargs` (an argument given as None is the stage's to choose)."
-    saved = _saved(folder)
+def _record(step:Step, root:Path) -> dict:
+    "What `step` recorded of its last run: its result's own `args` where it keeps them, else its folder's `args.json`."
+    own = _saved(root/step.output) if step.output.endswith('.json') else {}  # one eval/args.json serves three evaluations
+    return own or _saved(root/step.folder/'args.json')
+
+def _same_args(saved:dict, kwargs:dict) -> bool:
+    "Whether a stage's record (`_saved`) agrees with `kwargs` (an argument given as None is the stage's to choose)."
     return bool(saved) and all(saved['args'].get(k) == v for k, v in _norm(kwargs).items() if v is not None)
 
-def _started(folder:Path) -> float|None:
-    "When the stage that wrote `folder` saved its arguments, from `args.json` (copying a folder keeps it, unlike a file's time)."
-    try: return datetime.datetime.fromisoformat(_saved(folder)['created']).timestamp()
+def _started(saved:dict) -> float|None:
+    "When the stage saved its arguments, from its record (copying a folder keeps that time, unlike a file's)."
+    try: return datetime.datetime.fromisoformat(saved['created']).timestamp()
     except (KeyError, TypeError, ValueError): return None
+
 
 # %% ../nbs/10_cli.ipynb #6269e670
 SMALL_FILE = 1 << 20  # bytes: files up to this size are hashed for the fingerprint, larger ones known by their size
@@ -267,15 +274,15 @@ def step_state(
         elif (root/step.output).stat().st_mtime > st['finished']: why = f"{step.output} was written again since"  # an older record
         if why is None: return 'done', ''
     elif why is None:
-        t = _started(folder)
-        if t is None or not _same_args(folder, step.kwargs): why = f"{step.folder}/args.json holds other settings"
+        saved = _record(step, root)
+        if (t := _started(saved)) is None or not _same_args(saved, step.kwargs): why = f"{step.folder}/ holds other settings"
         elif any(d > t for d in deps): why = f"{' or '.join(step.deps)} ran again since"
         else:
             stamps[step.name] = dict(args=_norm(step.kwargs), finished=t, seconds=0., resumed=False, files=fingerprint(step, run))
             return 'done', ''
     elif st is None and not (root/step.output).exists(): why = ''  # it never ran: nothing to explain
     if (step.of.resumable and (folder/INCOMPLETE).exists() and (folder/'checkpoints'/'last.pt').exists()  # stopped half-way
-        and _same_args(folder, step.kwargs) and all(t <= (folder/'args.json').stat().st_mtime for t in deps)):
+        and _same_args(_saved(folder/'args.json'), step.kwargs) and all(t <= (folder/'args.json').stat().st_mtime for t in deps)):
         return 'resume', why
     return 'run', why
 
