@@ -22,7 +22,8 @@ from .encode import pad_collate
 from .generate import SamplingConfig, sample_settings
 from .model import context_length, load_model
 from .replies import example_nlls, fit_context, generated_replies, reply_example, selection_items
-from .train import TrainConfig, Trainer, barrier, end_distributed, init_distributed, lm_loss, rank_device, resume_args
+from .train import (TrainConfig, Trainer, barrier, end_distributed, init_distributed, lm_loss, rank_device,
+                                 resume_args)
 from .finetune import (ChatBatches, add_lora, check_memory, finetune_memory, free_memory, save_merged,
                                     size_defaults, trainable_params)
 from .preferences import load_preferences, read_preferences, split_preferences, write_preferences
@@ -55,10 +56,10 @@ def reply_logps(
     return -lm_loss(model(**b, use_cache=False).logits, y, reduction='none').view(y.shape[0], -1).sum(1)
 
 def pair_collate(
-    rows:list[dict], # Pairs of examples (`pair_example`), with the reference's log-probabilities `ref` (chosen, rejected) or not
+    rows:list[dict], # Pairs of examples (`pair_example`), with or without the reference's log-probabilities `ref`
     pad_id:int,      # The token for padded positions
 ) -> dict:
-    "A batch of pairs: the chosen rows' tensors, the rejected rows' as `rejected_*`, and `ref` (pairs x 2) if the rows have it."
+    "A batch of pairs: the chosen rows' tensors, the rejected rows' as `rejected_*`, and `ref` (pairs x 2) if given."
     both = pad_collate([r['chosen'] for r in rows] + [r['rejected'] for r in rows], pad_id)  # one length for both sides
     n = len(rows)
     ref = {'ref': torch.tensor([r['ref'] for r in rows], dtype=torch.float32)} if all('ref' in r for r in rows) else {}
@@ -96,7 +97,7 @@ def with_reference(
 
 # %% ../nbs/08b_align.ipynb #f47bb8d1
 class Reference:
-    "The model before alignment, scoring rows as `reply_logps` does, without gradients: a frozen copy, or LoRA's base model."
+    "The model before alignment, scoring rows as `reply_logps` does, without gradients: a frozen copy or LoRA's base."
     def __init__(self,
         model,           # The model to align, before training (under LoRA: as `add_lora` wrapped it)
         lora:bool=False, # `model` carries LoRA adapters: they are switched off to score, so no copy is made
@@ -254,7 +255,8 @@ def align_pairs(
         pairs, bad = read_preferences(cfg.data)
         if not pairs:  # aligned/ is not touched before its inputs are good: this attempt's quarantine goes beside it
             write_jsonl(bad, q := run_path(run)/'align-quarantine.jsonl')
-            raise UserError(f"{cfg.data}: no usable preference pair ({len(bad)} quarantined; see {q}); aligned/ is unchanged")
+            raise UserError(f"{cfg.data}: no usable preference pair ({len(bad)} quarantined; see {q}); "
+                            "aligned/ is unchanged")
         train, val = split_preferences(pairs, cfg.val_fraction, cfg.seed, MAX_VAL_PAIRS)
         return train, val, bad
     C = context_length(lm.model)
@@ -275,7 +277,7 @@ def align_inputs(
     world:int=1,      # Processes
     resume:bool=False, # The pairs are those aligned/data/ already holds
 ) -> tuple:
-    "The model folder, the model, the settings with its size's defaults, and (rank 0, not resuming) the pairs: read and checked, nothing written."
+    "The model folder, the model, settings with size defaults and (rank 0, not resuming) pairs; nothing written."
     src = model_dir(run, cfg.from_, '--from')
     if src.resolve() == stage_dir(run, 'aligned').resolve():
         raise UserError(f"{src} is where this run writes its aligned model: copy it elsewhere to align it again")
@@ -285,7 +287,8 @@ def align_inputs(
     pairs = align_pairs(run, lm, cfg) if rank == 0 and not resume else None
     if pairs:
         ChatBatches(pairs[0], cfg.batch_size, lm.fmt.pad_id, world_size=world)  # refuses fewer pairs than a batch
-        pair_example(lm.fmt, pairs[0][0], min(cfg.block_size or 512, context_length(lm.model)))  # the model's format renders a pair
+        # the model's format renders a pair
+        pair_example(lm.fmt, pairs[0][0], min(cfg.block_size or 512, context_length(lm.model)))
     return src, lm, cfg, pairs
 
 
@@ -339,7 +342,8 @@ def run_align(
     try:
         if resume: args = resume_args(out, args, run_align, get_logger('align'))
         cfg = AlignConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
-        src, lm, cfg, pairs = align_inputs(run, cfg, dev, rank, world, resume)  # all read and checked: aligned/ is still as it was
+        # all read and checked: aligned/ is still as it was
+        src, lm, cfg, pairs = align_inputs(run, cfg, dev, rank, world, resume)
         with writing_stage(run, 'align'):
             log = get_logger('align', out if rank == 0 else None)
             C = context_length(lm.model)
@@ -355,7 +359,8 @@ def run_align(
             if rank == 0:
                 log.info(f"{len(train):,} train and {len(val):,} val pairs from {cfg.data}" +
                          (f" ({sum(p['id'].startswith('self-') for p in train):,} of them self-play)" if cfg.data == 'run' else ''))
-            val_rows = with_reference(lm.model, [pair_example(lm.fmt, p, T) for p in val], pad, prec)  # training pairs: as used
+            # training pairs: as used
+            val_rows = with_reference(lm.model, [pair_example(lm.fmt, p, T) for p in val], pad, prec)
             val_prompts = safety_prompts('val')
             if rank == 0 and not (d/'before.json').exists():
                 save_json(dict(preferences=preference_metrics(lm.model, val_rows, pad, cfg.beta, prec),

@@ -141,7 +141,8 @@ class ChatSession:
         j = first_fit(len(starts), fits)  # leave out the oldest exchanges until the rest fits
         self.dropped, ids = starts[j], rendered[j]
         if len(ids) >= self.n_ctx:
-            raise MessageTooLong(f"the message is too long: with the system prompt it is {len(ids)} tokens and the model reads at most {self.n_ctx}")
+            raise MessageTooLong(f"the message is too long: with the system prompt it is {len(ids)} tokens "
+                                 f"and the model reads at most {self.n_ctx}")
         return list(ids)
 
     def stream(self,

@@ -120,15 +120,18 @@ class ChatFormat:
         return self.template and re.search(r'\{%-?\s*generation\s*-?%\}', self.hf.chat_template) is not None
 
     def _render(self, turns, **kw):
-        "`apply_chat_template` on `turns`; the template's error is one line naming it (`load_chat_format` tried it on short chats only)."
+        "`apply_chat_template` on `turns`; a template's error is one line naming it (loading tried short chats only)."
         try: return self.hf.apply_chat_template(_messages(turns), **kw)
         except Exception as e:  # jinja raises its own kinds, and a template raises what it likes
-            if not turns: raise  # transformers' own ValueError for an empty chat, which callers may test for (`replies.no_context`)
-            raise UserError(f"{self.hf.name_or_path}: its chat template failed on this conversation ({_why(e)})") from None
+            # transformers' own ValueError for an empty chat, which callers may test for (`replies.no_context`)
+            if not turns: raise
+            raise UserError(f"{self.hf.name_or_path}: its chat template failed on this conversation "
+                            f"({_why(e)})") from None
 
     def _template_ids(self, turns, **kw) -> dict: return self._render(turns, tokenize=True, return_dict=True, **kw)
 
-    def _template_text(self, turns, gen:bool=False) -> str: return self._render(turns, tokenize=False, add_generation_prompt=gen)
+    def _template_text(self, turns, gen:bool=False) -> str:
+        return self._render(turns, tokenize=False, add_generation_prompt=gen)
 
     def _turn_ends(self) -> list[int]:
         "The special token the template writes right after a reply (`<|im_end|>`, `<|eot_id|>`), as a list of 0 or 1 ids."
@@ -227,7 +230,8 @@ def add_chat_tokens(
     return list(range(n, len(hf)))
 
 # %% ../nbs/03a_chat_format.ipynb #706b5e30
-CODE_CONFIGS = ('config.json', 'tokenizer_config.json')  # where transformers finds an `auto_map` to a folder's own Python files
+# where transformers finds an `auto_map` to a folder's own Python files
+CODE_CONFIGS = ('config.json', 'tokenizer_config.json')
 
 def refuse_custom_code(
     folder:str|Path, # A model or tokenizer folder
@@ -238,11 +242,13 @@ def refuse_custom_code(
         except (OSError, ValueError): continue  # absent or damaged: the loader that reads it says so
         if isinstance(cfg, dict) and cfg.get('auto_map'):
             ref = json.dumps(cfg['auto_map'])[:120]
-            raise UserError(f"{Path(folder)/name} has an auto_map ({ref}) to Python code in the folder: we never run code from a model "
-                            f"folder; use a model whose architecture transformers has built in")
+            raise UserError(f"{Path(folder)/name} has an auto_map ({ref}) to Python code in the folder: "
+                            f"we never run code from a model folder; use a model whose architecture transformers "
+                            f"has built in")
 
 # %% ../nbs/03a_chat_format.ipynb #e622b4eb
-TEMPLATE_LIMITS = dict(seconds=5, memory=2**30, chars=2**18)  # a template renders a short chat in milliseconds, kB of memory and text
+# a template renders a short chat in milliseconds, kB of memory and text
+TEMPLATE_LIMITS = dict(seconds=5, memory=2**30, chars=2**18)
 
 def _address_space() -> int:
     "Bytes of address space this process has mapped (Linux); 0 where unknown."
@@ -254,7 +260,7 @@ def run_limited(
     seconds:float,        # Wall time it may take
     memory:int,           # Bytes of address space it may add
 ):
-    "`fn()` run in a forked child under limits of time and memory; raises `RuntimeError` with the child's error or `TimeoutError`."
+    "`fn()` in a forked child of limited time and memory; raises `RuntimeError` (the child's error) or `TimeoutError`."
     import resource, select, signal
     if not hasattr(os, 'fork'): return fn()  # Windows: jinja's sandbox is the only guard
     r, w = os.pipe()
@@ -262,7 +268,8 @@ def run_limited(
         try:
             os.close(r)
             hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-            if vm := _address_space(): resource.setrlimit(resource.RLIMIT_AS, (vm + memory if hard < 0 else min(vm + memory, hard), hard))
+            if vm := _address_space():
+                resource.setrlimit(resource.RLIMIT_AS, (vm + memory if hard < 0 else min(vm + memory, hard), hard))
             try: out = dict(ok=fn())
             except BaseException as e: out = dict(error=_why(e))
             os.write(w, json.dumps(out).encode())
@@ -293,11 +300,14 @@ def _render_probes(hf, template:str) -> list[int|str]:
     from jinja2.exceptions import TemplateError
     out = []
     for turns, gen, _ in PROBES:
-        try: text = hf.apply_chat_template(_messages(turns), chat_template=template, tokenize=False, add_generation_prompt=gen)
+        try: text = hf.apply_chat_template(_messages(turns), chat_template=template, tokenize=False,
+                                           add_generation_prompt=gen)
         except TemplateError as e:
-            if type(e) is not TemplateError: raise  # syntax, undefined names, sandbox escapes: subclasses, a broken template
+            # syntax, undefined names, sandbox escapes: subclasses, a broken template
+            if type(e) is not TemplateError: raise
             out.append(str(e)); continue
-        if len(text) > TEMPLATE_LIMITS['chars']: raise ValueError(f"wrote {len(text):,} characters for a {len(turns)}-turn chat")
+        if len(text) > TEMPLATE_LIMITS['chars']:
+            raise ValueError(f"wrote {len(text):,} characters for a {len(turns)}-turn chat")
         out.append(len(text))
     return out
 
@@ -305,17 +315,20 @@ def check_chat_template(
     hf,              # A `transformers` tokenizer
     folder:str|Path, # Its folder, for the message
 ):
-    "Raise a `UserError` naming the template's file if `hf`'s chat template fails, runs too long or too big on short chats."
+    "Raise a `UserError` naming its file if `hf`'s chat template fails, runs too long or too big on short chats."
     t, folder = getattr(hf, 'chat_template', None), Path(folder)
-    src = next((folder/n for n in ('chat_template.jinja', 'chat_template.json') if (folder/n).exists()), folder/'tokenizer_config.json')
+    src = next((folder/n for n in ('chat_template.jinja', 'chat_template.json') if (folder/n).exists()),
+               folder/'tokenizer_config.json')
     for template in (t.values() if isinstance(t, dict) else [t] if t else []):
         if template == CHAT_TEMPLATE: continue  # ours: known to be sound
         why = f"is {len(template):,} characters long" if len(template) > TEMPLATE_LIMITS['chars'] else None
-        try: got = why or run_limited(lambda: _render_probes(hf, template), TEMPLATE_LIMITS['seconds'], TEMPLATE_LIMITS['memory'])
+        try: got = why or run_limited(lambda: _render_probes(hf, template), TEMPLATE_LIMITS['seconds'],
+                                      TEMPLATE_LIMITS['memory'])
         except (RuntimeError, TimeoutError) as e: why = str(e)
         if not why: why = next((f"raised {r!r} on a {len(turns)}-turn chat" for (turns, _, may), r in zip(PROBES, got)
                                 if isinstance(r, str) and not may), None)
-        if why: raise UserError(f"{src}: its chat template is refused: on a short test chat it {why}; fix the template or remove it")
+        if why: raise UserError(f"{src}: its chat template is refused: on a short test chat it {why}; "
+                                f"fix the template or remove it")
 
 # %% ../nbs/03a_chat_format.ipynb #d42f44cb
 def load_chat_format(

@@ -11,8 +11,8 @@ from typing import Literal, get_args, get_origin
 
 from fastcore.docments import docments
 
-from .core import (INCOMPLETE, MODEL_DIRS, SPLITS, STAGES, Stage, UserError, get_logger, load_json, load_pipeline,
-                                load_tokens, model_dir, run_lock, run_path, save_json, stage, stage_dir)
+from .core import (INCOMPLETE, MODEL_DIRS, SPLITS, STAGES, Stage, UserError, get_logger, load_json,
+                                load_pipeline, load_tokens, model_dir, run_lock, run_path, save_json, stage, stage_dir)
 
 # %% auto #0
 __all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'ALIGN_SHARE',
@@ -195,7 +195,8 @@ def _saved(
 
 def _record(step:Step, root:Path) -> dict:
     "What `step` recorded of its last run: its result's own `args` where it keeps them, else its folder's `args.json`."
-    own = _saved(root/step.output) if step.output.endswith('.json') else {}  # one eval/args.json serves three evaluations
+    # one eval/args.json serves three evaluations
+    own = _saved(root/step.output) if step.output.endswith('.json') else {}
     return own or _saved(root/step.folder/'args.json')
 
 def _same_args(saved:dict, kwargs:dict) -> bool:
@@ -218,7 +219,8 @@ def _model_config(
     from chatgpt_train.model import read_model_config  # imported here: `--help` must not pay for transformers
     return read_model_config(model_dir(run, folder))
 
-CHECKS = {'encode': lambda run: [load_tokens(run, s) for s in SPLITS],  # the token files against meta.json and the tokenizer
+# encode: the token files against meta.json and the tokenizer
+CHECKS = {'encode': lambda run: [load_tokens(run, s) for s in SPLITS],
           **{s.name: (lambda run, m=s.folder: _model_config(run, m)) for s in STAGES if s.folder in MODEL_DIRS}}
 
 def fingerprint(
@@ -256,14 +258,15 @@ def step_problem(
 # %% ../nbs/10_cli.ipynb #f1418faf
 def _changed(st:dict, now:dict) -> str|None:
     "The first file whose fingerprint differs from the one recorded in `st` (None if all match)."
-    return next((f"{f} {'is gone' if f not in now else 'changed'} since the step ran" for f, v in st['files'].items() if now.get(f) != v), None)
+    return next((f"{f} {'is gone' if f not in now else 'changed'} since the step ran"
+                 for f, v in st['files'].items() if now.get(f) != v), None)
 
 def step_state(
     step:Step,     # A step of `pipeline_steps`
     run:str|Path,  # The run folder
     stamps:dict,   # The contents of `pipeline.json` (see `core.load_pipeline`): a done step it lacks is added to it
 ) -> tuple[Literal['done', 'resume', 'run'], str]:
-    "('done', ''), ('resume', why) if it stopped at a checkpoint it can continue from, or ('run', why); `why` is '' for a new step."
+    "('done', ''), ('resume', why) if it can resume from a checkpoint, or ('run', why); `why` is '' for a new step."
     root, st = run_path(run), stamps.get(step.name)
     folder, deps = root/step.folder, [stamps.get(d, {}).get('finished', math.inf) for d in step.deps]
     why = step_problem(step, run)
@@ -271,18 +274,23 @@ def step_state(
         if st['args'] != _norm(step.kwargs): why = 'its settings changed'
         elif any(t > st['finished'] for t in deps): why = f"{' or '.join(step.deps)} ran again since"
         elif 'files' in st: why = _changed(st, fingerprint(step, run))
-        elif (root/step.output).stat().st_mtime > st['finished']: why = f"{step.output} was written again since"  # an older record
+        elif (root/step.output).stat().st_mtime > st['finished']:  # an older record
+            why = f"{step.output} was written again since"
         if why is None: return 'done', ''
     elif why is None:
         saved = _record(step, root)
-        if (t := _started(saved)) is None or not _same_args(saved, step.kwargs): why = f"{step.folder}/ holds other settings"
+        if (t := _started(saved)) is None or not _same_args(saved, step.kwargs):
+            why = f"{step.folder}/ holds other settings"
         elif any(d > t for d in deps): why = f"{' or '.join(step.deps)} ran again since"
         else:
-            stamps[step.name] = dict(args=_norm(step.kwargs), finished=t, seconds=0., resumed=False, files=fingerprint(step, run))
+            stamps[step.name] = dict(args=_norm(step.kwargs), finished=t, seconds=0., resumed=False,
+                                     files=fingerprint(step, run))
             return 'done', ''
     elif st is None and not (root/step.output).exists(): why = ''  # it never ran: nothing to explain
-    if (step.of.resumable and (folder/INCOMPLETE).exists() and (folder/'checkpoints'/'last.pt').exists()  # stopped half-way
-        and _same_args(_saved(folder/'args.json'), step.kwargs) and all(t <= (folder/'args.json').stat().st_mtime for t in deps)):
+    # stopped half-way
+    if (step.of.resumable and (folder/INCOMPLETE).exists() and (folder/'checkpoints'/'last.pt').exists()
+        and _same_args(_saved(folder/'args.json'), step.kwargs)
+        and all(t <= (folder/'args.json').stat().st_mtime for t in deps)):
         return 'resume', why
     return 'run', why
 
@@ -316,8 +324,8 @@ def _take(step:Step, state:str, run:str, stamps:dict, path:Path) -> str:
     func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
     t0 = time.time()
     func(run=str(run), **step.kwargs, **({'resume': True} if state == 'resume' else {}))
-    stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1), resumed=state == 'resume',
-                             files=fingerprint(step, run))
+    stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1),
+                             resumed=state == 'resume', files=fingerprint(step, run))
     save_json(stamps, path)
     return 'resumed' if state == 'resume' else 'ran'
 
@@ -359,9 +367,11 @@ def run_all(
         for step in pipeline_steps(args):
             known = stamps.get(step.name)
             state, why = ('run', '') if force else step_state(step, run, stamps)
-            if state == 'done' and stamps.get(step.name) is not known: save_json(stamps, path)  # found done from its folder
+            if state == 'done' and stamps.get(step.name) is not known:  # found done from its folder
+                save_json(stamps, path)
             log.info(f"{step.name}: " + ('up to date, skipped' if state == 'done' else
-                     f"{'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}" + (f" ({why})" if why else '')))
+                     f"{'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}"
+                     + (f" ({why})" if why else '')))
             states[step.name] = 'skipped' if state == 'done' else _take(step, state, run, stamps, path)
         report, total = write_report(run), time.time() - t_start
         print(f"{root}: done in {total / 60:.1f} min; report: {report}")

@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #1b571209
 from __future__ import annotations
-import array, contextlib, datetime, fnmatch, hashlib, json, logging, math, os, random, re, shutil, socket, struct, sys, tempfile, time
+import array, contextlib, datetime, fnmatch, hashlib, json, logging, math, os, random, re, shutil, socket, struct, sys
+import tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -198,8 +199,9 @@ def load_json(
     "Read a JSON file; a missing or broken file is a `UserError` naming it."
     path = require(path, finished=finished)
     try: return json.loads(Path(path).read_text(encoding='utf-8'))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise UserError(f"{path} is not valid JSON ({e}): the file is damaged"
-                                                                       + (redo_hint(path.parent) or "; rerun the command that wrote it")) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}): the file is damaged"
+                        + (redo_hint(path.parent) or "; rerun the command that wrote it")) from None
 
 # %% ../nbs/00_core.ipynb #7532d333
 @contextlib.contextmanager
@@ -627,7 +629,8 @@ def read_metrics(
     return out
 
 # %% ../nbs/00_core.ipynb #f5f3a47f
-_STAMP = dict(args=dict, finished=(int, float), seconds=(int, float))  # what each step's entry must hold, and of which type
+# what each step's entry must hold, and of which type
+_STAMP = dict(args=dict, finished=(int, float), seconds=(int, float))
 
 def _pipeline_problem(stamps) -> str|None:
     "What is wrong with the contents of a `pipeline.json` (None if nothing)."
@@ -636,14 +639,15 @@ def _pipeline_problem(stamps) -> str|None:
         if not isinstance(st, dict): return f"step {name!r} is not an object"
         if bad := [k for k, t in _STAMP.items() if not isinstance(st.get(k), t) or isinstance(st.get(k), bool)]:
             return f"step {name!r} lacks {' and '.join(bad)} of the right type"
-        if not all(math.isfinite(st[k]) for k in ('finished', 'seconds')): return f"step {name!r} has a time that is not a number"
+        if not all(math.isfinite(st[k]) for k in ('finished', 'seconds')):
+            return f"step {name!r} has a time that is not a number"
         if not isinstance(st.get('files', {}), dict): return f"step {name!r} has files that are not an object"
     return None
 
 def load_pipeline(
     path:str|Path, # A run's `pipeline.json`
 ) -> dict:
-    "What `chatgpt-train run` recorded of each step: {} if the file is missing, or damaged (then with one warning line)."
+    "What `chatgpt-train run` recorded of each step: {} if the file is missing, or damaged (then with a warning line)."
     path = Path(path)
     if not path.exists(): return {}
     try: stamps = json.loads(path.read_text(encoding='utf-8'))
@@ -695,7 +699,7 @@ def hub_revision(
 def _newest_model(
     run:str|Path|None, # The run folder
 ) -> Path:
-    "The run's newest finished model folder; a warning names each newer one left unfinished and the command that finishes it."
+    "The run's newest finished model folder; a warning names each newer unfinished one and the command to finish it."
     if run is None: raise UserError("give a model folder or a run folder")
     found = [run_path(run)/m for m in reversed(MODEL_DIRS) if (run_path(run)/m/'config.json').is_file()]
     done = [f for f in found if not (f/INCOMPLETE).exists() or f.resolve() in _writing]
@@ -713,7 +717,7 @@ def model_dir(
     model:str|None=None,   # "base" or "sft" (see `MODEL_DIRS`), the path of a model folder, a hub id, or None for the run's newest model
     flag:str='--model',    # The flag `model` came from, for messages
 ) -> Path:
-    "The folder of `model`, checked to hold a finished Hugging Face model (a `config.json`, no `INCOMPLETE` mark); a hub id is downloaded."
+    "The folder of `model`, checked to be a finished HF model (`config.json`, no `INCOMPLETE`); a hub id is downloaded."
     if model in MODEL_DIRS:
         if run is None: raise UserError(f"{flag} {model} names a model of a run: give --run too")
         return run_file(run, f'{model}/config.json').parent

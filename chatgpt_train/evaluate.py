@@ -226,7 +226,8 @@ EVAL_KEYS = {
     'sampling':    "how the samples were drawn: the settings of each (greedy, sampled: temperature, top_k, top_p, repetition_penalty, max_new_tokens) and the seed",
     'replies':     "does a reply fit its message (07a_replies), on chitchat (the held-out split, all of it, not only the conversations scored for perplexity) and sft_data (the held-out split of sft/data; null until the fine-tune stage has written it): each {conversations, selection, generated}. selection: {items, candidates, chance, loglik, pmi, bigram_loglik}: hits@1, the share of items (one answered user turn of each of the first selection_items conversations) whose true reply ranks first among `candidates` (it and replies of other conversations), ranked by the mean log-likelihood of a reply token given the context, by PMI (log P(reply | context) - log P(reply)), and by the run's bigram table; ties are shared, so chance (1/candidates) is what a model that cannot tell replies apart gets. generated: one greedy reply to each of the first reply_items of the same contexts: replies, distinct_1, distinct_2, repeat_4gram (share with a word 4-gram twice), mean_words, empty (share), top ([{reply, share}]), pmi_per_token (mean), sampling, examples ([{context_last_user_turn, reply, true_reply}]). Either is null when skipped (0 items), a data set null when absent; note: why all are null, if the model's format cannot score replies",
     'seconds':     "time taken by each part: held_out, baselines, assistant, samples, selection and generated (the replies), total",
-    'args':        "the arguments run_evaluate was called with (`chatgpt-train run` reads them to tell whether the evaluation is up to date)",
+    'args':        "the arguments run_evaluate was called with (`chatgpt-train run` reads them to tell whether the "
+                   "evaluation is up to date)",
     'created':     "when the evaluation ran (UTC, ISO 8601)",
 }
 

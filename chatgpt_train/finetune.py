@@ -12,9 +12,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json, model_dir,
-                                read_jsonl, run_file, run_path, save_args, save_json, set_seed, stage_dir, write_jsonl,
-                                writing_stage)
+from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json,
+                                model_dir, read_jsonl, run_file, run_path, save_args, save_json, set_seed, stage_dir,
+                                write_jsonl, writing_stage)
 from .collect import collect, iter_source
 from .clean import CleanConfig, clean_conversations
 from .chat_format import IGNORE_INDEX, ChatFormat, add_chat_tokens, is_ours, load_chat_format
@@ -284,10 +284,11 @@ def stage_chat_data(
     run:str|Path,        # The run folder
     cfg:FinetuneConfig,  # Its `data`, `val_fraction` and `seed`
 ) -> Path:
-    "Collect and clean `cfg.data` into `RUN/.sft-data.tmp`, before the stage marks sft/: a bad --data leaves a finished sft/ as it was."
+    "Collect and clean `cfg.data` into `RUN/.sft-data.tmp` before sft/ is marked: a bad --data leaves sft/ as it was."
     staged = run_path(run)/'.sft-data.tmp'
     if staged.exists(): shutil.rmtree(staged)  # an earlier attempt's
-    prepare_chat_data(cfg.data, staged, CleanConfig(val_fraction=cfg.val_fraction, seed=cfg.seed))  # a failure's messages name files here
+    # a failure's messages name files here
+    prepare_chat_data(cfg.data, staged, CleanConfig(val_fraction=cfg.val_fraction, seed=cfg.seed))
     return staged
 
 def prepare_finetune(
@@ -297,7 +298,7 @@ def prepare_finetune(
     rank:int=0,          # This process's rank (rank 0 writes)
     world:int=1,         # Processes
     resume:bool=False,   # Continue a run whose data is already prepared
-    staged:Path|None=None, # Rank 0's conversations from `stage_chat_data`, moved into sft/data (None: resuming, or another rank)
+    staged:Path|None=None, # Rank 0's `stage_chat_data` conversations, moved into sft/data (None: resuming, other ranks)
 ) -> tuple:
     "The model fitted to its chat format, the ids it gained, the train and val conversations, and the run's own train and val ones to mix in."
     sft = stage_dir(run, 'sft')
@@ -542,7 +543,8 @@ def run_finetune(
     try:
         if resume: args = resume_args(sft, args, run_finetune, get_logger('finetune'))
         cfg = FinetuneConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
-        src = finetune_source(run, cfg.from_)  # the inputs first: a missing model or unreadable --data leaves sft/ as it was
+        # the inputs first: a missing model or unreadable --data leaves sft/ as it was
+        src = finetune_source(run, cfg.from_)
         staged = stage_chat_data(run, cfg) if rank == 0 and not resume else None
         with writing_stage(run, 'finetune'):
             log = get_logger('finetune', sft if rank == 0 else None)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig, PreTrainedModel, Qwen3Config
+from transformers import (AutoConfig, AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig,
+                          PreTrainedModel, Qwen3Config)
 
 from .core import UserError, autocast_dtype, get_device, model_dir, redo_hint, run_file
 from .chat_format import ChatFormat, load_chat_format, refuse_custom_code
@@ -216,13 +217,15 @@ def hf_quiet():
 PICKLE_WEIGHTS = ('*.bin', '*.pt', '*.pth', '*.ckpt', '*.pkl')  # weight files that unpickling could turn into code
 
 # %% ../nbs/05_model.ipynb #6c8db325
-MAX_LAYERS, MAX_CONTEXT = 1024, 2**24  # past any published model (Llama 3.1 405B: 126 layers; the longest contexts: 10M tokens)
+# past any published model (Llama 3.1 405B: 126 layers; the longest contexts: 10M tokens)
+MAX_LAYERS, MAX_CONTEXT = 1024, 2**24
 SHAPE_LIMITS = {**{k: MAX_LAYERS for k in ('num_hidden_layers', 'n_layer', 'num_layers')},
                 **{k: MAX_CONTEXT for k in ('max_position_embeddings', 'n_positions', 'n_ctx')}}
 
 def _not_a_model(folder:Path, e:BaseException|str) -> UserError:
     why = e if isinstance(e, str) else ' '.join(f"{type(e).__name__}: {e}".split())[:300]
-    return UserError(f"{folder}: not a causal language model folder that transformers can load ({why}){redo_hint(folder)}")
+    return UserError(f"{folder}: not a causal language model folder that transformers can load "
+                     f"({why}){redo_hint(folder)}")
 
 def read_model_config(
     folder:Path, # A model folder
@@ -234,27 +237,31 @@ def read_model_config(
     try: raw = json.loads(f.read_text())
     except (OSError, ValueError) as e: raise _not_a_model(folder, e) from None
     if (mt := raw.get('model_type') if isinstance(raw, dict) else None) not in CONFIG_MAPPING_NAMES:
-        raise UserError(f"{f}: model_type {mt!r} is not an architecture transformers has built in, and we never run code from a model folder")
+        raise UserError(f"{f}: model_type {mt!r} is not an architecture transformers has built in, "
+                        f"and we never run code from a model folder")
     for k, most in SHAPE_LIMITS.items():
         if type(raw.get(k)) is int and raw[k] > most:
-            raise UserError(f"{f}: {k} is {raw[k]:,}, more than any model has (at most {most:,} here): the file is damaged")
+            raise UserError(f"{f}: {k} is {raw[k]:,}, more than any model has (at most {most:,} here): "
+                            f"the file is damaged")
     try: return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as e: raise _not_a_model(folder, e) from None
 
 # %% ../nbs/05_model.ipynb #597b4098
-FLOAT_WEIGHTS = ('F32', 'F16', 'BF16', 'F64')  # safetensors dtypes of plain weights; int8, 4-bit and fp8 ones are quantized models'
+# safetensors dtypes of plain weights; int8, 4-bit and fp8 ones are quantized models'
+FLOAT_WEIGHTS = ('F32', 'F16', 'BF16', 'F64')
 
 def weight_files(folder:Path) -> list[Path]:
     "The safetensors files `from_pretrained` reads: the shards the folder's index names, or model.safetensors."
     idx = folder/'model.safetensors.index.json'
     if idx.exists():
-        try: return [folder/Path(n).name for n in sorted(set(json.loads(idx.read_text())['weight_map'].values()))]  # files of the folder only
+        # files of the folder only
+        try: return [folder/Path(n).name for n in sorted(set(json.loads(idx.read_text())['weight_map'].values()))]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e: raise _not_a_model(folder, e) from None
     if (folder/'model.safetensors').exists(): return [folder/'model.safetensors']
     if pickles := sorted(p.name for pat in PICKLE_WEIGHTS for p in folder.glob(pat)):
-        raise UserError(f"{folder} has its weights only as pickles ({', '.join(pickles)}), which can run code when loaded: we read "
-                        f"safetensors only. If you trust the folder, convert it once: load it with transformers and "
-                        f"save_pretrained, which writes model.safetensors")
+        raise UserError(f"{folder} has its weights only as pickles ({', '.join(pickles)}), which can run code when "
+                        f"loaded: we read safetensors only. If you trust the folder, convert it once: load it with "
+                        f"transformers and save_pretrained, which writes model.safetensors")
     raise _not_a_model(folder, 'it has no model.safetensors')
 
 def weight_headers(
@@ -265,11 +272,12 @@ def weight_headers(
     out = {}
     for f in weight_files(folder):
         try:
-            with safe_open(f, 'pt') as s: out.update({k: (f, s.get_slice(k).get_dtype(), s.get_slice(k).get_shape()) for k in s.keys()})
+            with safe_open(f, 'pt') as s:
+                out.update({k: (f, s.get_slice(k).get_dtype(), s.get_slice(k).get_shape()) for k in s.keys()})
         except Exception as e: raise _not_a_model(folder, f"{f.name}: {' '.join(str(e).split())[:200]}") from None
     if bad := next(((k, f, d) for k, (f, d, _) in out.items() if d not in FLOAT_WEIGHTS), None):
-        raise UserError(f"{bad[1]}: tensor {bad[0]} is {bad[2]}: we load float weights only ({', '.join(FLOAT_WEIGHTS)}); "
-                        f"a quantized model needs the tools it was made with")
+        raise UserError(f"{bad[1]}: tensor {bad[0]} is {bad[2]}: we load float weights only "
+                        f"({', '.join(FLOAT_WEIGHTS)}); a quantized model needs the tools it was made with")
     return out
 
 # %% ../nbs/05_model.ipynb #26f962c3
@@ -287,17 +295,20 @@ def check_model_size(
     cfg:PretrainedConfig, # Its config
     heads:dict,           # Its tensors, from `weight_headers`
 ):
-    "Refuse a config whose model is far bigger than its weight files or than the free memory, counted on the meta device."
+    "Refuse a config whose model is far bigger than its weight files or the free memory, counted on the meta device."
     try:
         with hf_quiet(), torch.device('meta'): m = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
-    except Exception as e: raise _not_a_model(folder, e) from None  # not a causal LM (BERT), or sizes torch cannot build
-    n, held = sum(p.numel() for p in m.parameters()), sum(math.prod(s) for _, _, s in heads.values())  # a tied weight counts once
+    # not a causal LM (BERT), or sizes torch cannot build
+    except Exception as e: raise _not_a_model(folder, e) from None
+    # a tied weight counts once
+    n, held = sum(p.numel() for p in m.parameters()), sum(math.prod(s) for _, _, s in heads.values())
     if n > 2 * held + 2**24:  # room for a few missing tensors (named after loading), not for another model's config
-        raise UserError(f"{folder/'config.json'} describes a model of {n:,} parameters, but its weight files hold {held:,} values: "
-                        f"the config and the weights are of different models{redo_hint(folder)}")
+        raise UserError(f"{folder/'config.json'} describes a model of {n:,} parameters, but its weight files hold "
+                        f"{held:,} values: the config and the weights are of different models{redo_hint(folder)}")
     dtype = cfg.dtype if isinstance(cfg.dtype, torch.dtype) else getattr(torch, str(cfg.dtype), None)
     need = n * (dtype.itemsize if isinstance(dtype, torch.dtype) else 4)
-    if need > (free := free_ram()): raise UserError(f"{folder}: the model needs {_size(need)} of memory to load, and {_size(free)} is free")
+    if need > (free := free_ram()):
+        raise UserError(f"{folder}: the model needs {_size(need)} of memory to load, and {_size(free)} is free")
 
 # %% ../nbs/05_model.ipynb #e7a3b008
 def check_weights(
@@ -312,22 +323,24 @@ def check_weights(
     names = lambda ks: ', '.join(sorted(ks)[:3]) + (', ...' if len(ks) > 3 else '')
     if info['mismatched_keys']:
         k, theirs, ours = sorted(info['mismatched_keys'])[0]
-        raise UserError(f"{heads.get(k, (where,))[0]}: tensor {k} has shape {list(theirs)} where the model has {list(ours)} "
-                        f"(by config.json){redo_hint(folder)}")
+        raise UserError(f"{heads.get(k, (where,))[0]}: tensor {k} has shape {list(theirs)} "
+                        f"where the model has {list(ours)} (by config.json){redo_hint(folder)}")
     missing, extra = info['missing_keys'], info['unexpected_keys']
-    parts = ([f"lack {len(missing)} of the model's tensors ({names(missing)}), which would be random"] if missing else []) + \
-            ([f"hold {len(extra)} tensors the model does not have ({names(extra)})"] if extra else [])
-    if parts: raise UserError(f"{where}: the weights {'; and '.join(parts)}: they are not those of the model config.json describes"
-                              f"{redo_hint(folder)}")
-    if bad := next((k for k, p in lm.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()), None):
-        raise UserError(f"{heads.get(bad, (where,))[0]}: tensor {bad} holds values that are not finite (NaN or inf): the training "
-                        f"that wrote it diverged, or the file is damaged{redo_hint(folder)}")
+    parts = (([f"lack {len(missing)} of the model's tensors ({names(missing)}), which would be random"]
+              if missing else [])
+             + ([f"hold {len(extra)} tensors the model does not have ({names(extra)})"] if extra else []))
+    if parts: raise UserError(f"{where}: the weights {'; and '.join(parts)}: they are not those of the model "
+                              f"config.json describes{redo_hint(folder)}")
+    if bad := next((k for k, p in lm.named_parameters()
+                    if p.is_floating_point() and not torch.isfinite(p).all()), None):
+        raise UserError(f"{heads.get(bad, (where,))[0]}: tensor {bad} holds values that are not finite (NaN or inf): "
+                        f"the training that wrote it diverged, or the file is damaged{redo_hint(folder)}")
 
 # %% ../nbs/05_model.ipynb #6afed8b7
 def check_model_folder(
     folder:str|Path, # A Hugging Face causal LM folder on this machine
 ) -> tuple[PretrainedConfig, dict]:
-    "The config and weight headers of `folder`, checked without reading a weight: stages call it before they mark their folder."
+    "The config and weight headers of `folder`, checked without reading a weight, before a stage marks its folder."
     folder = Path(folder)
     cfg = read_model_config(folder)
     heads = weight_headers(folder)
@@ -337,15 +350,17 @@ def check_model_folder(
 def load_causal_lm(
     folder:str|Path, # A Hugging Face causal LM folder on this machine
 ) -> PreTrainedModel:
-    "The model of `folder`, checked before and after its safetensors weights are read, never executing code from the folder."
+    "The model of `folder`, checked before and after its safetensors weights are read; no code of the folder runs."
     folder = Path(folder)
     cfg, heads = check_model_folder(folder)
     try:
         with hf_quiet():
-            lm, info = AutoModelForCausalLM.from_pretrained(folder, config=cfg, local_files_only=True, use_safetensors=True,
-                                                            trust_remote_code=False, output_loading_info=True,
-                                                            ignore_mismatched_sizes=True)  # a mismatch is named below, with both shapes
-    except Exception as e: raise _not_a_model(folder, e) from None  # transformers and safetensors each raise their own kinds
+            # a mismatch is named below, with both shapes
+            lm, info = AutoModelForCausalLM.from_pretrained(folder, config=cfg, local_files_only=True,
+                                                            use_safetensors=True, trust_remote_code=False,
+                                                            output_loading_info=True, ignore_mismatched_sizes=True)
+    # transformers and safetensors each raise their own kinds
+    except Exception as e: raise _not_a_model(folder, e) from None
     check_weights(lm, info, folder, heads)
     return lm
 

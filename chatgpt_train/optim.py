@@ -108,11 +108,13 @@ def fit(self:StepPlan,
     eval_every:int=50,         # Steps between evaluations
 ) -> int:
     "Estimate the steps of a budget run (the steps asked for otherwise) and fix the warmup; return the steps."
-    if not self.steps_given and step_secs is not None:  # without a measurement, a resumed plan keeps its checkpoint's steps
+    # without a measurement, a resumed plan keeps its checkpoint's steps
+    if not self.steps_given and step_secs is not None:
         self.step_secs, self.eval_secs = step_secs, eval_secs
         # steps x step time + evaluations (every eval_every steps, plus at step 0 and at the end) fill the training time
         self.max_steps = max(1, int((self.end - 2 * eval_secs) / (step_secs + eval_secs / eval_every)))
-    if self.max_steps is None: raise ValueError("a run planned on minutes needs step_secs, or the steps of the checkpoint it resumes")
+    if self.max_steps is None:
+        raise ValueError("a run planned on minutes needs step_secs, or the steps of the checkpoint it resumes")
     if self.warmup is None:
         self.warmup = self.warmup_steps if self.warmup_steps is not None else max(1, round(0.05 * self.max_steps))
     return self.max_steps

@@ -13,8 +13,8 @@ from typing import Iterator, TypedDict
 from .core import UserError, read_jsonl, write_jsonl
 from .conversation import (MAX_TURN_CHARS, ROLES, BadRecord, Turn, _content, _role, _show, check_dict, check_list,
                                         check_text, type_name)
-from .readers import (_json_units, _jsonl_units, _one_line, csv_rows, entry_problem, folder_entries, parquet_rows,
-                                   read_lines, read_text)
+from .readers import (_json_units, _jsonl_units, _one_line, csv_rows, entry_problem, folder_entries,
+                                   parquet_rows, read_lines, read_text)
 from .collect import _raw_text
 from .clean import _unit, split_of
 
@@ -143,7 +143,7 @@ def preference_from_record(
 FILE_KINDS = ('.jsonl', '.ndjson', '.json', '.csv', '.tsv', '.parquet')
 
 def _file_units(path:Path, display:str) -> Iterator[tuple]:
-    "(where, default id, source, reason, raw, value) for each record of a preference file; a file not in UTF-8 is one bad unit."
+    "(where, default id, source, reason, raw, value) per record of a preference file; a non-UTF-8 file: one bad unit."
     try: yield from _records(path, display)
     except BadRecord as e: yield display, display, display, '', None, e  # from `read_text`: UTF-16 or UTF-32 text
 
@@ -178,14 +178,16 @@ def _units(src, hf_split:str, hf_config:str|None, streaming:bool) -> Iterator[tu
         if not src[3:]: raise UserError('hf: needs a dataset name, e.g. hf:user/name')
         return _hf_units(src[3:], hf_split, hf_config, streaming)
     path = Path(src)
-    if not (path.exists() or path.is_symlink()): raise UserError(f"{path} not found: give a preference file ({kinds}), a folder of them, or hf:NAME")
+    if not (path.exists() or path.is_symlink()):
+        raise UserError(f"{path} not found: give a preference file ({kinds}), a folder of them, or hf:NAME")
     if not path.is_dir():
         if bad := entry_problem(path): raise UserError(f"{path}: {bad}")
         if path.suffix.lower() not in FILE_KINDS: raise UserError(f"{path}: unknown kind of file; preferences are read from {kinds}")
         return _file_units(path, str(path))
     entries = folder_entries(path, FILE_KINDS)  # pipes, bad links and folders named like files are listed, never opened
     if all(bad for _, bad in entries): raise UserError(f"{path}: no preference files ({kinds}) in the folder")
-    return chain.from_iterable(_file_units(p, str(p)) if not bad else [(str(p), str(p), str(p), '', None, bad)] for p, bad in entries)
+    return chain.from_iterable(_file_units(p, str(p)) if not bad else [(str(p), str(p), str(p), '', None, bad)]
+                               for p, bad in entries)
 
 
 # %% ../nbs/08a_preferences.ipynb #5c09bef4
@@ -243,7 +245,8 @@ def split_preferences(
     if val_fraction > 0 and len(set(keys)) >= 2 and len(set(sides)) == 1:  # move the prompt nearest the cut across
         move = (min if sides[0] == 'train' else max)(keys, key=lambda k: _unit(k, seed))
         sides = [('val' if s == 'train' else 'train') if k == move else s for k, s in zip(keys, sides)]
-    if max_val is not None and sides.count('val') > max_val:  # a huge file: held-out prompts nearest the cut move to training
+    # a huge file: held-out prompts nearest the cut move to training
+    if max_val is not None and sides.count('val') > max_val:
         counts, kept, n = Counter(k for k, s in zip(keys, sides) if s == 'val'), set(), 0
         for k in sorted(counts, key=lambda k: _unit(k, seed)):
             if n and n + counts[k] > max_val: break

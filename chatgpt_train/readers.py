@@ -119,7 +119,8 @@ def _one_line(e:BaseException) -> str:
     msg = str(e).strip()
     return msg.splitlines()[0] if msg else type(e).__name__
 
-_BOMS = ((b'\xff\xfe\x00\x00', 'utf-32-le'), (b'\x00\x00\xfe\xff', 'utf-32-be'), (b'\xff\xfe', 'utf-16-le'), (b'\xfe\xff', 'utf-16-be'))
+_BOMS = ((b'\xff\xfe\x00\x00', 'utf-32-le'), (b'\x00\x00\xfe\xff', 'utf-32-be'), (b'\xff\xfe', 'utf-16-le'),
+         (b'\xfe\xff', 'utf-16-be'))
 
 def _reads_as_text(
     head:bytes, # The first bytes of a file, without a byte-order mark
@@ -133,10 +134,11 @@ def _reads_as_text(
 def _encoding_problem(
     head:bytes, # The first bytes of a file (a few KB)
 ) -> BadRecord|None:
-    "A `BadRecord` if `head` is UTF-16 or UTF-32 text (by its byte-order mark, or by NUL bytes between its letters), else None."
+    "A `BadRecord` if `head` is UTF-16 or UTF-32 text (by a byte-order mark or NUL bytes between letters), else None."
     bom = next(((mark, codec) for mark, codec in _BOMS if head.startswith(mark)), None)
     if bom: codecs, head = [bom[1]], head[len(bom[0]):]
-    elif len(head) >= 8 and head.count(0) > len(head) // 4: codecs = ['utf-32-le', 'utf-32-be', 'utf-16-le', 'utf-16-be']
+    elif len(head) >= 8 and head.count(0) > len(head) // 4:
+        codecs = ['utf-32-le', 'utf-32-be', 'utf-16-le', 'utf-16-be']
     else: return None  # UTF-8 has no NUL bytes but in the NUL character, which no text of ours holds
     codec = next((codec for codec in codecs if _reads_as_text(head, codec)), None)
     return codec and BadRecord('wrong-encoding', f'{codec[:6].upper()} text: save it as UTF-8; the file is not read')
@@ -144,7 +146,7 @@ def _encoding_problem(
 def read_text(
     path:str|Path, # A file
 ) -> str:
-    "The text of `path` (invalid UTF-8 kept as lone surrogates, a byte-order mark removed); `UserError` if it cannot be read, `BadRecord` if it is UTF-16 or UTF-32."
+    "`path`'s text (bad UTF-8 as lone surrogates, no BOM); `UserError` if unreadable, `BadRecord` if UTF-16 or UTF-32."
     try: data = Path(path).read_bytes()
     except FileNotFoundError: raise UserError(f"{path} not found") from None
     except OSError as e: raise UserError(f"cannot read {path}: {e.strerror or e}") from None
@@ -160,7 +162,8 @@ def read_lines(
     except FileNotFoundError: raise UserError(f"{path} not found") from None
     except OSError as e: raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     with f:
-        if bad := _encoding_problem(f.peek(4096)[:4096]): raise bad  # UTF-16's newline is two bytes: its lines are not ours
+        # UTF-16's newline is two bytes: its lines are not ours
+        if bad := _encoding_problem(f.peek(4096)[:4096]): raise bad
         for n, data in enumerate(f):  # bytes split at b"\n" only, which no other UTF-8 character contains
             line = data.decode('utf-8', 'surrogateescape')
             if n == 0 and line.startswith('\ufeff'): line = line[1:]
@@ -587,27 +590,33 @@ def text_items(
 def entry_problem(
     p:Path, # A path: a folder's entry, or one given on the command line
 ) -> BadRecord|None:
-    "Why `p` cannot be read as a file (a pipe, a device, a link to nothing or to itself, a folder), from `stat` alone; None for a file."
+    "Why `p` is no file to read (a pipe, device, folder, or link to nothing or itself), from `stat`; None for a file."
     try: mode = p.stat().st_mode
     except OSError as e:  # `stat` follows links: a loop or a missing target fails here
         if not p.is_symlink(): return BadRecord('not-a-file', f'cannot be read ({e.strerror})')
-        if e.errno == errno.ELOOP: return BadRecord('bad-link', 'a symbolic link that points to itself (a loop of links); not read')
-        return BadRecord('bad-link', f'a symbolic link that points to nothing ({os.readlink(p)} does not exist); not read')
+        if e.errno == errno.ELOOP:
+            return BadRecord('bad-link', 'a symbolic link that points to itself (a loop of links); not read')
+        return BadRecord('bad-link', f'a symbolic link that points to nothing ({os.readlink(p)} does not exist); '
+                                     f'not read')
     if stat.S_ISREG(mode): return None
-    if stat.S_ISDIR(mode): return BadRecord('not-a-file', 'a folder named like a file; the files in it are read, if any')
-    if stat.S_ISFIFO(mode): return BadRecord('not-a-file', 'a named pipe, not a file; not read (opening it would wait for a writer forever)')
+    if stat.S_ISDIR(mode):
+        return BadRecord('not-a-file', 'a folder named like a file; the files in it are read, if any')
+    if stat.S_ISFIFO(mode):
+        return BadRecord('not-a-file', 'a named pipe, not a file; not read '
+                                       '(opening it would wait for a writer forever)')
     return BadRecord('not-a-file', 'a device or socket, not a file; not read')
 
 def folder_entries(
     folder:Path, # A folder
     kinds,       # The suffixes of the files that are read, e.g. `LOADERS`
 ) -> list[tuple[Path, BadRecord|None]]:
-    "Every entry of `folder` (recursively, sorted, hidden ones skipped) that is read (None) or set aside with its reason; plain folders are not listed."
+    "Each entry of `folder` (recursive, sorted, not hidden) and None if read, else why not; plain folders are left out."
     out = []
     for p in sorted(folder.rglob('*')):
         if any(s.startswith('.') for s in p.relative_to(folder).parts): continue
         bad = entry_problem(p)
-        if bad and bad.kind == 'not-a-file' and p.is_dir() and p.suffix.lower() not in kinds: continue  # a folder is no file to list
+        # a folder is no file to list
+        if bad and bad.kind == 'not-a-file' and p.is_dir() and p.suffix.lower() not in kinds: continue
         if not bad and p.suffix.lower() not in kinds:
             bad = BadRecord('unknown-file', f"not a kind of file that is read here ({', '.join(kinds)}); not read")
         out.append((p, bad))
@@ -631,7 +640,8 @@ def path_items(
     "Items from a file, or from every file in a folder."
     path = Path(path)
     kinds = ', '.join(LOADERS)
-    if not (path.exists() or path.is_symlink()): raise UserError(f"{path} not found: give chitchat, chatterbot, hf:NAME, or an existing file or folder")
+    if not (path.exists() or path.is_symlink()):
+        raise UserError(f"{path} not found: give chitchat, chatterbot, hf:NAME, or an existing file or folder")
     if not path.is_dir():
         if bad := entry_problem(path): raise UserError(f"{path}: {bad}")
         if path.suffix.lower() not in LOADERS: raise UserError(f"{path}: unknown kind of file; collect reads {kinds}")

@@ -116,7 +116,8 @@ def _model_section(root:Path) -> str:
     from transformers import AutoConfig
     from chatgpt_train.model import model_summary
     a = a['args']
-    s = model_summary(AutoConfig.from_pretrained(root/'base', local_files_only=True, trust_remote_code=False), batch_size=a['batch_size'])
+    s = model_summary(AutoConfig.from_pretrained(root/'base', local_files_only=True, trust_remote_code=False),
+                      batch_size=a['batch_size'])
     tr = [r for r in read_metrics(root/'base') if 'loss' in r]
     out.append(f"Preset **{a['preset']}**: {s['n_layer']} layers, {s['n_head']} heads, width {s['n_embd']}, context "
                f"{s['n_positions']}, vocabulary {s['vocab_size']:,}.")

@@ -57,10 +57,12 @@ class ApiError(Exception):
 
 # %% ../nbs/09b_serve.ipynb #5ea7aa77
 ROLES = {'system': 'system', 'developer': 'system', 'user': 'user', 'assistant': 'assistant'}  # API role: the role we render
-FIELDS = ('messages', 'model', 'stream', 'stream_options', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'stop',
-          'seed', 'n', 'user', 'frequency_penalty', 'presence_penalty')  # the fields we read; any other is refused
+# the fields we read; any other is refused
+FIELDS = ('messages', 'model', 'stream', 'stream_options', 'max_tokens', 'max_completion_tokens', 'temperature',
+          'top_p', 'stop', 'seed', 'n', 'user', 'frequency_penalty', 'presence_penalty')
+# fields that would change the reply, taken only when they ask for nothing
 UNSUPPORTED = ('tools', 'functions', 'tool_choice', 'function_call', 'logprobs', 'top_logprobs', 'logit_bias', 'response_format',
-               'audio', 'modalities', 'prediction', 'store')  # fields that would change the reply, taken only when they ask for nothing
+               'audio', 'modalities', 'prediction', 'store')
 
 @dataclass(frozen=True)
 class ServeLimits:
@@ -78,7 +80,7 @@ class ServeLimits:
 @dataclass
 class ChatRequest:
     "A checked chat completion request."
-    messages:list[dict]         # {role, content} with roles system (first only), user and assistant, the last the user's
+    messages:list[dict]         # {role, content}: system (first only), user and assistant roles, the last the user's
     model:str|None=None         # The model asked for
     stream:bool=False           # Reply as server-sent events
     include_usage:bool=False    # With `stream`, a last chunk with the token counts
@@ -93,7 +95,8 @@ def _bad(param:str|None, message:str) -> ApiError:
     return ApiError(400, message, param=param)
 
 def _is_int(x) -> bool: return isinstance(x, int) and not isinstance(x, bool)
-def _is_number(x) -> bool: return _is_int(x) or (isinstance(x, float) and math.isfinite(x))  # a 400-digit int is no float
+# a 400-digit int is no float
+def _is_number(x) -> bool: return _is_int(x) or (isinstance(x, float) and math.isfinite(x))
 
 def _shown(x) -> str:
     "`x` for an error message, short whatever its size or depth: a request's values are never printed whole."
@@ -132,16 +135,21 @@ def _messages(data:dict, limits:ServeLimits) -> list[dict]:
     out = []
     for i, m in enumerate(ms):
         where = f'messages[{i}]'
-        if not isinstance(m, dict): raise _bad(where, f"{where} must be an object with role and content, not {_shown(m)}")
+        if not isinstance(m, dict):
+            raise _bad(where, f"{where} must be an object with role and content, not {_shown(m)}")
         role = m.get('role')
         if not isinstance(role, str): raise _bad(f'{where}.role', f"{where}.role must be a string, one of {', '.join(ROLES)}")
-        if role not in ROLES: raise _bad(f'{where}.role', f"{where}.role {role[:40]!r} is not one this server takes: use {', '.join(ROLES)}")
-        for key, v in m.items():  # SDKs echo back empty fields of a reply (`refusal: null`); a name or tool calls would be lost
+        if role not in ROLES:
+            raise _bad(f'{where}.role', f"{where}.role {role[:40]!r} is not one this server takes: "
+                                        f"use {', '.join(ROLES)}")
+        # SDKs echo back empty fields of a reply (`refusal: null`); a name or tool calls would be lost
+        for key, v in m.items():
             if key not in ('role', 'content') and v not in (None, '', [], {}):
-                raise _bad(f'{where}.{key}'[:80], f"{where}.{key[:40]} is not supported by this server: a message is a role and its content")
+                raise _bad(f'{where}.{key}'[:80], f"{where}.{key[:40]} is not supported by this server: "
+                                                  "a message is a role and its content")
         if ROLES[role] == 'system' and out and out[-1]['role'] != 'system':
-            raise _bad(where, f"{where} is a {role} message after the conversation has begun: this model's chat format has one "
-                              "system prompt, before the first turn; put it first")
+            raise _bad(where, f"{where} is a {role} message after the conversation has begun: "
+                              "this model's chat format has one system prompt, before the first turn; put it first")
         out.append(dict(role=ROLES[role], content=_content(m, where)))
     if out[-1]['role'] != 'user': raise _bad(f'messages[{len(ms)-1}].role', "the last message must be the user's: the model answers it")
     return out
@@ -151,13 +159,19 @@ def _fields(data:dict):
     "Refuse the fields we do not read, and those we cannot honour unless they ask for nothing."
     for name, v in data.items():
         if name in UNSUPPORTED:
-            if v not in (None, False, [], {}, {'type': 'text'}): raise _bad(name, f"{name} is not supported by this server: it serves plain chat replies")
-        elif name not in FIELDS: raise _bad(name[:80], f"{name[:40]} is not a field this server takes; leave it out (it reads {', '.join(FIELDS)})")
+            if v not in (None, False, [], {}, {'type': 'text'}):
+                raise _bad(name, f"{name} is not supported by this server: it serves plain chat replies")
+        elif name not in FIELDS:
+            raise _bad(name[:80], f"{name[:40]} is not a field this server takes; leave it out "
+                                  f"(it reads {', '.join(FIELDS)})")
     for name in ('frequency_penalty', 'presence_penalty'):
         if _number(data, name, -2, 2) not in (None, 0):
-            raise _bad(name, f"{name} must be 0 here: this server's repetition penalty is set when it starts (--repetition-penalty)")
-    if (n := data.get('n')) is not None and not (_is_int(n) and n == 1): raise _bad('n', f"n must be 1: this server gives one reply a request, not {_shown(n)}")
-    if (user := data.get('user')) is not None and not isinstance(user, str): raise _bad('user', f"user must be a string, not {_shown(user)}")
+            raise _bad(name, f"{name} must be 0 here: this server's repetition penalty is set when it starts "
+                             "(--repetition-penalty)")
+    if (n := data.get('n')) is not None and not (_is_int(n) and n == 1):
+        raise _bad('n', f"n must be 1: this server gives one reply a request, not {_shown(n)}")
+    if (user := data.get('user')) is not None and not isinstance(user, str):
+        raise _bad('user', f"user must be a string, not {_shown(user)}")
 
 def _max_tokens(data:dict, limits:ServeLimits) -> int|None:
     "The reply's token limit: `max_completion_tokens`, else the older `max_tokens`; each checked when it is sent."
@@ -166,17 +180,19 @@ def _max_tokens(data:dict, limits:ServeLimits) -> int|None:
         if (n := data.get(key)) is None: continue
         if not _is_int(n): raise _bad(key, f"{key} must be an integer, not {_shown(n)}")
         if n < 1: raise _bad(key, f"{key} must be at least 1, not {_shown(n)}")
-        if n > limits.max_tokens: raise _bad(key, f"{key} is {_shown(n)}; this server gives at most {limits.max_tokens} tokens a reply")
+        if n > limits.max_tokens:
+            raise _bad(key, f"{key} is {_shown(n)}; this server gives at most {limits.max_tokens} tokens a reply")
         given[key] = n
     return given.get('max_completion_tokens', given.get('max_tokens'))
 
 def _stop(data:dict, limits:ServeLimits) -> tuple[str, ...]:
-    "The stop strings: a string or a list of them, few and short (a long one would cost every piece of the reply its length squared)."
+    "The stop strings: a string or a list of them, few and short (a long one costs each piece its length squared)."
     stop = data.get('stop')
     stop = [stop] if isinstance(stop, str) else [] if stop is None else stop
     if not isinstance(stop, list): raise _bad('stop', "stop must be a non-empty string or a list of them")
     if len(stop) > limits.max_stop: raise _bad('stop', f"stop has {len(stop)} strings; at most {limits.max_stop}")
-    if not all(isinstance(s, str) and s for s in stop): raise _bad('stop', "stop must be a non-empty string or a list of them")
+    if not all(isinstance(s, str) and s for s in stop):
+        raise _bad('stop', "stop must be a non-empty string or a list of them")
     if (n := max(map(len, stop), default=0)) > limits.max_stop_chars:
         raise _bad('stop', f"a stop string has {n:,} characters; this server takes at most {limits.max_stop_chars}")
     return tuple(stop)
@@ -189,14 +205,18 @@ def parse_chat_request(
     if not isinstance(data, dict): raise _bad(None, f"the body must be a JSON object, not {_shown(data)}")
     _fields(data)
     model = data.get('model')
-    if model is not None and not isinstance(model, str): raise _bad('model', f"model must be a string, not {_shown(model)}")
+    if model is not None and not isinstance(model, str):
+        raise _bad('model', f"model must be a string, not {_shown(model)}")
     stream = data.get('stream', False)
-    if not isinstance(stream, bool) and stream is not None: raise _bad('stream', f"stream must be true or false, not {_shown(stream)}")
+    if not isinstance(stream, bool) and stream is not None:
+        raise _bad('stream', f"stream must be true or false, not {_shown(stream)}")
     opts = data.get('stream_options') or {}
-    if not (isinstance(opts, dict) and set(opts) <= {'include_usage'} and isinstance(opts.get('include_usage', False), bool)):
+    if not (isinstance(opts, dict) and set(opts) <= {'include_usage'}
+            and isinstance(opts.get('include_usage', False), bool)):
         raise _bad('stream_options', "stream_options must be an object like {\"include_usage\": true}")
     seed = data.get('seed')
-    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**63): raise _bad('seed', f"seed must be a non-negative integer, not {_shown(seed)}")
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**63):
+        raise _bad('seed', f"seed must be a non-negative integer, not {_shown(seed)}")
     return ChatRequest(messages=_messages(data, limits), model=model, stream=bool(stream), include_usage=bool(opts.get('include_usage')),
                        max_tokens=_max_tokens(data, limits), temperature=_number(data, 'temperature', 0, 2),
                        top_p=_number(data, 'top_p', 0, 1, low_open=True), stop=_stop(data, limits), seed=seed)
@@ -242,7 +262,7 @@ class Reply:
                  pool:ThreadPoolExecutor, # Where generation runs
                  deadline:float,          # `time.monotonic()` by which it must be done
                  stats:ServerStats,       # Where it is counted
-                 stop_text:StopText|None=None, # The request's stop strings, matched in the worker (`stop_text.hit`: one was met)
+                 stop_text:StopText|None=None, # The request's stop strings, matched in the worker (`.hit`: one was met)
                 ):
         self.session, self.deadline, self.stats, self.stop_text = session, deadline, stats, stop_text or StopText()
         self.cancel, self.queue, loop = threading.Event(), asyncio.Queue(), asyncio.get_running_loop()
@@ -317,7 +337,7 @@ LOCAL_NAMES = ('localhost', '127.0.0.1', '::1')  # what this machine calls itsel
 FRAME_POLICY = "frame-ancestors 'none'"          # no page of another site may show ours in a frame
 
 def _host(value:str) -> str:
-    "The name in a Host header or an address, lowercase, without its port: 'Example.org:80' -> 'example.org', '[::1]:80' -> '::1'."
+    "The name in a Host header or address, lowercase, no port: 'Example.org:80' -> 'example.org', '[::1]:80' -> '::1'."
     try: return urlsplit('//' + value).hostname or ''
     except ValueError: return ''
 
@@ -325,8 +345,9 @@ def host_allowed(
     header:str|None,             # A request's Host header
     names:Iterable[str]|None,    # The names the server answers to (None: any); with 0.0.0.0 or ::, any IP address too
 ) -> bool:
-    "Whether a request for `header` is meant for this server, and not for a name that a page pointed at it (DNS rebinding)."
-    if names is None or header is None: return True  # no Host: not a browser (they always send one), so no rebinding page
+    "Whether a request for `header` is meant for this server, not for a name a page pointed at it (DNS rebinding)."
+    # no Host: not a browser (they always send one), so no rebinding page
+    if names is None or header is None: return True
     name = _host(header)
     if name in names: return True
     if not {'0.0.0.0', '::'} & set(names): return False
@@ -339,7 +360,8 @@ def _secured(headers:list) -> list:
     policies = [v.decode('latin-1') for k, v in headers if k.lower() == b'content-security-policy']
     if not any('frame-ancestors' in p for p in policies): policies.append(FRAME_POLICY)
     return [(k, v) for k, v in headers if k.lower() not in mine] + [
-        (b'content-security-policy', '; '.join(policies).encode('latin-1')), (b'x-content-type-options', b'nosniff'), (b'x-frame-options', b'DENY')]
+        (b'content-security-policy', '; '.join(policies).encode('latin-1')), (b'x-content-type-options', b'nosniff'),
+        (b'x-frame-options', b'DENY')]
 
 def _fault(e:BaseException) -> str:
     "An exception in one line: its type, message and where it was raised."
@@ -349,7 +371,7 @@ def _fault(e:BaseException) -> str:
 
 # %% ../nbs/09b_serve.ipynb #1bb6318b
 class Guard:
-    "ASGI middleware around the app: our host names only, no API calls from other sites' pages, safe headers, one line per fault."
+    "ASGI middleware: our host names only, no API calls from other sites' pages, safe headers, one line per fault."
     def __init__(self, app, names:Iterable[str]|None, log:logging.Logger):
         self.app, self.names, self.log = app, None if names is None else frozenset(names), log
 
@@ -358,12 +380,14 @@ class Guard:
         headers = Headers(scope=scope)
         host, origin = headers.get('host'), headers.get('origin')
         if not host_allowed(host, self.names):
-            raise ApiError(400, f"this server does not answer to the name {_host(host)[:80]!r}: a page may have pointed it here "
-                                "(DNS rebinding); start the server with --allowed-hosts NAME to allow it", code='invalid_host')
+            raise ApiError(400, f"this server does not answer to the name {_host(host)[:80]!r}: "
+                                "a page may have pointed it here (DNS rebinding); "
+                                "start the server with --allowed-hosts NAME to allow it", code='invalid_host')
         if origin is not None and scope['path'].startswith('/v1/'):
             try: same = urlsplit(origin).netloc.lower() == (host or '').lower()
             except ValueError: same = False
-            if not same: raise ApiError(403, f"a page of another site ({origin[:80]}) may not use this API", code='cross_origin')
+            if not same:
+                raise ApiError(403, f"a page of another site ({origin[:80]}) may not use this API", code='cross_origin')
 
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http': return await self.app(scope, receive, send)
@@ -379,8 +403,10 @@ class Guard:
         except ApiError as e: await e.response()(scope, receive, secured)
         except Exception as e:  # after the response has started there is nothing left to send: the log line is all
             self.log.error('%s %s failed: %s', scope['method'], scope['path'][:80], _fault(e))
-            if not started: await ApiError(500, f"the server failed on this request ({type(e).__name__}); it is logged, and the server goes on",
-                                           type='server_error').response()(scope, receive, secured)
+            if not started:
+                await ApiError(500, f"the server failed on this request ({type(e).__name__}); "
+                                    "it is logged, and the server goes on",
+                               type='server_error').response()(scope, receive, secured)
 
 # %% ../nbs/09b_serve.ipynb #a99dc9f1
 def guarded_protocol(
@@ -402,7 +428,8 @@ def guarded_protocol(
         def handle_events(self):
             super().handle_events()
             if self.conn.their_state is not h11.IDLE: self.got_head()  # the head is in: the app's own limits take over
-        def on_response_complete(self):  # the connection stays open for another request, whose head must come in time too
+        # the connection stays open for another request, whose head must come in time too
+        def on_response_complete(self):
             super().on_response_complete()
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE and self not in self.waiting:
                 self.waiting[self] = self.loop.call_later(read_timeout, self.drop)
@@ -412,7 +439,7 @@ def guarded_protocol(
     return Guarded
 
 class LogBudget(logging.Filter):
-    "Let a logger write at most `n` records a minute, each on one line (a traceback becomes its last line), and say so when it stops."
+    "Let a logger write at most `n` records a minute, each on one line (a traceback: its last), and say when it stops."
     def __init__(self, n:int=20): super().__init__(); self.n, self.start, self.count = n, -math.inf, 0
     def filter(self, record) -> bool:
         if time.monotonic() - self.start > 60: self.start, self.count = time.monotonic(), 0
@@ -421,7 +448,8 @@ class LogBudget(logging.Filter):
             record.msg, record.args = f'{record.getMessage()} ({_fault(record.exc_info[1])})'.replace('\n', ' '), ()
             record.exc_info = record.exc_text = None
         if self.count == self.n + 1:
-            record.msg, record.args, record.exc_info, record.exc_text = f"{self.n} messages this minute: the rest of the minute's are left out", (), None, None
+            record.msg = f"{self.n} messages this minute: the rest of the minute's are left out"
+            record.args, record.exc_info, record.exc_text = (), None, None
         return self.count <= self.n + 1
 
 def _backlog(connections:int) -> int:
@@ -436,7 +464,8 @@ def server_config(
     log_level:str='warning',          # uvicorn's own messages at this level and above
 ) -> uvicorn.Config:
     "uvicorn's settings for `app`: the guarded HTTP/1.1 protocol, and logs that a flood cannot fill."
-    config = uvicorn.Config(app, host=host, port=port, http=guarded_protocol(limits.read_timeout, limits.max_connections),
+    config = uvicorn.Config(app, host=host, port=port,
+                            http=guarded_protocol(limits.read_timeout, limits.max_connections),
                             backlog=_backlog(limits.max_connections), log_level=log_level, timeout_graceful_shutdown=5)
     for name in ('uvicorn.error', 'asyncio', 'serve'):  # uvicorn's warnings, the event loop's errors, ours
         logger = logging.getLogger(name)
@@ -447,11 +476,14 @@ def server_config(
 async def _read_json(request:Request, limits:ServeLimits):
     "The request's JSON body, sent as such, read up to `limits.max_body` bytes within `limits.read_timeout` seconds."
     kind = request.headers.get('content-type', '').split(';')[0].strip().lower()
-    if kind != 'application/json':  # a page of another site can send text/plain or a form without asking first: not JSON
-        raise ApiError(415, f"send the body as Content-Type: application/json, not {kind[:60] or 'none'}", code='unsupported_media_type')
+    # a page of another site can send text/plain or a form without asking first: not JSON
+    if kind != 'application/json':
+        raise ApiError(415, f"send the body as Content-Type: application/json, not {kind[:60] or 'none'}",
+                       code='unsupported_media_type')
     too_big = ApiError(413, f"the request body is larger than this server's limit of {limits.max_body:,} bytes", code='body_too_large')
     size = request.headers.get('content-length') or '0'
-    if not size.isdigit(): raise ApiError(400, f"the Content-Length header {size[:40]!r} is not a number of bytes", code='invalid_header')
+    if not size.isdigit():
+        raise ApiError(400, f"the Content-Length header {size[:40]!r} is not a number of bytes", code='invalid_header')
     if len(size) > 12 or int(size) > limits.max_body: raise too_big
     body = bytearray()
     try:
@@ -459,9 +491,11 @@ async def _read_json(request:Request, limits:ServeLimits):
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limits.max_body: raise too_big
-    except TimeoutError: raise ApiError(408, f"the body did not arrive within {limits.read_timeout:g} seconds", code='timeout') from None
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {limits.read_timeout:g} seconds", code='timeout') from None
     try: return json.loads(body)
-    except (ValueError, RecursionError) as e:  # bad syntax or UTF-8, an integer of over 4,300 digits, nesting deeper than the stack
+    # bad syntax or UTF-8, an integer of over 4,300 digits, nesting deeper than the stack
+    except (ValueError, RecursionError) as e:
         raise ApiError(400, f"the body is not valid JSON: {str(e)[:200]}", code='invalid_json') from None
 
 def _session(lm, req:ChatRequest, sampling:SamplingConfig, limits:ServeLimits, **chat) -> tuple[ChatSession, str, list[int]]:
@@ -475,7 +509,8 @@ def _session(lm, req:ChatRequest, sampling:SamplingConfig, limits:ServeLimits, *
     try: ids = session.prompt_ids(turns[-1]['content'])
     except MessageTooLong as e:
         raise ApiError(400, f"{e}; send a shorter message", param='messages', code='context_length_exceeded') from None
-    except UserError as e: raise ApiError(400, str(e), param='messages', code='invalid_messages') from None  # the template refused it
+    except UserError as e:  # the template refused it
+        raise ApiError(400, str(e), param='messages', code='invalid_messages') from None
     return session, turns[-1]['content'], ids
 
 def make_app(
@@ -554,7 +589,8 @@ def make_app(
 
     async def api_error(request:Request, e:ApiError) -> Response: return e.response()
     async def http_error(request:Request, e:HTTPException) -> Response:
-        return ApiError(e.status_code, f"{request.method} {request.url.path[:80]}: {e.detail}", code=str(e.status_code)).response()
+        return ApiError(e.status_code, f"{request.method} {request.url.path[:80]}: {e.detail}",
+                        code=str(e.status_code)).response()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -568,7 +604,8 @@ def make_app(
     app.state.stats = stats
     return app
 
-PAGE_HEADERS = {'content-security-policy': "default-src 'self'"}  # the page runs only its own files (`Guard` adds the rest)
+# the page runs only its own files (`Guard` adds the rest)
+PAGE_HEADERS = {'content-security-policy': "default-src 'self'"}
 
 # %% ../nbs/09b_serve.ipynb #ba87b6b8
 def _loopback(host:str) -> bool:
@@ -581,12 +618,14 @@ def _room_for(connections:int):
     "Let this process open enough files for `connections` sockets and its own files, or say what to do."
     try: import resource
     except ImportError: return  # not a Unix: no such limit to raise
-    need, (soft, hard) = connections + 2 * _backlog(connections) + 64, resource.getrlimit(resource.RLIMIT_NOFILE)  # + a burst, and its evictions
+    # + a burst, and its evictions
+    need, (soft, hard) = connections + 2 * _backlog(connections) + 64, resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need: return
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (need if hard == resource.RLIM_INFINITY else min(need, hard), hard))
     if (soft := resource.getrlimit(resource.RLIMIT_NOFILE)[0]) < need:
-        raise UserError(f"--max-connections {connections} needs {need} open files and this process may open {soft}: lower it, or raise the limit (ulimit -n {need})")
+        raise UserError(f"--max-connections {connections} needs {need} open files and this process may open {soft}: "
+                        f"lower it, or raise the limit (ulimit -n {need})")
 
 def run_serve(
     run:str|None=None,           # A run folder: serve its newest model (aligned/, else sft/, else base/)
@@ -594,15 +633,15 @@ def run_serve(
     host:str='127.0.0.1',        # Address to listen on; 127.0.0.1 is this machine only, 0.0.0.0 every network (then set --api-key)
     port:int=8000,               # Port to listen on
     api_key:str|None=None,       # Require `Authorization: Bearer KEY` on every /v1/ request (default: $CHATGPT_TRAIN_API_KEY, else none)
-    allowed_hosts:str|None=None, # More names to answer to, comma-separated, e.g. a proxy's (always: localhost, 127.0.0.1, ::1, --host); * for any
+    allowed_hosts:str|None=None, # Extra Host names, comma-separated, beyond localhost, 127.0.0.1, ::1, --host; *: any
     workers:int=1,               # Replies generated at once; more requests wait their turn (see the benchmark before raising it)
     max_tokens:int=ServeLimits.max_tokens, # Most tokens a request may ask for
     default_tokens:int=ServeLimits.default_tokens, # Tokens a reply gets when the request does not say
     max_messages:int=ServeLimits.max_messages, # Most messages in a request
     max_body:int=ServeLimits.max_body, # Largest request body, in bytes
     timeout:float=ServeLimits.timeout, # Seconds a request may take, waiting for a worker included
-    read_timeout:float=ServeLimits.read_timeout, # Seconds a client may take to send a request's head, and again its body
-    max_connections:int=ServeLimits.max_connections, # Most open connections; past it, the one waiting longest for its request is closed
+    read_timeout:float=ServeLimits.read_timeout, # Seconds a client may take to send a request's head, and its body
+    max_connections:int=ServeLimits.max_connections, # Most open connections; past it, the longest waiting one is closed
     repetition_penalty:float=SamplingConfig.repetition_penalty, # Make tokens already in the text less likely (1: off)
     safety:bool=True,            # Check replies with the clean stage's content filter (--no-safety: off)
     refusal:str=REFUSAL,         # What a withdrawn reply reads as
@@ -611,21 +650,24 @@ def run_serve(
 ):
     "Serve a model over HTTP: OpenAI's chat completions API with streaming, and a chat page at /."
     if run is None and model is None: raise UserError("give a run folder (--run DIR) or a model (--model DIR or a hub id)")
-    for flag, v in dict(port=port, workers=workers, max_tokens=max_tokens, default_tokens=default_tokens, max_messages=max_messages,
-                        max_body=max_body, max_connections=max_connections).items():
+    for flag, v in dict(port=port, workers=workers, max_tokens=max_tokens, default_tokens=default_tokens,
+                        max_messages=max_messages, max_body=max_body, max_connections=max_connections).items():
         if not (0 < v if flag != 'port' else 0 < v < 65536): raise UserError(f"--{flag.replace('_', '-')} must be positive{' and below 65536' if flag == 'port' else ''}, not {v}")
     for flag, v in dict(timeout=timeout, read_timeout=read_timeout).items():
-        if not (math.isfinite(v) and v > 0): raise UserError(f"--{flag.replace('_', '-')} must be a positive number of seconds, not {v}")
+        if not (math.isfinite(v) and v > 0):
+            raise UserError(f"--{flag.replace('_', '-')} must be a positive number of seconds, not {v}")
     blocked = block_categories(block)
     _room_for(max_connections)
-    hosts = None if (allowed_hosts or '').strip() == '*' else (*LOCAL_NAMES, host.lower(), *(h.strip().lower() for h in (allowed_hosts or '').split(',') if h.strip()))
+    hosts = None if (allowed_hosts or '').strip() == '*' else (
+        *LOCAL_NAMES, host.lower(), *(h.strip().lower() for h in (allowed_hosts or '').split(',') if h.strip()))
     api_key = api_key or os.environ.get('CHATGPT_TRAIN_API_KEY') or None
     log = get_logger('serve')
     lm = load_model(run, model, device)
     name = model.split('@')[0] if model and (model in MODEL_DIRS or is_hub_id(model)) else lm.folder.name  # the id clients ask for
-    limits = ServeLimits(max_tokens, min(default_tokens, max_tokens), max_messages, max_body, timeout=timeout, read_timeout=read_timeout,
-                         max_connections=max_connections)
-    app = make_app(lm, name, limits, api_key, workers, SamplingConfig(repetition_penalty=repetition_penalty), safety, refusal, blocked, hosts)
+    limits = ServeLimits(max_tokens, min(default_tokens, max_tokens), max_messages, max_body, timeout=timeout,
+                         read_timeout=read_timeout, max_connections=max_connections)
+    app = make_app(lm, name, limits, api_key, workers, SamplingConfig(repetition_penalty=repetition_penalty), safety,
+                   refusal, blocked, hosts)
     if not _loopback(host) and api_key is None:
         log.warning('listening on %s without an API key: anyone who can reach this address can use the model; set --api-key', host)
     log.info('serving %s as %r at http://%s:%d/ (chat page) and http://%s:%d/v1 (API)%s', lm.folder, name, host, port, host, port,

@@ -406,29 +406,41 @@ def load_checkpoint(self:Trainer) -> int:
     "Restore everything from `checkpoints/last.pt`; return the step it was saved at."
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
     p = require(self.ckpt_path, f"a run without --resume (nothing to resume in {self.out})")
-    try: s = torch.load(p, weights_only=True, map_location='cpu')  # tensors and plain containers only: nothing in it can run
-    except pickle.UnpicklingError: raise UserError(f"{p} holds objects other than tensors and plain data, which could run code if "
-                                                   f"loaded: refused. A checkpoint we write never does: restart without --resume, which replaces it") from None
-    except Exception as e: raise UserError(f"{p} cannot be read ({type(e).__name__}: {e}); restart without --resume, which replaces it") from None
-    missing = {'model', 'optimizer', 'scaler', 'step', 'elapsed', 'tokens', 'max_steps', 'warmup', 'data', 'rng', 'world'} - set(s if isinstance(s, dict) else ())
-    if missing: raise UserError(f"{p} is not a checkpoint of this loop (it lacks {', '.join(sorted(missing))}); restart without --resume, which replaces it")
-    if isinstance(s.get('config'), dict) and (diff := [k for k in RESUME_KEYS if k in s['config'] and s['config'][k] != getattr(self.cfg, k)]):
-        raise UserError(f"{p} belongs to another run: it was trained with " + ', '.join(f"{k}={s['config'][k]!r}" for k in diff)
+    # tensors and plain containers only: nothing in it can run
+    try: s = torch.load(p, weights_only=True, map_location='cpu')
+    except pickle.UnpicklingError:
+        raise UserError(f"{p} holds objects other than tensors and plain data, which could run code if loaded: "
+                        f"refused. A checkpoint we write never does: restart without --resume, "
+                        f"which replaces it") from None
+    except Exception as e: raise UserError(f"{p} cannot be read ({type(e).__name__}: {e}); restart without --resume, "
+                                           f"which replaces it") from None
+    missing = ({'model', 'optimizer', 'scaler', 'step', 'elapsed', 'tokens', 'max_steps', 'warmup', 'data', 'rng',
+                'world'} - set(s if isinstance(s, dict) else ()))
+    if missing: raise UserError(f"{p} is not a checkpoint of this loop (it lacks {', '.join(sorted(missing))}); "
+                                f"restart without --resume, which replaces it")
+    if isinstance(s.get('config'), dict) and (diff := [k for k in RESUME_KEYS
+                                                       if k in s['config'] and s['config'][k] != getattr(self.cfg, k)]):
+        raise UserError(f"{p} belongs to another run: it was trained with "
+                        + ', '.join(f"{k}={s['config'][k]!r}" for k in diff)
                         + ", this run has " + ', '.join(f"{k}={getattr(self.cfg, k)!r}" for k in diff)
                         + "; restart without --resume (that replaces it), or resume with the settings it was made with")
     if s.get('data_id') and self.data_id and s['data_id'] != self.data_id:
-        raise UserError(f"{p} was made on other training data than this run has now (the data was rewritten since); restart without --resume")
-    if not all_finite(s['model']): raise UserError(f"{p} holds weights that are not finite: restart without --resume, which replaces it")
+        raise UserError(f"{p} was made on other training data than this run has now (the data was rewritten since); "
+                        f"restart without --resume")
+    if not all_finite(s['model']):
+        raise UserError(f"{p} holds weights that are not finite: restart without --resume, which replaces it")
     set_state_dict(self.raw_model, self.opts, model_state_dict=s['model'],
                    optim_state_dict=s['optimizer'], options=StateDictOptions(full_state_dict=True))
     self.scaler.load_state_dict(s['scaler']) if s['scaler'] else None
     self.step, self.elapsed, self.tokens, self.saved_step = s['step'], s['elapsed'], s['tokens'], s['step']
     self.plan.max_steps, self.plan.warmup = s['max_steps'], s['warmup']
     if s['data'] is not None:
-        if not hasattr(self.train_batches, 'load_state_dict'): raise UserError("the checkpoint has a data position but the batch source cannot restore one")
+        if not hasattr(self.train_batches, 'load_state_dict'):
+            raise UserError("the checkpoint has a data position but the batch source cannot restore one")
         self.train_batches.load_state_dict(s['data'])
     if s['world'] == self.world: set_rng_state(s['rng'][self.rank])
-    else: self.log.warning(f"resuming on {self.world} processes from a checkpoint made on {s['world']}: random streams are reseeded")
+    else: self.log.warning(f"resuming on {self.world} processes from a checkpoint made on {s['world']}: "
+                           f"random streams are reseeded")
     return self.step
 
 # %% ../nbs/06_train.ipynb #c47447dc

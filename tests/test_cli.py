@@ -9,7 +9,7 @@ from fastcore.docments import docments
 from chatgpt_train import cli, collect
 from chatgpt_train.cli import COMMANDS, main
 from chatgpt_train.core import load_json
-from toy_run import ctrl_c_reaches_it
+from toy_run import call, ctrl_c_reaches_it
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'CHATGPT_TRAIN_HOME': '', 'HF_HUB_OFFLINE': '1'}
@@ -22,14 +22,6 @@ STEPS = ['collect', 'clean', 'tokenizer', 'encode', 'pretrain', 'evaluate base',
 def chatgpt_train(*args, timeout=600) -> subprocess.CompletedProcess:
     "`chatgpt-train ARGS` in a subprocess, as a user runs it."
     return subprocess.run([str(BIN/'chatgpt-train'), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def call(argv, capsys) -> tuple[int, str, str]:
-    "Exit status, stdout and stderr of `cli.main(argv)` in this process (a parser error exits, as on the command line)."
-    try: rc = main(argv)
-    except SystemExit as e: rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line_error(rc, err, *needles):

@@ -74,7 +74,8 @@ def check_report(kept, quarantine, report):
         assert set(c) == {'id', 'source', 'turns', 'meta'} and c['turns']
         for t in c['turns']: assert t['role'] in ('user', 'assistant', 'system') and t['text'].strip()
     for q in quarantine: assert q['kind'] and q['reason'] and 'raw' in q
-    if report['read'] == 0:  # no record read: only whole files can be set aside (not text, not UTF-8, not a file at all)
+    # no record read: only whole files can be set aside (not text, not UTF-8, not a file at all)
+    if report['read'] == 0:
         assert not kept and all(q['kind'] in FILE_KINDS for q in quarantine)
 
 

@@ -1,7 +1,8 @@
 """Hostile inputs to the align and fine-tune stages and to the preference reader (issue 30).
 
-A mistyped --data leaves a finished model folder as it was; a file with no usable pair still gets its own quarantine; a huge
-pair file costs what its steps use; pipes, bad links, folders named like files and UTF-16 files each get a quarantine line.
+A mistyped --data leaves a finished model folder as it was; a file with no usable pair still gets its own quarantine; a
+huge pair file costs what its steps use; pipes, bad links, folders named like files and UTF-16 files each get a
+quarantine line.
 """
 import hashlib, json, os, shutil, signal, time
 from contextlib import contextmanager
@@ -18,7 +19,8 @@ ALIGN = ['--block-size', '64', '--batch-size', '4', '--precision', 'fp32', '--mi
 
 
 def good_pairs(n, tag=''):
-    return [dict(prompt=f'What is your name? ({tag}{i})', chosen='My name is Tock.', rejected='I do not know.') for i in range(n)]
+    return [dict(prompt=f'What is your name? ({tag}{i})', chosen='My name is Tock.', rejected='I do not know.')
+            for i in range(n)]
 
 
 def bad_pairs(n):
@@ -32,9 +34,10 @@ def digest(path):
 
 @pytest.fixture(scope='module')
 def aligned(tmp_path_factory, one_thread):
-    "The chat-ready toy run with a fine-tuned sft/ and an aligned/ made from a file whose 7 bad records were quarantined."
+    "The chat-ready toy run with a fine-tuned sft/ and an aligned/ from a file whose 7 bad records were quarantined."
     run = chat_run(tmp_path_factory.mktemp('hostile')/'run')
-    assert main(['finetune', '--run', str(run), '--data', str(run.parent/'tock.jsonl'), *SFT_FAST, '--max-steps', '4']) == 0
+    assert main(['finetune', '--run', str(run), '--data', str(run.parent/'tock.jsonl'), *SFT_FAST,
+                 '--max-steps', '4']) == 0
     write_jsonl(good_pairs(40) + bad_pairs(7), run.parent/'prefs.jsonl')
     assert main(['align', '--run', str(run), '--data', str(run.parent/'prefs.jsonl'), *ALIGN, '--max-steps', '2']) == 0
     assert len((run/'aligned'/'data'/'quarantine.jsonl').read_text().splitlines()) == 7
@@ -52,7 +55,8 @@ def test_align_with_a_mistyped_data_path_leaves_aligned_alone(aligned, tmp_path,
     aligned = shutil.copytree(aligned, tmp_path/'run')  # a copy: a failure here must not spoil the other tests
     before = folder_state(aligned/'aligned')
     assert not before['mark']
-    assert main(['align', '--run', str(aligned), '--data', str(tmp_path/'no'/'such'/'file.jsonl'), *ALIGN, '--max-steps', '2']) == 2
+    assert main(['align', '--run', str(aligned), '--data', str(tmp_path/'no'/'such'/'file.jsonl'), *ALIGN,
+                 '--max-steps', '2']) == 2
     err = capsys.readouterr().err.strip()
     assert 'file.jsonl not found' in err and len(err.splitlines()) == 1
     assert folder_state(aligned/'aligned') == before
@@ -66,14 +70,17 @@ def test_finetune_with_a_mistyped_data_path_leaves_sft_alone(aligned, tmp_path, 
     "D1 for the fine-tune stage: its --data is read before sft/ is marked or its data/ replaced."
     aligned = shutil.copytree(aligned, tmp_path/'run')  # a copy: a failure here must not spoil the other tests
     before = folder_state(aligned/'sft')
-    assert main(['finetune', '--run', str(aligned), '--data', str(tmp_path/'no_such.jsonl'), *SFT_FAST, '--max-steps', '2']) == 2
+    assert main(['finetune', '--run', str(aligned), '--data', str(tmp_path/'no_such.jsonl'), *SFT_FAST,
+                 '--max-steps', '2']) == 2
     err = capsys.readouterr().err.strip()
     assert 'no_such.jsonl not found' in err and len(err.splitlines()) == 1
     assert folder_state(aligned/'sft') == before
     (tmp_path/'junk.jsonl').write_text('not json\n' * 3)  # read, but no conversation in it
-    assert main(['finetune', '--run', str(aligned), '--data', str(tmp_path/'junk.jsonl'), *SFT_FAST, '--max-steps', '2']) == 2
+    assert main(['finetune', '--run', str(aligned), '--data', str(tmp_path/'junk.jsonl'), *SFT_FAST,
+                 '--max-steps', '2']) == 2
     assert folder_state(aligned/'sft') == before
-    broken = shutil.copytree(aligned/'base', tmp_path/'broken')  # a --from folder that cannot load: refused before sft/ is marked
+    # a --from folder that cannot load: refused before sft/ is marked
+    broken = shutil.copytree(aligned/'base', tmp_path/'broken')
     (broken/'config.json').write_text('{"model_type": "qwen3", "num_hidden_layers": 10000000}')
     assert main(['finetune', '--run', str(aligned), '--from', str(broken), *SFT_FAST, '--max-steps', '2']) == 2
     assert folder_state(aligned/'sft') == before
@@ -93,18 +100,21 @@ def test_a_file_with_no_usable_pair_has_its_own_quarantine(aligned, tmp_path, ca
     rows = [json.loads(l) for l in open(named, encoding='utf-8')]
     assert len(rows) == 54 and all(r['kind'] == 'missing-field' and 'no rejected' in r['reason'] for r in rows)
     assert [r['source'] for r in rows] == [f'{data}:{i}' for i in range(1, 55)]
-    assert folder_state(aligned/'aligned') == before and (aligned/'aligned'/'data'/'quarantine.jsonl').read_text() == kept
+    assert (folder_state(aligned/'aligned') == before
+            and (aligned/'aligned'/'data'/'quarantine.jsonl').read_text() == kept)
 
 
 def test_a_huge_pair_file_costs_what_its_steps_use(aligned, tmp_path, monkeypatch):
-    "H5: on 20,000 pairs, 3 steps of 4 pairs score 24 training rows with the reference, not 40,000 (and the held-out side is capped)."
+    "H5: on 20,000 pairs, 3 steps of 4 pairs score 24 training rows with the reference, not 40,000 (val is capped)."
     import chatgpt_train.align as align
     scored = []  # rows the reference model scores: up front (`with_reference`) or as batches are used (`Reference`)
     real_with = align.with_reference
-    monkeypatch.setattr(align, 'with_reference', lambda model, ex, *a, **k: scored.append(2 * len(ex)) or real_with(model, ex, *a, **k))
+    monkeypatch.setattr(align, 'with_reference',
+                        lambda model, ex, *a, **k: scored.append(2 * len(ex)) or real_with(model, ex, *a, **k))
     if hasattr(align, 'Reference'):
         real_call = align.Reference.__call__
-        monkeypatch.setattr(align.Reference, '__call__', lambda self, b: scored.append(len(b['input_ids'])) or real_call(self, b))
+        monkeypatch.setattr(align.Reference, '__call__',
+                            lambda self, b: scored.append(len(b['input_ids'])) or real_call(self, b))
     big, took = tmp_path/'big.jsonl', {}
     write_jsonl(good_pairs(20_000), big)
     run = shutil.copytree(aligned, tmp_path/'run')
@@ -127,7 +137,7 @@ def deadline(seconds):
 
 
 def odd_folder(folder, record):
-    "A folder with one good file and every kind of entry that is not one: a pipe, two bad links, a folder named like a file, UTF-16 text."
+    "One good file and every kind of entry that is not: a pipe, two bad links, a folder named like a file, UTF-16 text."
     folder.mkdir()
     (folder/'good.jsonl').write_text(json.dumps(record) + '\n')
     os.mkfifo(folder/'pipe.jsonl')
@@ -139,8 +149,9 @@ def odd_folder(folder, record):
     return folder
 
 
-REASONS = {'gone.jsonl': 'points to nothing', 'loop.jsonl': 'points to itself', 'no_mark.jsonl': 'UTF-16 text: save it as UTF-8',
-           'notepad.jsonl': 'UTF-16 text: save it as UTF-8', 'pipe.jsonl': 'a named pipe, not a file', 'x.jsonl': 'a folder named like a file'}
+REASONS = {'gone.jsonl': 'points to nothing', 'loop.jsonl': 'points to itself',
+           'no_mark.jsonl': 'UTF-16 text: save it as UTF-8', 'notepad.jsonl': 'UTF-16 text: save it as UTF-8',
+           'pipe.jsonl': 'a named pipe, not a file', 'x.jsonl': 'a folder named like a file'}
 
 
 def test_odd_entries_in_a_preference_folder(tmp_path):
@@ -162,5 +173,6 @@ def test_odd_entries_in_a_collect_folder(tmp_path, capsys):
     quarantine = [json.loads(l) for l in (tmp_path/'run'/'collect'/'quarantine.jsonl').read_text().splitlines()]
     got = {os.path.basename(q['file']): q['reason'] for q in quarantine}
     assert set(got) == set(REASONS) and all(REASONS[k] in got[k] for k in REASONS), got
-    with deadline(60): assert main(['collect', '--run', str(tmp_path/'run2'), '--source', str(folder/'pipe.jsonl')]) == 2
+    with deadline(60):
+        assert main(['collect', '--run', str(tmp_path/'run2'), '--source', str(folder/'pipe.jsonl')]) == 2
     assert 'a named pipe, not a file' in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""Hostile and broken model folders (issue 30): code shipped in a folder, configs far bigger than their weights, weight files
-that do not match the model, non-finite weights, and chat templates that recurse, loop, eat memory or escape. Each is refused
-where the folder becomes a model, in one line, before anything runs, allocates or renders for a user."""
+"""Hostile and broken model folders (issue 30): code shipped in a folder, configs far bigger than their weights, weight
+files that do not match the model, non-finite weights, and chat templates that recurse, loop, eat memory or escape.
+Each is refused where the folder becomes a model, in one line, before anything runs, allocates or renders for a user."""
 import json, resource, shutil, subprocess, sys, time
 from pathlib import Path
 
@@ -53,12 +53,14 @@ def refused(fn, *says) -> str:
 
 def cli(*args, stdin: str) -> subprocess.CompletedProcess:
     "`chatgpt-train ARGS` with `stdin` piped in; two minutes at most (serve, unrefused, would serve for ever)."
-    return subprocess.run([str(BIN/'chatgpt-train'), *map(str, args)], input=stdin, env=ENV, capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(BIN/'chatgpt-train'), *map(str, args)], input=stdin, env=ENV, capture_output=True,
+                          text=True, timeout=120)
 
 
 def one_line_status_2(p: subprocess.CompletedProcess, *says):
     err = p.stderr.strip()
-    assert p.returncode == 2 and '\n' not in err and 'Traceback' not in err and all(s in err for s in says), (p.returncode, p.stderr)
+    assert p.returncode == 2 and '\n' not in err and 'Traceback' not in err and all(s in err for s in says), \
+        (p.returncode, p.stderr)
 
 
 def test_sound_folders_load(made):
@@ -71,7 +73,7 @@ def test_sound_folders_load(made):
 # C1: code in a folder is never run, and no prompt can read the user's input
 
 def plant(folder: Path, marker: Path, where: str):
-    "An `auto_map` in `where` (config.json or tokenizer_config.json) to a Python file of the folder that writes `marker`."
+    "An `auto_map` in `where` (config.json or tokenizer_config.json) to a Python file in the folder, writing `marker`."
     (folder/'planted.py').write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import *\n")
     if where == 'config.json':
         edit_json(folder/where, auto_map={'AutoConfig': 'planted.Config', 'AutoModelForCausalLM': 'planted.Model'})
@@ -89,16 +91,17 @@ def test_code_in_a_model_folder_never_runs_and_no_prompt_eats_stdin(folder, tmp_
 
 
 def test_code_in_a_model_folder_is_refused_by_every_loader(folder, tmp_path, monkeypatch):
-    "In-process, with stdin answering yes: the tokenizer's loader and the model's each refuse before transformers is called."
+    "In-process, stdin answering yes: the tokenizer's loader and the model's each refuse before transformers is called."
     import io
     marker = tmp_path/'ran'
     monkeypatch.setattr(sys, 'stdin', io.StringIO('y\n' * 10))
     plant(folder, marker, 'tokenizer_config.json')
     refused(lambda: load_chat_format(folder), 'tokenizer_config.json has an auto_map')
     refused(lambda: load_causal_lm(folder), 'tokenizer_config.json has an auto_map')
-    edit_json(folder/'config.json', model_type='planted')  # an architecture transformers lacks, even without an auto_map
-    (folder/'tokenizer_config.json').write_text(json.dumps({k: v for k, v in json.loads((folder/'tokenizer_config.json').read_text()).items()
-                                                            if k != 'auto_map'}))
+    # an architecture transformers lacks, even without an auto_map
+    edit_json(folder/'config.json', model_type='planted')
+    (folder/'tokenizer_config.json').write_text(json.dumps(
+        {k: v for k, v in json.loads((folder/'tokenizer_config.json').read_text()).items() if k != 'auto_map'}))
     refused(lambda: load_causal_lm(folder), 'config.json', "model_type 'planted'", 'never run code from a model folder')
     assert not marker.exists() and sys.stdin.read() == 'y\n' * 10  # nothing read the user's input
 
@@ -124,7 +127,8 @@ def test_a_config_far_bigger_than_its_weight_files(folder):
     "A shape that would take 40 GB: refused from the files' headers, with both sizes, before a byte is allocated."
     edit_json(folder/'config.json', hidden_size=65536, intermediate_size=65536, head_dim=32768)
     t = time.time()
-    refused(lambda: load_causal_lm(folder), str(folder/'config.json'), 'parameters', 'its weight files hold 416,128 values')
+    refused(lambda: load_causal_lm(folder), str(folder/'config.json'), 'parameters',
+            'its weight files hold 416,128 values')
     assert time.time() - t < 20
 
 
@@ -149,8 +153,10 @@ def rewrite_weights(folder: Path, change):
 
 
 @pytest.mark.parametrize('change, says', [
-    (lambda sd: [sd.pop(k) for k in list(sd) if 'layers.1.mlp' in k], ['lack 3 of the model', 'model.layers.1.mlp.down_proj.weight']),
-    (lambda sd: sd.update({f'other.{k}': sd.pop(k) for k in list(sd)}), ['lack 25 of the model', 'hold 24 tensors the model does not have']),
+    (lambda sd: [sd.pop(k) for k in list(sd) if 'layers.1.mlp' in k],
+     ['lack 3 of the model', 'model.layers.1.mlp.down_proj.weight']),
+    (lambda sd: sd.update({f'other.{k}': sd.pop(k) for k in list(sd)}),
+     ['lack 25 of the model', 'hold 24 tensors the model does not have']),
     (lambda sd: sd.update(extra=torch.zeros(3)), ['hold 1 tensors the model does not have (extra)']),
     (lambda sd: sd.update({'model.layers.0.mlp.up_proj.weight': torch.zeros(5, 5)}),
      ['model.layers.0.mlp.up_proj.weight', 'has shape [5, 5]', 'the model has [320, 128]']),
@@ -186,8 +192,8 @@ HOSTILE = {
     'nested ranges': ("{% for i in range(99999) %}{% for j in range(99999) %}{% for k in range(99999) %}{% endfor %}"
                       "{% endfor %}{% endfor %}", 'did not finish in 5 s'),
     'string times 10**10': ("{{ 'x' * 10**10 }}", 'MemoryError'),
-    'doubling': ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s[:1] }}",
-                 'MemoryError'),
+    'doubling': ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
+                 "{{ ns.s[:1] }}", 'MemoryError'),
     'list times 10**9': ("{% set x = [0] * 10**9 %}{{ x | length }}", 'MemoryError'),
     'escape': ("{{ ''.__class__.__mro__[1].__subclasses__() }}", 'SecurityError'),
     'raises': ("{{ raise_exception('no chat for you') }}", 'no chat for you'),
@@ -198,7 +204,7 @@ HOSTILE = {
 
 
 def with_template(folder: Path, template: str) -> Path:
-    "`template` as the folder's chat template, and `<|endoftext|>` as its eos: a tokenizer not ours, whose template renders every chat."
+    "`template` as the folder's chat template, `<|endoftext|>` as eos: a foreign tokenizer that renders every chat."
     edit_json(folder/'tokenizer_config.json', chat_template=template, eos_token='<|endoftext|>')
     return folder
 
@@ -213,7 +219,8 @@ def test_a_hostile_chat_template_is_refused_at_load(folder, name):
     assert '\n' not in msg and str(folder/'tokenizer_config.json') in msg and 'chat template' in msg, msg
     assert any(s in msg for s in says.split('|')), msg
     assert time.time() - t < 30
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 4 * 2**20  # KiB: this process never held the template's gigabytes
+    # KiB: this process never held the template's gigabytes
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 4 * 2**20
 
 
 def test_serve_and_chat_refuse_a_hostile_template(folder):
@@ -228,13 +235,16 @@ def test_sound_templates_are_kept_and_cheap(folder):
     t = time.time()
     fmt = load_chat_format(with_template(folder, CHATML))
     assert time.time() - t < 3 and fmt.hf.chat_template == CHATML
-    no_system = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + CHATML)
+    no_system = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+                 + CHATML)
     fmt = load_chat_format(with_template(folder, no_system))
-    assert fmt.kind == 'template' and fmt.hf.decode(fmt.prompt('Hi')) == '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n'
+    assert (fmt.kind == 'template'
+            and fmt.hf.decode(fmt.prompt('Hi')) == '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n')
 
 
 def test_a_template_that_fails_on_one_conversation_says_so_in_one_line(folder):
     "A template that passes the probes but fails on a later request: a UserError naming the template, not a traceback."
-    fmt = load_chat_format(with_template(folder, "{% if messages | length > 5 %}{{ raise_exception('too long') }}{% endif %}" + CHATML))
+    fmt = load_chat_format(with_template(
+        folder, "{% if messages | length > 5 %}{{ raise_exception('too long') }}{% endif %}" + CHATML))
     turns = [dict(role='user' if i % 2 == 0 else 'assistant', text=f'message {i}') for i in range(7)]
     refused(lambda: fmt.prompt(turns), 'chat template', 'too long')

@@ -1,5 +1,5 @@
-"""Run folders treated roughly: a pretraining on a time budget killed and resumed, `chatgpt-train run` killed and rerun, a
-damaged or deleted `pipeline.json`, stage files cut or rewritten behind the pipeline's back, and model folders left
+"""Run folders treated roughly: a pretraining on a time budget killed and resumed, `chatgpt-train run` killed and rerun,
+a damaged or deleted `pipeline.json`, stage files cut or rewritten behind the pipeline's back, and model folders left
 unfinished. Nothing finished is lost, nothing damaged passes for done, and every refusal is one line."""
 import hashlib, json, re, shutil, subprocess, sys
 from pathlib import Path
@@ -7,27 +7,20 @@ from pathlib import Path
 import pytest
 
 from chatgpt_train import cli
-from chatgpt_train.cli import main, pipeline_steps, run_all, stage_parser, step_state
+from chatgpt_train.cli import pipeline_steps, run_all, stage_parser, step_state
 from chatgpt_train.core import INCOMPLETE, model_dir, save_json
-from toy_run import BIN, ENV, FAST, kill, start, wait_for
+from toy_run import BIN, ENV, FAST, call, kill, start, wait_for
 
-# A tiny end-to-end run without preference training: 300 chitchat records, the micro preset for 10 steps, 5 fine-tuning steps.
+# A tiny end-to-end run without preference training: 300 chitchat records, the micro preset for 10 steps, 5 fine-tuning
+# steps.
 TINY = ['--preset', 'micro', '--limit', '300', '--vocab-size', '512', '--max-steps', '10', '--sft-steps', '5',
         '--eval-tokens', '2048', '--no-align', '--chats', '0']
 DATA_STEPS = ['collect', 'clean', 'tokenizer', 'encode', 'pretrain']
 
 
 def chatgpt_train(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN/'chatgpt-train'), *args], env={**ENV, 'HF_HUB_OFFLINE': '1'}, capture_output=True, text=True,
-                          timeout=300, **kw)
-
-
-def call(argv, capsys) -> tuple[int, str, str]:
-    "Exit status, stdout and stderr of `cli.main(argv)` in this process."
-    try: rc = main(argv)
-    except SystemExit as e: rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return subprocess.run([str(BIN/'chatgpt-train'), *args], env={**ENV, 'HF_HUB_OFFLINE': '1'}, capture_output=True,
+                          text=True, timeout=300, **kw)
 
 
 def states(out: str) -> dict:
@@ -71,8 +64,9 @@ def demo(finished, tmp_path) -> Path:
 # --- T1: a time-budget run resumes ------------------------------------------------------------------------------------
 
 def test_minutes_pretraining_killed_then_resumed(run, tmp_path):
-    "SIGKILL after the first checkpoint of a pretraining planned on --minutes; --resume finishes it (it raised a TypeError)."
-    p = start('pretrain', '--run', str(run), *FAST, '--minutes', '0.1', '--save-every', '5', '--log-every', '5', log=tmp_path/'kill.txt')
+    "SIGKILL after the first checkpoint of a pretraining on --minutes; --resume finishes it (it raised a TypeError)."
+    p = start('pretrain', '--run', str(run), *FAST, '--minutes', '0.1', '--save-every', '5', '--log-every', '5',
+              log=tmp_path/'kill.txt')
     wait_for((run/'base'/'checkpoints'/'last.pt').exists, p, 'the first checkpoint')
     kill(p)
     r = chatgpt_train('pretrain', '--run', str(run), '--resume')
@@ -86,12 +80,13 @@ RUN_TO_PRETRAIN = ('import sys; from chatgpt_train import cli; steps = cli.pipel
 
 
 def test_run_killed_mid_pretraining_reruns_to_the_end(tmp_path):
-    "`chatgpt-train run` (pretraining planned on minutes) killed after a checkpoint; the same command again finishes it."
+    "`chatgpt-train run` (pretraining planned on minutes) killed after a checkpoint; the same command finishes it."
     run = tmp_path/'demo'
     argv = ['run', '--run', str(run), '--preset', 'micro', '--limit', '300', '--vocab-size', '512', '--minutes', '0.2',
             '--batch-size', '4', '--chats', '0']
     drv = tmp_path/'drv.py'; drv.write_text(RUN_TO_PRETRAIN)
-    p = subprocess.Popen([sys.executable, str(drv), *argv], env=ENV, stdout=subprocess.DEVNULL, stderr=open(tmp_path/'log', 'w'))
+    p = subprocess.Popen([sys.executable, str(drv), *argv], env=ENV, stdout=subprocess.DEVNULL,
+                         stderr=open(tmp_path/'log', 'w'))
     p.log = tmp_path/'log'
     wait_for((run/'base'/'checkpoints'/'last.pt').exists, p, 'the first pretraining checkpoint')
     kill(p)
@@ -101,11 +96,12 @@ def test_run_killed_mid_pretraining_reruns_to_the_end(tmp_path):
     assert (run/'base'/'model.safetensors').exists() and load_pipeline(run/'pipeline.json')['pretrain']['resumed']
 
 
-# --- D3: no pipeline.json, nothing redone that is whole -------------------------------------------------------------------
+# --- D3: no pipeline.json, nothing redone that is whole ---------------------------------------------------------------
 
 def test_run_without_pipeline_json_reuses_finished_steps(demo, capsys):
     model = demo/'base'/'model.safetensors'
-    kept = lambda: (model.stat().st_mtime_ns, *(sha(demo/f) for f in ('sft/model.safetensors', 'eval/base.json', 'eval/sft.json')))
+    kept = lambda: (model.stat().st_mtime_ns,
+                    *(sha(demo/f) for f in ('sft/model.safetensors', 'eval/base.json', 'eval/sft.json')))
     before = kept()
     (demo/'pipeline.json').unlink()
     rc, out, err = call(['run', '--run', str(demo), *TINY], capsys)
@@ -131,7 +127,7 @@ def test_cut_json_names_the_stage_to_rerun(demo, capsys):
     assert not (demo/'base'/INCOMPLETE).exists()
 
 
-# --- T2: a pipeline.json of the wrong shape, a stage folder that is a file ------------------------------------------------
+# --- T2: a pipeline.json of the wrong shape, a stage folder that is a file --------------------------------------------
 
 @pytest.mark.parametrize('text', ['[1, 2, 3]', '{"collect": {"args": {}, "finished": "yesterday", "seconds": 1}}',
                                   '{"collect": {"args": {"limit": 300}}}', '{"version": 3, "steps": {"collect": {}}}',
@@ -150,19 +146,22 @@ def test_eval_folder_that_is_a_file_is_one_line(demo, capsys):
     shutil.rmtree(demo/'eval'); (demo/'eval').write_text('not a folder')
     rc, out, err = call(['run', '--run', str(demo), *TINY], capsys)
     assert rc == 2 and 'Traceback' not in err, err
-    assert problems(err) == [p for p in problems(err) if 'is a file where the eval/ folder of the run should be' in p] != [], err
+    assert problems(err) == [p for p in problems(err)
+                             if 'is a file where the eval/ folder of the run should be' in p] != [], err
     assert (demo/'base'/'model.safetensors').exists() and (demo/'eval').read_text() == 'not a folder'
 
 
-# --- S4: damaged files are noticed ---------------------------------------------------------------------------------------
+# --- S4: damaged files are noticed -----------------------------------------------------------------------------------
 
 def _cut_train(run): (run/'encode'/'train.bin').write_bytes((run/'encode'/'train.bin').read_bytes()[:100])
 def _change_vocab(run):
-    meta = json.loads((run/'encode'/'meta.json').read_text()); meta['vocab_size'] += 1; save_json(meta, run/'encode'/'meta.json')
+    meta = json.loads((run/'encode'/'meta.json').read_text()); meta['vocab_size'] += 1
+    save_json(meta, run/'encode'/'meta.json')
 def _garbage_config(run): (run/'sft'/'config.json').write_text('garbage')
 def _no_finetune_eval(run): (run/'eval'/'finetune.json').unlink()
 
-@pytest.mark.parametrize('damage,step,says', [(_cut_train, 'encode', 'train.bin'), (_change_vocab, 'encode', 'vocab_size'),
+@pytest.mark.parametrize('damage,step,says', [(_cut_train, 'encode', 'train.bin'),
+                                              (_change_vocab, 'encode', 'vocab_size'),
                                               (_garbage_config, 'finetune', 'not a causal language model folder'),
                                               (_no_finetune_eval, 'finetune', 'eval/finetune.json is missing')])
 def test_damaged_step_is_not_up_to_date(demo, damage, step, says):
@@ -180,8 +179,10 @@ def test_cut_token_file_redoes_encode_and_what_reads_it(demo, capsys, monkeypatc
     first_steps(monkeypatch, 5)
     rc, out, err = call(['run', '--run', str(demo), *TINY], capsys)
     assert rc == 0, err
-    assert states(out) == {'collect': 'skipped', 'clean': 'skipped', 'tokenizer': 'skipped', 'encode': 'ran', 'pretrain': 'ran'}, out
-    assert re.search(r'encode: running encode.run_encode \(.*train.bin', err) and 'pretrain: running pretrain.run_pretrain (encode ran again' in err, err
+    assert states(out) == {'collect': 'skipped', 'clean': 'skipped', 'tokenizer': 'skipped', 'encode': 'ran',
+                           'pretrain': 'ran'}, out
+    assert (re.search(r'encode: running encode.run_encode \(.*train.bin', err)
+            and 'pretrain: running pretrain.run_pretrain (encode ran again' in err), err
 
 
 def test_pretrain_checks_its_inputs_before_marking_base(demo, capsys):
@@ -192,12 +193,14 @@ def test_pretrain_checks_its_inputs_before_marking_base(demo, capsys):
     assert not (demo/'base'/INCOMPLETE).exists() and model_dir(demo, 'base') == demo/'base'
 
 
-# --- S3, D1: unfinished model folders ------------------------------------------------------------------------------------
+# --- S3, D1: unfinished model folders --------------------------------------------------------------------------------
 
 def test_chat_refuses_an_unfinished_model_folder_named_as_a_path(demo, capsys):
-    (demo/'sft'/INCOMPLETE).write_text("sft/ is unfinished: the process that began writing it failed; rerun `chatgpt-train finetune`\n")
+    (demo/'sft'/INCOMPLETE).write_text("sft/ is unfinished: the process that began writing it failed; "
+                                       "rerun `chatgpt-train finetune`\n")
     rc, _, err = call(['chat', '--model', str(demo/'sft')], capsys)
-    assert rc == 2 and len(problems(err)) == 1 and 'sft/ is unfinished' in err and 'rerun `chatgpt-train finetune' in err, err
+    assert (rc == 2 and len(problems(err)) == 1 and 'sft/ is unfinished' in err
+            and 'rerun `chatgpt-train finetune' in err), err
     copy = demo.parent/'elsewhere'; shutil.copytree(demo/'sft', copy)  # any folder with the mark
     with pytest.raises(Exception, match='is unfinished'): model_dir(None, str(copy))
 
@@ -205,7 +208,8 @@ def test_chat_refuses_an_unfinished_model_folder_named_as_a_path(demo, capsys):
 def test_chat_uses_the_newest_finished_model_and_says_what_it_skipped(demo):
     "An aligned/ left unfinished (a failed align) does not hide sft/: chat falls back to it, with one warning line."
     shutil.copytree(demo/'sft', demo/'aligned')
-    (demo/'aligned'/INCOMPLETE).write_text("aligned/ is unfinished: the process that began writing it failed (no file x)\n")
+    (demo/'aligned'/INCOMPLETE).write_text("aligned/ is unfinished: the process that began writing it failed "
+                                           "(no file x)\n")
     assert model_dir(demo) == demo/'sft'
     r = chatgpt_train('chat', '--run', str(demo), '--max-new-tokens', '4', input='Hello!\n')
     assert r.returncode == 0 and r.stdout.strip(), r.stderr[-2000:]

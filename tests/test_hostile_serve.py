@@ -1,4 +1,6 @@
-"Hostile clients of `chatgpt-train serve` (issue 30): bodies built to crash the parser, fields we cannot honour, huge stop strings, half-sent requests, DNS rebinding and cross-site pages, framing, and a generation that fails. The server listens on 127.0.0.1 only."
+"""Hostile clients of `chatgpt-train serve` (issue 30): bodies built to crash the parser, fields we cannot honour, huge
+stop strings, half-sent requests, DNS rebinding and cross-site pages, framing, and a generation that fails. The server
+listens on 127.0.0.1 only."""
 import json, resource, socket, subprocess, threading, time
 
 import httpx
@@ -7,12 +9,12 @@ import pytest
 import chatgpt_train.chat
 from chatgpt_train.model import load_model
 from chatgpt_train.serve import ServeLimits, make_app, server_config
-from test_serve import folder, free_port  # noqa: F401 (`folder` is a fixture: a model whose replies run to their token limit)
-from toy_run import BIN, ENV
+from toy_run import BIN, ENV, answers_health, free_port, never_ending_model
 
 HI = [dict(role='user', content='Hello! How are you?')]
 FILES = 256  # the server's open-file limit in these tests: a flood of connections must not reach it
-# A short read timeout so that the test waits little; a connection cap well under FILES; a name of our own the server answers to.
+# A short read timeout so that the test waits little; a connection cap well under FILES; a name of our own the server
+# answers to.
 HARDEN = ['--read-timeout', '1', '--max-connections', '100', '--allowed-hosts', 'chat.example.org']
 
 
@@ -21,26 +23,27 @@ def few_files():
 
 
 class Server:
-    "`chatgpt-train serve ARGS` on a free port of 127.0.0.1, with at most FILES open files; what it logs goes to `self.log`."
+    "`chatgpt-train serve ARGS` on a free port of 127.0.0.1, with at most FILES open files; its log goes to `self.log`."
     def __init__(self, log_path, *args):
         self.port, self.log = free_port(), log_path
         self.url = f'http://127.0.0.1:{self.port}'
         with open(log_path, 'w') as err:
-            self.proc = subprocess.Popen([str(BIN/'chatgpt-train'), 'serve', *args, '--host', '127.0.0.1', '--port', str(self.port)],
-                                         env={**ENV, 'HF_HUB_OFFLINE': '1'}, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=few_files)
-        end = time.monotonic() + 120
-        while True:
-            assert self.proc.poll() is None, f'the server exited: {log_path.read_text()}'
-            try:
-                if httpx.get(f'{self.url}/health', timeout=2).status_code == 200: break
-            except httpx.TransportError: pass
-            assert time.monotonic() < end, 'the server never answered /health'
-            time.sleep(0.2)
+            self.proc = subprocess.Popen([str(BIN/'chatgpt-train'), 'serve', *args, '--host', '127.0.0.1',
+                                          '--port', str(self.port)],
+                                         env={**ENV, 'HF_HUB_OFFLINE': '1'}, stdout=subprocess.DEVNULL, stderr=err,
+                                         preexec_fn=few_files)
+        answers_health(self.url, self.proc, log_path.read_text)
 
     def close(self):
         self.proc.terminate()
         try: self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    "A model whose replies run to their token limit (`never_ending_model`)."
+    return never_ending_model(tmp_path_factory.mktemp('serve'))
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +98,8 @@ REFUSED = {  # a field we cannot honour (or that lies about its type): the field
     'user': dict(user=5),
     'store': dict(store=True),
     'stream_options': dict(stream_options=dict(include_usage=True, other=1)),
-    'messages[2]': dict(messages=[*HI, dict(role='assistant', content='Fine.'), dict(role='system', content='Obey.'), *HI]),
+    'messages[2]': dict(messages=[*HI, dict(role='assistant', content='Fine.'), dict(role='system', content='Obey.'),
+                                  *HI]),
     'messages[0].name': dict(messages=[dict(role='user', content='hi', name=7)]),
 }
 
@@ -107,7 +111,8 @@ def test_fields_we_cannot_honour_are_refused_by_name(server, param):
 
 
 def test_supported_fields_at_their_neutral_values_are_accepted(server):
-    r = post(server, dict(messages=[dict(role='system', content='Be brief.'), dict(role='developer', content='Be kind.'), *HI],
+    r = post(server, dict(messages=[dict(role='system', content='Be brief.'),
+                                    dict(role='developer', content='Be kind.'), *HI],
                           max_tokens=2, **SUPPORTED_BUT_EMPTY))
     assert r.status_code == 200, r.text
 
@@ -116,7 +121,8 @@ def test_long_stop_strings_are_refused_and_stop_matching_leaves_the_event_loop_f
     huge = ['ab' * 120_000 + str(i) for i in range(4)]  # four 240,000-character stop strings: under the body limit
     refused(post(server, dict(messages=HI, stop=huge, max_tokens=1000)), 400, 'stop')
     refused(post(server, dict(messages=HI, stop=['x' * 10_000], max_tokens=1000)), 400, 'stop')
-    longest = ['ab' * 128, 'ba' * 128, 'q' * 256, ' ' * 255 + 'x']  # the longest we take, built to be near matches all the time
+    # the longest we take, built to be near matches all the time
+    longest = ['ab' * 128, 'ba' * 128, 'q' * 256, ' ' * 255 + 'x']
     body = dict(messages=HI, stop=longest, max_tokens=1000, temperature=0, stream=True)
     waits = []
     with httpx.stream('POST', f'{server.url}/v1/chat/completions', json=body, timeout=60) as r:
@@ -169,18 +175,22 @@ def test_a_body_sent_too_slowly_is_a_408(server):
 
 def test_a_page_on_another_site_cannot_use_the_server(server):
     ok = dict(messages=HI, max_tokens=2)
-    for host in ('rebind.evil.example', f'rebind.evil.example:{server.port}', 'localhost.evil.example'):  # DNS rebinding
+    # DNS rebinding
+    for host in ('rebind.evil.example', f'rebind.evil.example:{server.port}', 'localhost.evil.example'):
         refused(post(server, ok, {'host': host}), 400)
         refused(httpx.get(f'{server.url}/health', headers={'host': host}), 400)
-    for host in (f'127.0.0.1:{server.port}', 'localhost', f'localhost:{server.port}', 'chat.example.org:443', f'[::1]:{server.port}'):
+    for host in (f'127.0.0.1:{server.port}', 'localhost', f'localhost:{server.port}', 'chat.example.org:443',
+                 f'[::1]:{server.port}'):
         assert post(server, ok, {'host': host}).status_code == 200, host
     for origin in ('https://evil.example', 'null', f'http://localhost:{server.port + 1}'):  # another site's page
         refused(post(server, ok, {'origin': origin}), 403)
         refused(httpx.get(f'{server.url}/v1/models', headers={'origin': origin}), 403)
     assert post(server, ok, {'origin': server.url}).status_code == 200  # the chat page's own requests
-    for kind in ('text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', None):  # a "simple" request
+    # a "simple" request
+    for kind in ('text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', None):
         headers = {'content-type': kind} if kind else {}
-        r = httpx.post(f'{server.url}/v1/chat/completions', content=json.dumps(ok).encode(), headers=headers, timeout=60)
+        r = httpx.post(f'{server.url}/v1/chat/completions', content=json.dumps(ok).encode(), headers=headers,
+                       timeout=60)
         refused(r, 415)
     assert post(server, ok, {'content-type': 'application/json; charset=utf-8'}).status_code == 200
 
@@ -190,7 +200,8 @@ def test_every_response_forbids_framing_and_sniffing(server):
                  '/v1/models': httpx.get(server.url + '/v1/models'), '/health': httpx.get(server.url + '/health'),
                  '404': httpx.get(server.url + '/v1/nothing'), '400': post(server, dict(messages=[])),
                  'bad host': httpx.get(server.url + '/', headers={'host': 'evil.example'}),
-                 '415': httpx.post(server.url + '/v1/chat/completions', content=b'{}', headers={'content-type': 'text/plain'})}
+                 '415': httpx.post(server.url + '/v1/chat/completions', content=b'{}',
+                                   headers={'content-type': 'text/plain'})}
     for what, r in responses.items():
         assert r.headers.get('x-content-type-options') == 'nosniff', what
         assert "frame-ancestors 'none'" in r.headers.get('content-security-policy', ''), what
@@ -207,7 +218,8 @@ def in_process(folder, monkeypatch):
     monkeypatch.setattr(chatgpt_train.chat.ChatSession, 'stream', failing)
     lm = load_model(None, str(folder), 'cpu')
     port = free_port()
-    server = __import__('uvicorn').Server(server_config(make_app(lm, 'micro', safety=False), '127.0.0.1', port, ServeLimits()))
+    server = __import__('uvicorn').Server(server_config(make_app(lm, 'micro', safety=False), '127.0.0.1', port,
+                                                        ServeLimits()))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     end = time.monotonic() + 30

@@ -1,27 +1,17 @@
 "The serve stage: a real `chatgpt-train serve` on a free port, driven by the `openai` package, raw HTTP and headless Chromium."
-import json, os, socket, subprocess, threading, time
+import json, os, subprocess, threading, time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
-from chatgpt_train.generate import random_chat_model
-from chatgpt_train.tokenizer import SPECIAL_TOKENS
 from browser import CHROMIUM, Browser
-from toy_run import BIN, ENV
+from toy_run import BIN, ENV, answers_health, free_port, never_ending_model
 
 KEY = 'test-key'
 OUTPUTS = Path(os.environ.get('CHATGPT_TRAIN_TEST_OUTPUTS') or Path(__file__).parent/'outputs')
 HI = [dict(role='user', content='Hello! How are you?')]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -31,14 +21,7 @@ class Server:
         self.url = f'http://127.0.0.1:{self.port}'
         self.proc = subprocess.Popen([str(BIN/'chatgpt-train'), 'serve', *args, '--host', host, '--port', str(self.port)],
                                      env={**ENV, 'HF_HUB_OFFLINE': '1'}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        end = time.monotonic() + 120
-        while True:
-            assert self.proc.poll() is None, f'the server exited: {self.proc.communicate()[1]}'
-            try:
-                if httpx.get(f'{self.url}/health', timeout=2).status_code == 200: break
-            except httpx.TransportError: pass
-            assert time.monotonic() < end, 'the server never answered /health'
-            time.sleep(0.2)
+        answers_health(self.url, self.proc, lambda: self.proc.communicate()[1])
 
     def health(self) -> dict: return httpx.get(f'{self.url}/health', timeout=10).json()
 
@@ -53,15 +36,8 @@ class Server:
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
-    "A small GPT-2 (for its LayerNorm's bias) with random weights that never ends its turn, and a 1,024-token context: replies run to their token limit, 1,000 tokens in a second or more."
-    folder = random_chat_model(tmp_path_factory.mktemp('serve')/'micro', family='gpt2', n_positions=1024, n_layer=4, n_embd=256)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    with torch.no_grad():  # every hidden state ends near `v`, and the special tokens' embeddings (tied to the output) point away from it
-        v = torch.ones(model.config.n_embd)
-        model.transformer.ln_f.bias.copy_(v)
-        model.transformer.wte.weight[:len(SPECIAL_TOKENS)] = -v / v.norm()
-    model.save_pretrained(folder)
-    return folder
+    "A model whose replies run to their token limit (`never_ending_model`)."
+    return never_ending_model(tmp_path_factory.mktemp('serve'))
 
 
 @pytest.fixture(scope='module')

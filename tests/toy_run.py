@@ -1,5 +1,5 @@
 "Run folders for the tests (one prepared for pretraining, one with a pretrained base and chat data), and how the tests start `chatgpt-train` and wait for it."
-import json, os, random, signal, subprocess, sys, time
+import json, os, random, signal, socket, subprocess, sys, time
 from pathlib import Path
 
 import torch
@@ -110,3 +110,47 @@ def kill(proc, sig=signal.SIGKILL) -> str:
     proc.send_signal(sig)
     proc.wait(timeout=120)
     return proc.log.read_text()
+
+
+def call(argv, capsys) -> tuple[int, str, str]:
+    "Exit status, stdout and stderr of `cli.main(argv)` in this process (a parser error exits, as on the command line)."
+    from chatgpt_train.cli import main
+    try: rc = main(argv)
+    except SystemExit as e: rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def answers_health(url: str, proc: subprocess.Popen, log, timeout=120):
+    "Wait until the server at `url` answers /health; fail with `log()` (what it wrote) if it exits first or never answers."
+    import httpx
+    end = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f'the server exited: {log()}'
+        try:
+            if httpx.get(f'{url}/health', timeout=2).status_code == 200: return
+        except httpx.TransportError: pass
+        assert time.monotonic() < end, 'the server never answered /health'
+        time.sleep(0.2)
+
+
+def never_ending_model(folder: Path) -> Path:
+    """A small GPT-2 (for its LayerNorm's bias) with random weights that never ends its turn, and a 1,024-token context:
+    replies run to their token limit, 1,000 tokens in a second or more."""
+    from transformers import AutoModelForCausalLM
+    from chatgpt_train.generate import random_chat_model
+    from chatgpt_train.tokenizer import SPECIAL_TOKENS
+    folder = random_chat_model(folder/'micro', family='gpt2', n_positions=1024, n_layer=4, n_embd=256)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():  # every hidden state ends near `v`, and the special tokens' embeddings (tied to the output) point away
+        v = torch.ones(model.config.n_embd)
+        model.transformer.ln_f.bias.copy_(v)
+        model.transformer.wte.weight[:len(SPECIAL_TOKENS)] = -v / v.norm()
+    model.save_pretrained(folder)
+    return folder
