@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from fastcore.docments import docments
-
 from .core import (INCOMPLETE, MODEL_DIRS, SPLITS, STAGES, Stage, UserError, get_logger, load_json,
-                                load_pipeline, load_tokens, model_dir, run_lock, run_path, save_json, stage, stage_dir)
+                                load_pipeline, load_tokens, model_dir, run_lock, run_path, save_json, stage, stage_dir,
+                                stage_options)
 
 # %% auto #0
 __all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'ALIGN_SHARE',
@@ -58,7 +57,7 @@ def stage_parser(
     "An argument parser for `func`, with a dashed flag for each documented parameter."
     doc = inspect.getdoc(func) or ''
     p = StageParser(prog=prog, description=doc)
-    for name, d in docments(func, full=True, returns=False, eval_str=True).items():
+    for name, d in stage_options(func).items():
         dashed = name.removesuffix('_').replace('_', '-')  # `from_` (a keyword cannot be a parameter name) -> --from
         flag, anno, default = '--' + dashed, _base_type(d.anno), d.default
         required = default is inspect.Parameter.empty

@@ -4,21 +4,23 @@
 
 # %% ../nbs/00_core.ipynb #1b571209
 from __future__ import annotations
-import array, contextlib, datetime, fnmatch, hashlib, json, logging, math, os, random, re, shutil, socket, struct, sys
-import tempfile, time
-from dataclasses import dataclass
+import array, contextlib, datetime, fnmatch, hashlib, inspect, json, logging, math, os, random, re, shutil, socket
+import struct, sys, tempfile, time
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_DIRS', 'MODEL_DIRS', 'INCOMPLETE', 'PRECISIONS', 'LOCK', 'SPLITS', 'META_KEYS', 'TOKEN_DTYPES',
            'HUB_FILES', 'UserError', 'run_path', 'Stage', 'stage', 'maker', 'stage_dir', 'require', 'redo_hint',
            'run_file', 'atomic_path', 'save_json', 'load_json', 'jsonl_writer', 'write_jsonl', 'read_jsonl',
-           'save_args', 'load_args', 'set_seed', 'get_device', 'autocast_dtype', 'autocast', 'get_logger', 'Progress',
-           'run_lock', 'writing_stage', 'SeenIds', 'iter_conversations', 'load_conversations', 'load_meta',
-           'load_tokens', 'read_metrics', 'load_pipeline', 'is_hub_id', 'hub_model', 'hub_revision', 'model_dir']
+           'save_args', 'load_args', 'config_options', 'stage_options', 'set_seed', 'get_device', 'autocast_dtype',
+           'autocast', 'get_logger', 'Progress', 'run_lock', 'writing_stage', 'SeenIds', 'iter_conversations',
+           'load_conversations', 'load_meta', 'load_tokens', 'read_metrics', 'load_pipeline', 'is_hub_id', 'hub_model',
+           'hub_revision', 'model_dir']
 
 # %% ../nbs/00_core.ipynb #936c4cd1
 class UserError(Exception):
@@ -251,6 +253,30 @@ def load_args(
 ) -> dict:
     "The arguments saved by `save_args` in `folder`."
     return load_json(Path(folder)/'args.json', finished=False)['args']  # an unfinished stage's too: resuming needs them
+
+# %% ../nbs/00_core.ipynb #b235448c
+def config_options(
+    cfg:type, # A dataclass of a stage's settings: each field with its default and docment
+):
+    "Decorate a stage function that takes `**opts`: its signature shows `cfg`'s fields as keyword-only options."
+    def decorate(f):
+        sig = inspect.signature(f)
+        own = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+        opts = [p.replace(kind=p.KEYWORD_ONLY) for p in inspect.signature(cfg, eval_str=True).parameters.values()]
+        f.__signature__, f.config = sig.replace(parameters=own + opts), cfg
+        return f
+    return decorate
+
+# %% ../nbs/00_core.ipynb #c8d83e92
+def stage_options(
+    f, # A stage function, with `config_options` or without
+) -> dict:
+    "Each parameter of `f` with its docment, type and default; its config's fields (base classes' too) included."
+    docs = docments(f, full=True, returns=False, eval_str=True)
+    for c in [c for c in getattr(f, 'config', object).__mro__ if is_dataclass(c)]:  # a field's own class first
+        for k, d in docments(c, full=True, returns=False).items():
+            if k in docs and docs[k].docment is None: docs[k].docment = d.docment
+    return docs
 
 # %% ../nbs/00_core.ipynb #350f017b
 def set_seed(
