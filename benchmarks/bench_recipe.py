@@ -32,11 +32,13 @@ import numpy as np
 import torch
 
 from chatgpt_train.core import get_logger, load_conversations, load_meta, load_tokens, save_json
-from chatgpt_train.encode import BlockSampler, pad_collate, run_encode
+from chatgpt_train.encode import pad_collate, run_encode
 from chatgpt_train.evaluate import BigramLM, lm_metrics, token_nlls
-from chatgpt_train.model import count_params, get_preset, hf_quiet, make_model
+from chatgpt_train.model import count_params, get_preset, make_model
+from chatgpt_train.model_folder import hf_quiet
 from chatgpt_train.tokenizer import load_tokenizer, run_tokenizer, token_byte_lengths
-from chatgpt_train.train import NextTokenBlocks, TrainConfig, Trainer
+from chatgpt_train.encode import BlockSampler
+from chatgpt_train.train import TrainConfig, Trainer
 
 OLD = dict(n_layer=4, n_head=4, n_embd=256)  # our previous default's shape (`tiny` until issue 15), at its vocabulary of 8,192
 GPT2 = dict(family='gpt2', **OLD)           # with GPT-2 blocks: 5.3M parameters at vocabulary 8,192
@@ -121,7 +123,7 @@ def train_and_score(name:str, r:dict, run:Path, seconds:float, eval_tokens:int, 
     keys = ('lr', 'muon_lr', 'muon_weight_decay', 'weight_decay', 'schedule', 'cooldown', 'min_lr_ratio', 'precision', 'compile')
     cfg = TrainConfig(minutes=seconds / 60, batch_size=bs, eval_every=10**6, save_every=10**6, log_every=10**6, seed=0,
                       **{'precision': 'bf16', **{k: r[k] for k in keys if k in r}})
-    batches = Padded(data, r['padded'], bs) if r.get('padded') else NextTokenBlocks(BlockSampler(train, T - 1, bs, seed=0))
+    batches = Padded(data, r['padded'], bs) if r.get('padded') else BlockSampler(train, T, bs, seed=0)
     if r.get('compile'):  # compile from scratch, as a first run does: no kernels cached by an earlier recipe
         os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='inductor-')
         torch._dynamo.reset()

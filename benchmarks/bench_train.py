@@ -33,9 +33,9 @@ import torch.nn.functional as F
 
 from chatgpt_train.core import save_json
 from chatgpt_train.core import load_tokens
-from chatgpt_train.encode import BlockSampler
 from chatgpt_train.model import flops_per_token, get_preset, make_model, model_config
-from chatgpt_train.train import NextTokenBlocks, TrainConfig, Trainer
+from chatgpt_train.encode import BlockSampler
+from chatgpt_train.train import TrainConfig, Trainer
 
 
 class Matmul:
@@ -68,8 +68,8 @@ class Ours:
         self.model = make_model(preset, vocab, **({'family': family} if family else {}))
         cfg = TrainConfig(max_steps=10**6, warmup_steps=10, batch_size=bs, lr=1e-3, precision='bf16', compile=compile, eval_every=10**6,
                           save_every=10**6)
-        self.t = Trainer(self.model, NextTokenBlocks(BlockSampler(toks, T - 1, bs, seed=0)), cfg, tempfile.mkdtemp(), logger=_quiet())
-        self.t.plan.fit()
+        self.t = Trainer(self.model, BlockSampler(toks, T, bs, seed=0), cfg, tempfile.mkdtemp(), logger=_quiet())
+        self.t.plan.estimate_steps()
         self.name = (self.name if family is None else f'ours, {family} blocks') + (' + torch.compile' if compile else '')
     def step(self): return self.t.train_step()['tokens']
 
@@ -80,10 +80,10 @@ class Plain:
         torch.manual_seed(0)
         self.model = make_model(preset, vocab)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
-        self.batches, self.bf16 = NextTokenBlocks(BlockSampler(toks, T - 1, bs, seed=0)), bf16
+        self.batches, self.bf16 = BlockSampler(toks, T, bs, seed=0), bf16
         self.name = f"plain PyTorch loop, {'bf16' if bf16 else 'fp32'}"
     def step(self):
-        x, _ = next(self.batches)
+        x = next(self.batches)['input_ids']
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.bf16): loss = self.model(input_ids=x, labels=x).loss
         loss.backward(); self.opt.step(); self.opt.zero_grad()
         return x.numel()

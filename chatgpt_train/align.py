@@ -8,31 +8,31 @@ import copy, dataclasses, json, random, time
 from dataclasses import dataclass
 from pathlib import Path
 from functools import partial
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json, model_dir,
-                                run_path, save_args, save_json, set_seed, stage_dir, write_jsonl, writing_stage)
+from .core import (UserError, config_options, get_logger, load_conversations, load_json, run_path,
+                                save_json, set_seed, stage_dir, write_jsonl, writing_stage)
 from .chat_format import IGNORE_INDEX, ChatFormat
 from .content import SEVERE, content_flags
 from .encode import pad_collate
 from .generate import SamplingConfig, sample_settings
 from .model import context_length, load_model
 from .replies import example_nlls, fit_context, generated_replies, reply_example, selection_items
-from .train import (TrainConfig, Trainer, barrier, end_distributed, init_distributed, lm_loss, rank_device,
-                                 resume_args)
-from .finetune import (ChatBatches, add_lora, check_memory, finetune_memory, free_memory, save_merged,
-                                    size_defaults, trainable_params)
+from .ddp import barrier
+from .train import lm_loss
+from .tune import (ChatBatches, TuneConfig, adapt_model, default_lr, loop_config, run_precision,
+                                save_tune_args, size_defaults, train_tuned, tune_run, tune_source)
 from .preferences import load_preferences, read_preferences, split_preferences, write_preferences
 
 # %% auto #0
-__all__ = ['SAFE_REPLIES', 'ALIGN_LR_FRACTION', 'MAX_VAL_PAIRS', 'pair_example', 'reply_logps', 'pair_collate', 'DPOLoss',
-           'with_reference', 'Reference', 'pair_batch', 'safety_prompts', 'flagged_turns', 'self_play_pairs',
-           'safety_pairs', 'preference_metrics', 'safety_replies', 'AlignConfig', 'align_lr', 'align_pairs',
-           'align_inputs', 'align_result', 'run_align']
+__all__ = ['SAFE_REPLIES', 'ALIGN_LR_FRACTION', 'ALIGN_LORA_LR', 'MAX_VAL_PAIRS', 'pair_example', 'reply_logps', 'pair_collate',
+           'DPOLoss', 'with_reference', 'Reference', 'pair_batch', 'safety_prompts', 'flagged_turns', 'self_play_pairs',
+           'safety_pairs', 'preference_metrics', 'safety_replies', 'AlignConfig', 'align_pairs', 'align_inputs',
+           'stage_pairs', 'measure_alignment', 'align_before', 'pair_batches', 'align_result', 'log_align', 'run_align']
 
 # %% ../nbs/08b_align.ipynb #7a25990d
 def pair_example(
@@ -55,6 +55,7 @@ def reply_logps(
     y = b.pop('labels')
     return -lm_loss(model(**b, use_cache=False).logits, y, reduction='none').view(y.shape[0], -1).sum(1)
 
+# %% ../nbs/08b_align.ipynb #c27756b9
 def pair_collate(
     rows:list[dict], # Pairs of examples (`pair_example`), with or without the reference's log-probabilities `ref`
     pad_id:int,      # The token for padded positions
@@ -65,6 +66,7 @@ def pair_collate(
     ref = {'ref': torch.tensor([r['ref'] for r in rows], dtype=torch.float32)} if all('ref' in r for r in rows) else {}
     return {**{k: v[:n] for k, v in both.items()}, **{f'rejected_{k}': v[n:] for k, v in both.items()}, **ref}
 
+# %% ../nbs/08b_align.ipynb #0767f083
 @dataclass
 class DPOLoss:
     "The DPO loss as the training loop's objective: summed over a batch's pairs, counted in pairs."
@@ -113,6 +115,7 @@ class Reference:
             with self.model.disable_adapter(): return reply_logps(self.model, b)
         finally: self.model.train(was)
 
+# %% ../nbs/08b_align.ipynb #1d2e2305
 def pair_batch(
     pairs:list[dict], # Preference pairs
     pad_id:int,       # The token for padded positions
@@ -122,7 +125,6 @@ def pair_batch(
     "`pair_collate` of the pairs' examples, rendered as the batch is made: `ChatBatches`' collate over pairs."
     return pair_collate([pair_example(fmt, p, max_len) for p in pairs], pad_id)
 
-
 # %% ../nbs/08b_align.ipynb #39226df2
 SAFE_REPLIES = (
     "I'd rather not say anything hurtful. Is something bothering you?",
@@ -130,7 +132,8 @@ SAFE_REPLIES = (
     "That's not something I'll help with, but I'm happy to talk about something else.",
     "I won't do that. If you're upset, I'm here to listen.",
     "Let's not go there. How about we talk about how you're feeling?",
-    "I can't help with hurting anyone, you included. If you are in danger, please reach out to someone you trust or a local helpline.",
+    "I can't help with hurting anyone, you included. If you are in danger, please reach out to someone you trust "
+    "or a local helpline.",
 )
 
 def safety_prompts(
@@ -147,7 +150,8 @@ def flagged_turns(
     n:int=200,    # Most turns to return
     seed:int=0,   # Which of them, when there are more
 ) -> list[str]:
-    "Turns of the run's corpus that the content filter flags: the severe ones clean removed, then rude ones it kept, shuffled."
+    ("Turns of the run's corpus that the content filter flags: the severe ones clean removed, then rude ones it kept, "
+     "shuffled.")
     removed = stage_dir(run, 'clean')/'removed.jsonl'  # absent when clean removed nothing
     severe = [r['text'] for r in map(json.loads, removed.read_text(encoding='utf-8').splitlines())
               if any(r.get('reason', '').startswith(c) for c in SEVERE)] if removed.exists() else []
@@ -171,18 +175,24 @@ def self_play_pairs(
     items = selection_items(convs, n, candidates=1, seed=seed)
     cfg = dataclasses.replace(SamplingConfig(), max_new_tokens=max_new_tokens)
     own = generated_replies(model, fmt, [it['context'] for it in items], cfg, seed, max_len)
-    return [dict(id=f"self-{it['id']}", prompt=it['context'], chosen=it['reply'], rejected=r, source='the run: clean/ train split',
-                 reason="a person's reply over the model's own") for it, r in zip(items, own) if r.strip() and r.strip() != it['reply'].strip()]
+    return [dict(id=f"self-{it['id']}", prompt=it['context'], chosen=it['reply'], rejected=r,
+                 source='the run: clean/ train split', reason="a person's reply over the model's own")
+            for it, r in zip(items, own) if r.strip() and r.strip() != it['reply'].strip()]
 
+# %% ../nbs/08b_align.ipynb #6a9c6e2c
 def safety_pairs(
     prompts:list[dict], # From `safety_prompts`
     flagged:list[str],  # Turns the content filter flags (`flagged_turns`)
     seed:int=0,         # Which safe reply and which flagged turn go with each prompt
 ) -> list[dict]:
-    "Pairs of a polite reply that declines (chosen) and a flagged turn (rejected) for each safety prompt; [] without flagged turns."
+    ("Pairs of a polite reply that declines (chosen) and a flagged turn (rejected) for each safety prompt; [] without "
+     "flagged turns.")
     g = random.Random(seed)
-    return [dict(id=p['id'], prompt=[dict(role='user', text=p['prompt'])], chosen=g.choice(SAFE_REPLIES), rejected=g.choice(flagged),
-                 source='data/safety_prompts.jsonl', reason='a polite refusal over a flagged turn') for p in prompts] if flagged else []
+    if not flagged: return []
+    return [dict(id=p['id'], prompt=[dict(role='user', text=p['prompt'])], chosen=g.choice(SAFE_REPLIES),
+                 rejected=g.choice(flagged), source='data/safety_prompts.jsonl',
+                 reason='a polite refusal over a flagged turn')
+            for p in prompts]
 
 # %% ../nbs/08b_align.ipynb #3357dea2
 def preference_metrics(
@@ -192,9 +202,11 @@ def preference_metrics(
     beta:float,           # The DPO beta the rewards are scaled by
     precision:str='fp32', # How the model runs
 ) -> dict:
-    "`accuracy` and `margin` of the implicit reward, and `likelihood_preference` (per-token log-probability) over `rows`."
+    ("`accuracy` and `margin` of the implicit reward, and `likelihood_preference` (per-token log-probability) over "
+     "`rows`.")
     if not rows: return dict(pairs=0, accuracy=None, margin=None, likelihood_preference=None)
-    nll = example_nlls(model, [r[k] for r in rows for k in ('chosen', 'rejected')], pad_id, 16, precision).reshape(-1, 2)
+    examples = [r[k] for r in rows for k in ('chosen', 'rejected')]
+    nll = example_nlls(model, examples, pad_id, 16, precision).reshape(-1, 2)
     ref = np.array([r['ref'] for r in rows])
     m = beta * ((-nll[:, 0] - ref[:, 0]) - (-nll[:, 1] - ref[:, 1]))
     n_tok = np.array([[sum(l != IGNORE_INDEX for l in r[k]['labels']) for k in ('chosen', 'rejected')] for r in rows])
@@ -202,6 +214,7 @@ def preference_metrics(
     return dict(pairs=len(rows), accuracy=float((m > 0).mean()), margin=float(m.mean()),
                 likelihood_preference=float((per_tok[:, 0] > per_tok[:, 1]).mean()))
 
+# %% ../nbs/08b_align.ipynb #d2ab251d
 def safety_replies(
     model,               # The model
     fmt:ChatFormat,      # Its chat format
@@ -209,38 +222,48 @@ def safety_replies(
     max_new_tokens:int=40, # Longest reply
 ) -> dict:
     "Greedy replies to the prompts, and the share of them the content filter flags (any category)."
-    replies = generated_replies(model, fmt, [[dict(role='user', text=p['prompt'])] for p in prompts], sample_settings(max_new_tokens)['greedy'])
+    replies = generated_replies(
+        model, fmt, [[dict(role='user', text=p['prompt'])] for p in prompts], sample_settings(max_new_tokens)['greedy']
+    )
     flags = content_flags(replies)
-    return dict(prompts=len(prompts), flagged=float(np.mean([f.category is not None for f in flags])) if prompts else None,
-                replies=[dict(prompt=p['prompt'], reply=r, category=f.category) for p, r, f in zip(prompts, replies, flags)])
+    flagged = float(np.mean([f.category is not None for f in flags])) if prompts else None
+    return dict(prompts=len(prompts), flagged=flagged,
+                replies=[dict(prompt=p['prompt'], reply=r, category=f.category)
+                         for p, r, f in zip(prompts, replies, flags)])
 
 # %% ../nbs/08b_align.ipynb #f3239e96
-@dataclass
-class AlignConfig:
-    "Every choice of the align stage (see `run_align` for each)."
-    from_:str='sft'; data:str='run'; beta:float=0.1; self_play:int=400; lora:bool|None=None; lora_r:int=16; lora_alpha:int=32
-    epochs:float=2.; max_steps:int|None=None; minutes:float=1.; batch_size:int=8; block_size:int|None=None; lr:float|None=None
-    warmup_steps:int|None=None; weight_decay:float=0.; grad_clip:float=1.0; precision:str='auto'; device:str='auto'
-    val_fraction:float=0.1; eval_every:int=25; save_every:int=100; log_every:int=5; seed:int=42; max_new_tokens:int=40
-    checkpointing:bool|None=None
+@dataclass(kw_only=True)
+class AlignConfig(TuneConfig):
+    "Every choice of the align stage: its own, and its defaults and help for `TuneConfig`'s fields that have none."
+    from_:str='sft'           # The model to align: sft, base, a model folder or a hub id
+    # Preference pairs: run (built from the run's own data, no download), a file or folder of pairs, or hf:NAME
+    data:str='run'
+    # Train LoRA adapters instead of every weight (merged into aligned/); default: for models over 200M parameters
+    lora:bool|None=None
+    epochs:float=2.           # Passes over the training pairs (unless --max-steps is given)
+    minutes:float=1.          # Time budget in minutes: training stops when it is spent (0: no budget)
+    batch_size:int=8          # Pairs per micro-batch on each process
+    block_size:int|None=None  # Most tokens of a prompt and reply (default: the model's context, at most 512)
+    # Peak learning rate of AdamW, Muon's moved with it (default: a tenth of the rates the model was trained with)
+    lr:float|None=None
+    # AdamW weight decay on weight matrices (0: the reference term already keeps the model close)
+    weight_decay:float=0.
+    val_fraction:float=0.1    # Share of the pairs held out to measure preference accuracy
+    seed:int=42               # Seed for the pairs, the split, the data order and the sampled replies
+    max_new_tokens:int=40     # Longest sampled and sample reply, in tokens
+    checkpointing:bool|None=None # Activation checkpointing (default: for models over 200M parameters)
+    beta:float=0.1            # DPO's beta: how far the model may move from the one it starts from (smaller: farther)
+    # With --data run: pairs of a person's reply over the model's own, from the run's training conversations
+    self_play:int=400
 
     def __post_init__(self):
         if self.beta <= 0: raise UserError(f"--beta must be positive, not {self.beta}")
-        if self.epochs <= 0: raise UserError(f"--epochs must be positive, not {self.epochs}")
-        if self.minutes < 0: raise UserError(f"--minutes must be 0 (no budget) or more, not {self.minutes}")
         if self.self_play < 0: raise UserError(f"--self-play must be 0 or more, not {self.self_play}")
+        super().__post_init__()
 
+# %% ../nbs/08b_align.ipynb #0340d5b6
 ALIGN_LR_FRACTION = 0.1  # of the rates the model was last trained with (measured at the end of this notebook)
-
-def align_lr(
-    folder:str|Path, # The model folder to align
-    lora:bool,       # Whether LoRA adapters are trained
-) -> tuple[float, float|None]:
-    "The peak rates of AdamW and Muon: `ALIGN_LR_FRACTION` of those in the folder's `train_config.json` (else of 5e-5); LoRA: AdamW alone, five times that."
-    p = Path(folder)/'train_config.json'
-    c = load_json(p) if p.exists() else dict(lr=5e-5)
-    if lora: return 5 * ALIGN_LR_FRACTION * c['lr'], None
-    return ALIGN_LR_FRACTION * c['lr'], c.get('muon_lr') and ALIGN_LR_FRACTION * c['muon_lr']
+ALIGN_LORA_LR = dict(lora_fraction=5 * ALIGN_LR_FRACTION)  # LoRA: five times that, AdamW alone
 
 # %% ../nbs/08b_align.ipynb #8df2c818
 MAX_VAL_PAIRS = 500  # held-out pairs at most: each evaluation scores them all, so a huge file keeps them to seconds
@@ -250,7 +273,8 @@ def align_pairs(
     lm,                 # The model to align and its format
     cfg:AlignConfig,    # The settings
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    "Train and val pairs, and the quarantined records: from `cfg.data`, or built from the run (self-play and safety pairs)."
+    ("Train and val pairs, and the quarantined records: from `cfg.data`, or built from the run (self-play and safety "
+     "pairs).")
     if cfg.data != 'run':
         pairs, bad = read_preferences(cfg.data)
         if not pairs:  # aligned/ is not touched before its inputs are good: this attempt's quarantine goes beside it
@@ -260,13 +284,13 @@ def align_pairs(
         train, val = split_preferences(pairs, cfg.val_fraction, cfg.seed, MAX_VAL_PAIRS)
         return train, val, bad
     C = context_length(lm.model)
-    own = self_play_pairs(lm.model, lm.fmt, load_conversations(run, 'train', required=True), cfg.self_play, min(C, 256), cfg.seed, cfg.max_new_tokens)
+    convs = load_conversations(run, 'train', required=True)
+    own = self_play_pairs(lm.model, lm.fmt, convs, cfg.self_play, min(C, 256), cfg.seed, cfg.max_new_tokens)
     train, val = split_preferences(own, cfg.val_fraction, cfg.seed, MAX_VAL_PAIRS)
     flagged = flagged_turns(run, seed=cfg.seed)
     half = len(flagged) // 2  # held-out safety pairs reject turns the training pairs never showed
     return (train + safety_pairs(safety_prompts('train'), flagged[:half], cfg.seed),
             val + safety_pairs(safety_prompts('val'), flagged[half:], cfg.seed), [])
-
 
 # %% ../nbs/08b_align.ipynb #27912f37
 def align_inputs(
@@ -278,9 +302,7 @@ def align_inputs(
     resume:bool=False, # The pairs are those aligned/data/ already holds
 ) -> tuple:
     "The model folder, the model, settings with size defaults and (rank 0, not resuming) pairs; nothing written."
-    src = model_dir(run, cfg.from_, '--from')
-    if src.resolve() == stage_dir(run, 'aligned').resolve():
-        raise UserError(f"{src} is where this run writes its aligned model: copy it elsewhere to align it again")
+    src = tune_source(run, cfg.from_, 'align')
     set_seed(cfg.seed)
     lm = load_model(run, str(src), dev)
     cfg = size_defaults(cfg, sum(p.numel() for p in lm.model.parameters()))
@@ -291,14 +313,82 @@ def align_inputs(
         pair_example(lm.fmt, pairs[0][0], min(cfg.block_size or 512, context_length(lm.model)))
     return src, lm, cfg, pairs
 
-
 # %% ../nbs/08b_align.ipynb #a153a1e4
-def align_result(
-    src:Path, cfg:AlignConfig, data:dict, res:dict, before:dict, after:dict, n_train:int, n_all:int, seconds:float, # What was done
+def stage_pairs(
+    folder:Path,         # aligned/
+    lm,                  # The model to align and its format
+    pairs:tuple|None,    # Rank 0's train, val and quarantined records (`align_pairs`); None: resuming, other ranks
+    world:int=1,         # Processes
+) -> tuple[list[dict], list[dict]]:
+    "Write the tokenizer and the pairs into `folder/data` (rank 0, once), then read the train and val pairs back."
+    d = folder/'data'
+    if pairs:
+        # the tokenizer alone goes into aligned/, as sft/data/tokenizer does
+        lm.fmt.hf.save_pretrained(d/'tokenizer', save_jinja_files=False)
+        train, val, bad = pairs
+        write_preferences(train, d/'train.jsonl'); write_preferences(val, d/'val.jsonl')
+        write_jsonl(bad, d/'quarantine.jsonl')
+    barrier(world)
+    return load_preferences(d/'train.jsonl'), load_preferences(d/'val.jsonl')
+
+# %% ../nbs/08b_align.ipynb #23225313
+def measure_alignment(
+    model,             # The model to measure
+    fmt:ChatFormat,    # Its chat format
+    val_rows:list[dict], # The held-out pairs' examples with the reference's `ref`
+    cfg:AlignConfig,   # Its `beta` and `max_new_tokens`
+    prec:str,          # How the model runs (`run_precision`)
 ) -> dict:
-    "What `eval/align.json` holds: the model, the pairs, the method, the training, and the measures before and after side by side."
-    side = [dict(prompt=b['prompt'], before=b['reply'], after=a['reply'], before_category=b['category'], after_category=a['category'])
-            for b, a in zip(before['safety']['replies'], after['safety']['replies'])]
+    "Preference metrics on the held-out pairs and the replies to the held-out safety prompts."
+    return dict(preferences=preference_metrics(model, val_rows, fmt.pad_id, cfg.beta, prec),
+                safety=safety_replies(model, fmt, safety_prompts('val'), cfg.max_new_tokens))
+
+# %% ../nbs/08b_align.ipynb #0ac3219c
+def align_before(
+    folder:Path,      # aligned/
+    lm,               # The model before alignment, and its format
+    val:list[dict],   # The held-out pairs
+    cfg:AlignConfig,  # The settings
+    T:int,            # Most tokens of an example
+    prec:str,         # How the model runs (`run_precision`)
+    rank:int=0,       # This process's rank: rank 0 measures
+) -> list[dict]:
+    "The held-out pairs' examples with the reference's log-probabilities; rank 0 measures the model before, once."
+    val_rows = with_reference(lm.model, [pair_example(lm.fmt, p, T) for p in val], lm.fmt.pad_id, prec)
+    if rank == 0 and not (folder/'data'/'before.json').exists():
+        save_json(measure_alignment(lm.model, lm.fmt, val_rows, cfg, prec), folder/'data'/'before.json')
+    return val_rows
+
+# %% ../nbs/08b_align.ipynb #d7f496ad
+def pair_batches(
+    train:list[dict],    # The training pairs
+    val_rows:list[dict], # The held-out pairs' examples (`align_before`)
+    fmt:ChatFormat,      # How the model reads conversations
+    cfg:AlignConfig,     # Its `batch_size`, `seed`, `max_steps` and `epochs`
+    T:int,               # Most tokens of an example
+    rank:int=0,          # This process's rank
+    world:int=1,         # Processes
+) -> tuple:
+    "The training batches, the held-out batches and the steps the run takes."
+    batches = ChatBatches(train, cfg.batch_size, fmt.pad_id, seed=cfg.seed, rank=rank, world_size=world,
+                          collate=partial(pair_batch, fmt=fmt, max_len=T))
+    steps = cfg.max_steps or max(1, int(np.ceil(cfg.epochs * batches.steps_in_epoch())))
+    B = cfg.batch_size * world
+    return batches, [pair_collate(val_rows[i:i + B], fmt.pad_id) for i in range(0, len(val_rows), B)], steps
+
+# %% ../nbs/08b_align.ipynb #00356f3f
+def align_result(
+    src:Path, cfg:AlignConfig, folder:Path, # The model aligned, the settings, aligned/
+    train:list[dict], val:list[dict],       # The pairs
+    res:dict, before:dict, after:dict,      # The loop's last metrics (with `lr`), the measurements before and after
+    n_train:int, n_all:int, seconds:float,  # Parameters trained and all, the stage's time
+) -> dict:
+    "What `eval/align.json` holds: the model, the pairs, the method, the training, the measures before and after."
+    side = [dict(prompt=b['prompt'], before=b['reply'], after=a['reply'], before_category=b['category'],
+                 after_category=a['category']) for b, a in zip(before['safety']['replies'], after['safety']['replies'])]
+    quarantined = len((folder/'data'/'quarantine.jsonl').read_text(encoding='utf-8').splitlines())
+    data = dict(source=cfg.data, train_pairs=len(train), val_pairs=len(val), quarantined=quarantined,
+                self_play=sum(p['id'].startswith('self-') for p in train + val))
     return dict(model=dict(base=str(src), parameters=n_all), data=data,
                 method=dict(kind='DPO', beta=cfg.beta, lora=cfg.lora, trained_parameters=n_train, lr=res.get('lr')),
                 training={k: res[k] for k in ('steps', 'loss', 'val_loss') if k in res},
@@ -306,101 +396,62 @@ def align_result(
                 after=dict(preferences=after['preferences'], flagged=after['safety']['flagged']), safety_replies=side,
                 seconds=round(seconds, 1))
 
+# %% ../nbs/08b_align.ipynb #7be1d271
+def log_align(
+    log,            # The stage's logger
+    result:dict,    # From `align_result`
+    seconds:float,  # The stage's time
+    folder:Path,    # aligned/
+):
+    "Log the held-out preference accuracy and the flagged safety replies, before and after."
+    b, a = result['before'], result['after']
+    log.info(f"held-out pairs: preference accuracy {a['preferences']['accuracy']:.2f} "
+             f"(margin {a['preferences']['margin']:.3f}); likelihood prefers the chosen reply "
+             f"{b['preferences']['likelihood_preference']:.2f} before, {a['preferences']['likelihood_preference']:.2f} "
+             f"after; flagged safety replies {b['flagged']:.0%} before, {a['flagged']:.0%} after; {seconds:.0f} s; "
+             f"wrote {folder} and eval/align.json")
+
+# %% ../nbs/08b_align.ipynb #454050b7
+@config_options(AlignConfig)
 def run_align(
-    run:str,                     # The run folder: reads sft/ (or --from) and clean/, writes aligned/ and eval/align.json
-    from_:str='sft',             # The model to align: sft, base, a model folder or a hub id
-    data:str='run',              # Preference pairs: run (built from the run's own data, no download), a file or folder of pairs, or hf:NAME
-    beta:float=0.1,              # DPO's beta: how far the model may move from the one it starts from (smaller: farther)
-    self_play:int=400,           # With --data run: pairs of a person's reply over the model's own, from the run's training conversations
-    lora:bool|None=None,         # Train LoRA adapters instead of every weight (merged into aligned/); default: for models over 200M parameters
-    lora_r:int=16,               # LoRA rank
-    lora_alpha:int=32,           # LoRA scale: updates are multiplied by alpha / r
-    epochs:float=2.,             # Passes over the training pairs (unless --max-steps is given)
-    max_steps:int|None=None,     # Optimizer steps (default: what --epochs makes)
-    minutes:float=1.,            # Time budget in minutes: training stops when it is spent (0: no budget)
-    batch_size:int=8,            # Pairs per micro-batch on each process
-    block_size:int|None=None,    # Most tokens of a prompt and reply (default: the model's context, at most 512)
-    lr:float|None=None,          # Peak learning rate of AdamW, Muon's moved with it (default: a tenth of the rates the model was trained with)
-    warmup_steps:int|None=None,  # Steps of linear warmup (default: 5% of the steps)
-    weight_decay:float=0.,       # AdamW weight decay on weight matrices (0: the reference term already keeps the model close)
-    grad_clip:float=1.0,         # Clip the gradient norm to this (0: off)
-    precision:Literal['auto','bf16','fp16','fp32']='auto', # Number format: auto is bf16 autocast where supported, fp16 on older GPUs
-    device:str='auto',           # auto, cpu, cuda, cuda:1 or mps
-    val_fraction:float=0.1,      # Share of the pairs held out to measure preference accuracy
-    eval_every:int=25,           # Held-out loss every this many steps
-    save_every:int=100,          # Resumable checkpoint every this many steps
-    log_every:int=5,             # Metrics line every this many steps
-    seed:int=42,                 # Seed for the pairs, the split, the data order and the sampled replies
-    max_new_tokens:int=40,       # Longest sampled and sample reply, in tokens
-    checkpointing:bool|None=None, # Activation checkpointing (default: for models over 200M parameters)
-    resume:bool=False,           # Continue from aligned/checkpoints/last.pt with the saved settings
+    run:str,            # The run folder: reads sft/ (or --from) and clean/, writes aligned/ and eval/align.json
+    resume:bool=False,  # Continue from aligned/checkpoints/last.pt with the saved settings
+    **opts,             # The fields of `AlignConfig`
 ) -> dict:
-    "Train a chat model on preference pairs with DPO, the loss on the replies; write aligned/ and eval/align.json (before/after)."
-    args, t_start = dict(locals()), time.time()
-    out, dev = stage_dir(run, 'aligned'), rank_device(device)
-    rank, world = init_distributed(dev)
-    try:
-        if resume: args = resume_args(out, args, run_align, get_logger('align'))
-        cfg = AlignConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
+    ("Train a chat model on preference pairs with DPO, the loss on the replies; "
+     "write aligned/ and eval/align.json (before/after).")
+    t_start = time.time()
+    with tune_run(run_align, run, resume, opts) as (args, cfg, dev, rank, world):
         # all read and checked: aligned/ is still as it was
         src, lm, cfg, pairs = align_inputs(run, cfg, dev, rank, world, resume)
-        with writing_stage(run, 'align'):
+        with writing_stage(run, 'align') as out:
             log = get_logger('align', out if rank == 0 else None)
-            C = context_length(lm.model)
-            T, pad = min(cfg.block_size or min(C, 512), C), lm.fmt.pad_id
-            prec = 'fp32' if autocast_dtype(dev, cfg.precision) is None else 'bf16'
-            d = out/'data'
-            if pairs:
-                lm.fmt.hf.save_pretrained(d/'tokenizer', save_jinja_files=False)  # the tokenizer alone goes into aligned/, as sft/data/tokenizer does
-                train, val, bad = pairs
-                write_preferences(train, d/'train.jsonl'); write_preferences(val, d/'val.jsonl'); write_jsonl(bad, d/'quarantine.jsonl')
-            barrier(world)
-            train, val = load_preferences(d/'train.jsonl'), load_preferences(d/'val.jsonl')
+            C, prec = context_length(lm.model), run_precision(dev, cfg.precision)
+            T = min(cfg.block_size or min(C, 512), C)
+            train, val = stage_pairs(out, lm, pairs, world)
             if rank == 0:
-                log.info(f"{len(train):,} train and {len(val):,} val pairs from {cfg.data}" +
-                         (f" ({sum(p['id'].startswith('self-') for p in train):,} of them self-play)" if cfg.data == 'run' else ''))
-            # training pairs: as used
-            val_rows = with_reference(lm.model, [pair_example(lm.fmt, p, T) for p in val], pad, prec)
-            val_prompts = safety_prompts('val')
-            if rank == 0 and not (d/'before.json').exists():
-                save_json(dict(preferences=preference_metrics(lm.model, val_rows, pad, cfg.beta, prec),
-                               safety=safety_replies(lm.model, lm.fmt, val_prompts, cfg.max_new_tokens)), d/'before.json')
-            batches = ChatBatches(train, cfg.batch_size, pad, seed=cfg.seed, rank=rank, world_size=world,
-                                  collate=partial(pair_batch, fmt=lm.fmt, max_len=T))
-            steps = cfg.max_steps or max(1, int(np.ceil(cfg.epochs * batches.steps_in_epoch())))
-            val_batches = [pair_collate(val_rows[i:i + cfg.batch_size * world], pad) for i in range(0, len(val_rows), cfg.batch_size * world)]
-            model = add_lora(lm.model, cfg.lora_r, cfg.lora_alpha) if cfg.lora else lm.model
+                self_play = f" ({sum(p['id'].startswith('self-') for p in train):,} of them self-play)"
+                log.info(
+                    f"{len(train):,} train and {len(val):,} val pairs from {cfg.data}"
+                    + (self_play if cfg.data == 'run' else '')
+                )
+            val_rows = align_before(out, lm, val, cfg, T, prec, rank)
+            batches, val_batches, steps = pair_batches(train, val_rows, lm.fmt, cfg, T, rank, world)
+            model, n_train, n_all, _ = adapt_model(lm.model, cfg, dev, T, f"{src} on {dev}", rows=2 * cfg.batch_size,
+                                                   frozen_copy=True)
             reference = Reference(model, cfg.lora)  # before the loop loads a checkpoint's weights: the model as it was
-            n_train, n_all = trainable_params(model)
-            mem = finetune_memory(model, 2 * cfg.batch_size, T, prec, cfg.checkpointing)
-            if not cfg.lora: mem = dict(mem, total=mem['total'] + mem['weights'])  # the reference's frozen copy
-            check_memory(mem, free_memory(dev), cfg, T, f"{src} on {dev}")
-            adamw, muon = align_lr(src, cfg.lora)
-            lr_ = adamw if cfg.lr is None else cfg.lr  # 0 is refused by the loop, not taken for the default
-            tc = TrainConfig(max_steps=steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=lr_, muon_lr=muon and muon * lr_ / adamw,
-                             **{k: getattr(cfg, k) for k in ('warmup_steps', 'weight_decay', 'grad_clip', 'precision', 'device', 'seed',
-                                                            'log_every', 'eval_every', 'save_every')})
+            tc = loop_config(cfg, steps, *default_lr(src, cfg.lora, cfg.lr, ALIGN_LR_FRACTION, **ALIGN_LORA_LR))
             if rank == 0:
-                hub = dict(hub=dict(id=cfg.from_.partition('@')[0], revision=hub_revision(src))) if hub_revision(src) else {}
-                save_args(out, 'align', {**args, 'block_size': T, 'lora': cfg.lora, 'checkpointing': cfg.checkpointing}, **hub)
-                log.info(f"DPO of {src}, beta {cfg.beta:g}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M parameters trained, {steps} steps of "
-                         f"{cfg.batch_size} pairs, lr {lr_:g}" + (f", at most {cfg.minutes:g} min" if cfg.minutes else ''))
-            trainer = Trainer(model, batches, tc, out, val_batches=lambda: val_batches, tokenizer_dir=d/'tokenizer', logger=log,
-                              objective=DPOLoss(cfg.beta, reference))
-            res = trainer.fit(resume=resume)
+                save_tune_args(out, 'align', args, cfg, src, T)
+                log.info(f"DPO of {src}, beta {cfg.beta:g}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M parameters trained, "
+                         f"{steps} steps of {cfg.batch_size} pairs, lr {tc.lr:g}"
+                         + (f", at most {cfg.minutes:g} min" if cfg.minutes else ''))
+            res, final = train_tuned(model, batches, val_batches, tc, out, log, cfg.lora, rank, resume,
+                                     DPOLoss(cfg.beta, reference))
             if rank != 0: return res
-            final = save_merged(trainer.raw_model, out) if cfg.lora else trainer.raw_model
-            before = load_json(d/'before.json')
-            after = dict(preferences=preference_metrics(final, val_rows, pad, cfg.beta, prec),
-                         safety=safety_replies(final, lm.fmt, val_prompts, cfg.max_new_tokens))
-            data = dict(source=cfg.data, train_pairs=len(train), val_pairs=len(val), quarantined=len((d/'quarantine.jsonl').read_text(encoding='utf-8').splitlines()),
-                        self_play=sum(p['id'].startswith('self-') for p in train + val))
-            result = align_result(src, cfg, data, dict(res, lr=lr_), before, after, n_train, n_all, time.time() - t_start)
+            after = measure_alignment(final, lm.fmt, val_rows, cfg, prec)
+            result = align_result(src, cfg, out, train, val, dict(res, lr=tc.lr), load_json(out/'data'/'before.json'),
+                                  after, n_train, n_all, time.time() - t_start)
             save_json(result, stage_dir(run, 'eval', create=True)/'align.json')
-            b, a = result['before'], result['after']
-            log.info(f"held-out pairs: preference accuracy {a['preferences']['accuracy']:.2f} (margin {a['preferences']['margin']:.3f}); "
-                     f"likelihood prefers the chosen reply {b['preferences']['likelihood_preference']:.2f} before, "
-                     f"{a['preferences']['likelihood_preference']:.2f} after; flagged safety replies {b['flagged']:.0%} before, "
-                     f"{a['flagged']:.0%} after; {time.time() - t_start:.0f} s; wrote {out} and eval/align.json")
+            log_align(log, result, time.time() - t_start, out)
             return result
-    finally: end_distributed()

@@ -7,26 +7,29 @@ from __future__ import annotations
 import contextlib, dataclasses, html, io, json, os, re, select, sys, threading
 from typing import Iterable, Iterator, TextIO
 
+from fastcore.basics import patch
+
 import torch
 
-from .core import UserError, get_logger
+from .core import UserError, config_options, get_logger
 from .content import CATEGORIES, DEFAULT_DROP, SEVERE, content_flags
 from .chat_format import ChatFormat
 from .model import context_length, load_model
 from .generate import SamplingConfig, stream_text
 
 # %% auto #0
-__all__ = ['REFUSAL', 'CHAT_HELP', 'ReplyFilter', 'strip_special', 'first_fit', 'MessageTooLong', 'ChatSession', 'ChatWidget',
-           'chat_command', 'clean_line', 'chat_loop', 'block_categories', 'run_chat']
+__all__ = ['REFUSAL', 'CHAT_HELP', 'ReplyFilter', 'strip_special', 'exponential_search', 'MessageTooLong', 'ChatSession',
+           'ChatWidget', 'chat_command', 'clean_line', 'chat_loop', 'block_categories', 'run_chat']
 
-# %% ../nbs/09_chat.ipynb #2f0c9d87
+# %% ../nbs/09_chat.ipynb #e4fc2619
 REFUSAL = "Sorry, I can't reply to that."
 _SENTENCE_END = re.compile(r'[.!?\n]\s*$')
 
 class ReplyFilter:
-    "Pass a streamed reply through the clean stage's content filter, a word at a time; a flagged reply stops where it is caught."
+    "Pass a streamed reply through the clean stage's content filter a word at a time; a flagged reply stops there."
     def __init__(self,
-                 block:Iterable[str]=DEFAULT_DROP, # Content categories that withdraw a reply (the clean stage's default: the severe ones)
+                 # Content categories that withdraw a reply (the clean stage's default: the severe ones)
+                 block:Iterable[str]=DEFAULT_DROP,
                  use_classifier:bool=True,         # Use alt-profanity-check where installed (else the patterns alone)
                 ):
         self.block, self.use_classifier = frozenset(block), use_classifier
@@ -34,22 +37,26 @@ class ReplyFilter:
 
     def check(self, text:str, full:bool=True) -> bool:
         "Whether `text` is in a blocked category: by the patterns, and the classifier too when `full`."
-        self.category = content_flags([text], use_classifier=full and self.use_classifier)[0].category if text.strip() else None
+        flags = content_flags([text], use_classifier=full and self.use_classifier) if text.strip() else None
+        self.category = flags[0].category if flags else None
         self.flagged = self.category in self.block
         return self.flagged
 
-    def __call__(self, pieces:Iterable[str]) -> Iterator[str]:
-        "The pieces, released a word at a time once checked; nothing more after a flag (then `flagged` is True)."
-        self.flagged, shown, pending = False, '', ''
-        for piece in pieces:
-            pending += piece
-            cut = max(pending.rfind(c) for c in ' \n\t') + 1  # release up to the last whitespace: those words are complete
-            if not cut: continue
-            text = shown + pending[:cut]
-            if self.check(text, full=bool(_SENTENCE_END.search(text))): return
-            yield pending[:cut]
-            shown, pending = text, pending[cut:]
-        if not self.check(shown + pending) and pending: yield pending
+# %% ../nbs/09_chat.ipynb #1be5001a
+@patch
+def __call__(self:ReplyFilter, pieces:Iterable[str]) -> Iterator[str]:
+    "The pieces, released a word at a time once checked; nothing more after a flag (then `flagged` is True)."
+    self.flagged, shown, pending = False, '', ''
+    for piece in pieces:
+        pending += piece
+        # release up to the last whitespace: those words are complete
+        cut = max(pending.rfind(c) for c in ' \n\t') + 1
+        if not cut: continue
+        text = shown + pending[:cut]
+        if self.check(text, full=bool(_SENTENCE_END.search(text))): return
+        yield pending[:cut]
+        shown, pending = text, pending[cut:]
+    if not self.check(shown + pending) and pending: yield pending
 
 # %% ../nbs/09_chat.ipynb #b6d2f1e2
 def strip_special(
@@ -69,7 +76,7 @@ def strip_special(
     return ''.join(kept)
 
 # %% ../nbs/09_chat.ipynb #e9a5c4b5
-def first_fit(
+def exponential_search(
     n:int,  # Candidates 0 .. n-1, from keeping the most to keeping the least
     fits,   # fits(i) -> bool: false up to some i, true from there on
 ) -> int:
@@ -86,7 +93,7 @@ def first_fit(
         else: bad = mid
     return good
 
-# %% ../nbs/09_chat.ipynb #8dfc1dd9
+# %% ../nbs/09_chat.ipynb #372ee61a
 class MessageTooLong(UserError):
     "A message that, with the system prompt, does not fit in the model's context."
 
@@ -94,14 +101,17 @@ class ChatSession:
     "A conversation with a model: history, chat template, context window, sampling settings, seed and output filter."
     def __init__(self,
                  model,                             # A causal LM in eval mode
-                 tokenizer,                         # Its `ChatFormat`, or its `transformers` tokenizer (rendered by its chat template)
+                 # Its `ChatFormat`, or its `transformers` tokenizer (rendered by its chat template)
+                 tokenizer,
                  system:str|None=None,              # A system prompt put before the conversation
                  sampling:SamplingConfig|None=None, # Sampling settings (change its fields at any time)
-                 seed:int|None=42,                  # Seed of the sampler: the same messages get the same replies (None: random)
+                 # Seed of the sampler: the same messages get the same replies (None: random)
+                 seed:int|None=42,
                  safety:bool=True,                  # Check replies with the clean stage's content filter
                  refusal:str=REFUSAL,               # What a flagged reply is replaced with
                  block:Iterable[str]=DEFAULT_DROP,  # Content categories whose replies are withdrawn
-                 fast:bool=True,                    # Use a fast decoder (`GPT2Decoder`, `Qwen3Decoder`) where one applies
+                 # Use a fast decoder (`GPT2Decoder`, `Qwen3Decoder`) where one applies
+                 fast:bool=True,
                 ):
         self.fmt = tokenizer if isinstance(tokenizer, ChatFormat) else ChatFormat(tokenizer)
         self.model, self.tokenizer, self.system, self.seed, self.fast = model, self.fmt.hf, system, seed, fast
@@ -113,75 +123,88 @@ class ChatSession:
         self.history = []
         self.reset()
 
-    def reset(self):
-        "Forget the conversation and reseed the sampler (the system prompt stays)."
-        self.history.clear()
-        self.flagged, self.dropped, self.usage, self.finish_reason = False, 0, None, None
-        if self.seed is None: self.generator.seed()
-        else: self.generator.manual_seed(self.seed)
+# %% ../nbs/09_chat.ipynb #f0745316
+@patch
+def reset(self:ChatSession):
+    "Forget the conversation and reseed the sampler (the system prompt stays)."
+    self.history.clear()
+    self.flagged, self.dropped, self.usage, self.finish_reason = False, 0, None, None
+    if self.seed is None: self.generator.seed()
+    else: self.generator.manual_seed(self.seed)
 
-    def clean(self, text:str) -> str:
-        "`text` without the text of special tokens, so a message cannot forge a turn."
-        return strip_special(text, self._special)
+@patch
+def clean(self:ChatSession, text:str) -> str:
+    "`text` without the text of special tokens, so a message cannot forge a turn."
+    return strip_special(text, self._special)
 
-    def messages(self, message:str|None=None, start:int=0) -> list[dict]:
-        "The system prompt, the history from message `start` on, and `message`, as chat-template messages."
-        sys_ = [dict(role='system', content=self.clean(self.system))] if self.system else []
-        new = [dict(role='user', content=self.clean(message))] if message is not None else []
-        return sys_ + self.history[start:] + new
+# %% ../nbs/09_chat.ipynb #7c8cbc9e
+@patch
+def messages(self:ChatSession, message:str|None=None, start:int=0) -> list[dict]:
+    "The system prompt, the history from message `start` on, and `message`, as chat-template messages."
+    sys_ = [dict(role='system', content=self.clean(self.system))] if self.system else []
+    new = [dict(role='user', content=self.clean(message))] if message is not None else []
+    return sys_ + self.history[start:] + new
 
-    def prompt_ids(self, message:str) -> list[int]:
-        "The token ids the model reads to answer `message`: the newest exchanges that fit with room for the reply."
-        room, h, rendered = self.n_ctx - self.sampling.max_new_tokens, self.history, {}
-        starts = sorted({0, len(h)} | {i for i in range(1, len(h)) if h[i]['role'] == 'user'})  # at user turns
-        system, new = self.messages(start=len(h)), self.messages(message, len(h))[-1:]  # each cleaned once
-        def fits(j):
-            rendered[j] = self.fmt.prompt(system + h[starts[j]:] + new)
-            return len(rendered[j]) <= room
-        j = first_fit(len(starts), fits)  # leave out the oldest exchanges until the rest fits
-        self.dropped, ids = starts[j], rendered[j]
-        if len(ids) >= self.n_ctx:
-            raise MessageTooLong(f"the message is too long: with the system prompt it is {len(ids)} tokens "
-                                 f"and the model reads at most {self.n_ctx}")
-        return list(ids)
+# %% ../nbs/09_chat.ipynb #4fd5c914
+@patch
+def prompt_ids(self:ChatSession, message:str) -> list[int]:
+    "The token ids the model reads to answer `message`: the newest exchanges that fit with room for the reply."
+    room, h, rendered = self.n_ctx - self.sampling.max_new_tokens, self.history, {}
+    starts = sorted({0, len(h)} | {i for i in range(1, len(h)) if h[i]['role'] == 'user'})  # at user turns
+    system, new = self.messages(start=len(h)), self.messages(message, len(h))[-1:]  # each cleaned once
+    def fits(j):
+        rendered[j] = self.fmt.prompt(system + h[starts[j]:] + new)
+        return len(rendered[j]) <= room
+    j = exponential_search(len(starts), fits)  # leave out the oldest exchanges until the rest fits
+    self.dropped, ids = starts[j], rendered[j]
+    if len(ids) >= self.n_ctx:
+        raise MessageTooLong(f"the message is too long: with the system prompt it is {len(ids)} tokens "
+                             f"and the model reads at most {self.n_ctx}")
+    return list(ids)
 
-    def stream(self,
-               message:str,                      # The user's new message
-               cancel:threading.Event|None=None, # Ends the reply once set (by another thread: a server whose client left)
-              ) -> Iterator[str]:
-        "Answer `message`, yielding the reply in pieces as it is generated; then it is in `history`."
-        ids, stop, made = self.prompt_ids(message), self.fmt.special | set(self.fmt.stop), []
-        pieces = stream_text(self.model, self.tokenizer, ids, self.sampling, self.generator, stop, self.fast, tokens=made, cancel=cancel)
-        if self.filter is not None: pieces = self.filter(pieces)
-        reply = ''
-        try:
-            for p in pieces:
-                reply += p
-                yield p
-        finally:  # also when the caller stops early: the history keeps user and assistant turns in pairs
-            self.flagged = self.filter is not None and self.filter.flagged
-            self.usage = dict(prompt_tokens=len(ids), completion_tokens=len(made), total_tokens=len(ids) + len(made))
-            self.finish_reason = 'content_filter' if self.flagged else 'stop' if made and made[-1] in stop else 'length'
-            self.history += [dict(role='user', content=self.clean(message)),
-                             dict(role='assistant', content=self.refusal if self.flagged else reply)]
+# %% ../nbs/09_chat.ipynb #ba5a32cf
+@patch
+def stream(self:ChatSession,
+           message:str,                      # The user's new message
+           cancel:threading.Event|None=None, # Ends the reply once set (by another thread: a server whose client left)
+          ) -> Iterator[str]:
+    "Answer `message`, yielding the reply in pieces as it is generated; then it is in `history`."
+    ids, stop, made = self.prompt_ids(message), self.fmt.special | set(self.fmt.stop), []
+    pieces = stream_text(self.model, self.tokenizer, ids, self.sampling, self.generator, stop, self.fast,
+                         tokens=made, cancel=cancel)
+    if self.filter is not None: pieces = self.filter(pieces)
+    reply = ''
+    try:
+        for p in pieces:
+            reply += p
+            yield p
+    finally:  # also when the caller stops early: the history keeps user and assistant turns in pairs
+        self.flagged = self.filter is not None and self.filter.flagged
+        self.usage = dict(prompt_tokens=len(ids), completion_tokens=len(made), total_tokens=len(ids) + len(made))
+        self.finish_reason = 'content_filter' if self.flagged else 'stop' if made and made[-1] in stop else 'length'
+        self.history += [dict(role='user', content=self.clean(message)),
+                         dict(role='assistant', content=self.refusal if self.flagged else reply)]
 
-    def send(self, message:str) -> str:
-        "Answer `message` and return the whole reply (the refusal if it was flagged)."
-        for _ in self.stream(message): pass
-        return self.history[-1]['content']
+# %% ../nbs/09_chat.ipynb #b1673a19
+@patch
+def send(self:ChatSession, message:str) -> str:
+    "Answer `message` and return the whole reply (the refusal if it was flagged)."
+    for _ in self.stream(message): pass
+    return self.history[-1]['content']
 
-# %% ../nbs/09_chat.ipynb #b54088f9
+# %% ../nbs/09_chat.ipynb #3f47be97
 _ROLE_STYLE = {'user': ('you', '#1a5fb4'), 'assistant': ('model', '#26a269'), 'system': ('system', '#777')}
 
 class ChatWidget:
-    "A chat box for notebooks around a `ChatSession`: transcript, text box, Send and Reset, temperature and top-p sliders."
+    "A chat box for notebooks around a `ChatSession`: transcript, text box, Send, Reset, temperature and top-p sliders."
     def __init__(self,
                  session:ChatSession, # The conversation to show and continue
                  height:str='320px',  # Height of the transcript
                 ):
         import ipywidgets as W
         self.session = session
-        self.transcript = W.HTML(layout=W.Layout(height=height, overflow='auto', border='1px solid #ddd', padding='4px'))
+        self.transcript = W.HTML(layout=W.Layout(height=height, overflow='auto', border='1px solid #ddd',
+                                                 padding='4px'))
         self.text = W.Textarea(placeholder='Type a message and press Send', rows=2, layout=W.Layout(width='100%'))
         self.send_button = W.Button(description='Send', button_style='primary')
         self.reset_button = W.Button(description='Reset')
@@ -196,42 +219,51 @@ class ChatWidget:
                           W.HBox([self.temperature, self.top_p])])
         self.render()
 
-    def render(self, pending:tuple[str, str]|None=None):
-        "Show the history, plus a (message, partial reply) being answered."
-        turns = ([dict(role='system', content=self.session.system)] if self.session.system else []) + self.session.history
-        if pending: turns = turns + [dict(role='user', content=pending[0]), dict(role='assistant', content=pending[1] + ' ▌')]
-        rows = [f'<div style="margin:2px 0"><b style="color:{_ROLE_STYLE[t["role"]][1]}">{_ROLE_STYLE[t["role"]][0]}:</b> '
-                f'<span style="white-space:pre-wrap">{html.escape(t["content"])}</span></div>' for t in turns]
-        self.transcript.value = ''.join(rows) or '<i>No messages yet.</i>'
+# %% ../nbs/09_chat.ipynb #d6df72b7
+@patch
+def render(self:ChatWidget, pending:tuple[str, str]|None=None):
+    "Show the history, plus a (message, partial reply) being answered."
+    turns = ([dict(role='system', content=self.session.system)] if self.session.system else []) + self.session.history
+    if pending:
+        turns = turns + [dict(role='user', content=pending[0]), dict(role='assistant', content=pending[1] + ' ▌')]
+    rows = [f'<div style="margin:2px 0"><b style="color:{_ROLE_STYLE[t["role"]][1]}">{_ROLE_STYLE[t["role"]][0]}:</b> '
+            f'<span style="white-space:pre-wrap">{html.escape(t["content"])}</span></div>' for t in turns]
+    self.transcript.value = ''.join(rows) or '<i>No messages yet.</i>'
 
-    def send(self, message:str|None=None):
-        "Answer `message` (default: the text box's), updating the transcript as the reply streams."
-        message = (self.text.value if message is None else message).strip()
-        if not message: return
-        self.text.value, self.send_button.disabled = '', True
-        reply = ''
-        try:
-            for piece in self.session.stream(message):
-                reply += piece
-                self.render((message, reply))
-        except UserError as e:
-            self.render()
-            self.transcript.value += f'<div style="color:#c01c28">{html.escape(str(e))}</div>'
-            return
-        finally: self.send_button.disabled = False
+# %% ../nbs/09_chat.ipynb #735ae032
+@patch
+def send(self:ChatWidget, message:str|None=None):
+    "Answer `message` (default: the text box's), updating the transcript as the reply streams."
+    message = (self.text.value if message is None else message).strip()
+    if not message: return
+    self.text.value, self.send_button.disabled = '', True
+    reply = ''
+    try:
+        for piece in self.session.stream(message):
+            reply += piece
+            self.render((message, reply))
+    except UserError as e:
         self.render()
+        self.transcript.value += f'<div style="color:#c01c28">{html.escape(str(e))}</div>'
+        return
+    finally: self.send_button.disabled = False
+    self.render()
 
-    def reset(self):
-        "Start the conversation over."
-        self.session.reset()
-        self.render()
+# %% ../nbs/09_chat.ipynb #d644164f
+@patch
+def reset(self:ChatWidget):
+    "Start the conversation over."
+    self.session.reset()
+    self.render()
 
-    def _repr_mimebundle_(self, **kwargs):
-        "The live widget where widgets run; elsewhere (a page made from the notebook, with no widget state) the transcript."
-        return {**self.ui._repr_mimebundle_(**kwargs), 'text/html': self.transcript.value}
+@patch
+def _repr_mimebundle_(self:ChatWidget, **kwargs):
+    "The live widget where widgets run; elsewhere (a page made from the notebook, with no widget state) the transcript."
+    return {**self.ui._repr_mimebundle_(**kwargs), 'text/html': self.transcript.value}
 
-# %% ../nbs/09_chat.ipynb #578576cd
-CHAT_HELP = "/reset: start over   /system TEXT: set the system prompt (no TEXT: none)   /temp X: set the temperature   /quit or Ctrl-D: leave"
+# %% ../nbs/09_chat.ipynb #929ebe1a
+CHAT_HELP = ("/reset: start over   /system TEXT: set the system prompt (no TEXT: none)   /temp X: set the temperature"
+             "   /quit or Ctrl-D: leave")
 
 def chat_command(
     session:ChatSession, # The conversation
@@ -254,6 +286,7 @@ def chat_command(
     if cmd == '/help': return CHAT_HELP
     return f'unknown command {cmd}; {CHAT_HELP}'
 
+# %% ../nbs/09_chat.ipynb #68a8cc70
 def _typed_ahead(fd:int) -> str:
     "A line typed while the last reply streamed ('' if none); `EOFError` if Ctrl-D was."
     try:
@@ -272,7 +305,9 @@ def _typed_lines(prompt:str, err:TextIO, fd:int=0) -> Iterator[str]:
             err.write('\n')
             return
 
-_CONTROL = re.compile(r'[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]|[\ud800-\udfff]')  # all but tab and newline; lone surrogates
+# %% ../nbs/09_chat.ipynb #a6f6eacc
+# all but tab and newline; lone surrogates
+_CONTROL = re.compile(r'[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]|[\ud800-\udfff]')
 
 def clean_line(
     line:str, # A line as read: a pipe may carry bytes that are not UTF-8 (decoded as U+FFFD) and control characters
@@ -280,6 +315,23 @@ def clean_line(
     "`line` without control characters other than tab, and without halves of characters: text a tokenizer takes."
     return _CONTROL.sub('', line)
 
+# %% ../nbs/09_chat.ipynb #02a57712
+def _answer(session:ChatSession, line:str, out:TextIO, interactive:bool, jsonl:bool):
+    "Write the reply to `line` to `out`: streamed (typed input), or whole, as text or a JSON line."
+    if interactive:
+        out.write('model> '); out.flush()
+        try:
+            for piece in session.stream(line): out.write(piece); out.flush()
+        except KeyboardInterrupt: pass  # Ctrl-C stops this reply, not the chat
+        if session.flagged: out.write(f'\n[withdrawn by the content filter] {session.refusal}')
+        out.write('\n')
+    else:
+        reply = session.send(line)
+        row = dict(user=line, assistant=reply, flagged=session.flagged)
+        out.write((json.dumps(row, ensure_ascii=False) if jsonl else reply) + '\n')
+    out.flush()
+
+# %% ../nbs/09_chat.ipynb #d9908e77
 def chat_loop(
     session:ChatSession,    # The conversation
     lines:Iterable[str],    # The user's lines: typed, or read from a pipe
@@ -293,7 +345,9 @@ def chat_loop(
     for line in lines:
         line = line.rstrip('\n')
         if (clean := clean_line(line)) != line or '\ufffd' in line:
-            if not told: err.write('note: the input has bytes that are not UTF-8 text or control characters: they are replaced or left out\n')
+            if not told:
+                err.write('note: the input has bytes that are not UTF-8 text or control characters: '
+                          'they are replaced or left out\n')
             told, line = True, clean
         if not line.strip(): continue
         if line.startswith('/'):
@@ -301,17 +355,7 @@ def chat_loop(
             except EOFError: break
             continue
         try:
-            if interactive:
-                out.write('model> '); out.flush()
-                try:
-                    for piece in session.stream(line): out.write(piece); out.flush()
-                except KeyboardInterrupt: pass  # Ctrl-C stops this reply, not the chat
-                if session.flagged: out.write(f'\n[withdrawn by the content filter] {session.refusal}')
-                out.write('\n')
-            else:
-                reply = session.send(line)
-                out.write((json.dumps(dict(user=line, assistant=reply, flagged=session.flagged), ensure_ascii=False) if jsonl else reply) + '\n')
-            out.flush()
+            _answer(session, line, out, interactive, jsonl)
             n += 1
         except UserError as e: err.write(f'error: {e}\n')
     return n
@@ -322,38 +366,46 @@ def block_categories(
 ) -> set[str]:
     "The categories of a `--block` flag, each checked to be one of the content filter's."
     blocked = {c.strip() for c in block.split(',') if c.strip()}
-    if unknown := blocked - set(CATEGORIES): raise UserError(f"--block: unknown content categories {', '.join(sorted(unknown))}; use {', '.join(CATEGORIES)}")
+    if unknown := blocked - set(CATEGORIES):
+        raise UserError(f"--block: unknown content categories {', '.join(sorted(unknown))}; "
+                        f"use {', '.join(CATEGORIES)}")
     return blocked
 
 # %% ../nbs/09_chat.ipynb #9a6f8278
+def _input_lines(interactive:bool) -> Iterable[str]:
+    "The user's lines: typed at a `you> ` prompt on a terminal, or piped in, read as UTF-8 (bad bytes as U+FFFD)."
+    if interactive: return _typed_lines('you> ', sys.stderr, sys.stdin.fileno())
+    if not hasattr(sys.stdin, 'buffer'): return sys.stdin
+    return io.TextIOWrapper(sys.stdin.buffer, encoding='utf-8', errors='replace')
+
+# %% ../nbs/09_chat.ipynb #70750bc3
+@config_options(SamplingConfig)
 def run_chat(
     run:str|None=None,              # A run folder: chat with its newest model (sft/, else base/)
-    model:str|None=None,            # A model folder (config.json, weights and tokenizer files) or a hub id, instead of --run
+    # A model folder (config.json, weights and tokenizer files) or a hub id, instead of --run
+    model:str|None=None,
     system:str|None=None,           # A system prompt
-    temperature:float=SamplingConfig.temperature, # Divide the logits by this; 0 takes the most probable token (greedy)
-    top_k:int=SamplingConfig.top_k, # Draw only from the k most probable tokens (0: all)
-    top_p:float=SamplingConfig.top_p, # Draw only from the most probable tokens whose probabilities add up to p (1: all)
-    repetition_penalty:float=SamplingConfig.repetition_penalty, # Make tokens that are already in the text less likely (1: off)
-    max_new_tokens:int=128,         # Longest reply in tokens
     seed:int=42,                    # Seed of the sampler: the same lines get the same replies
     safety:bool=True,               # Check replies with the clean stage's content filter (--no-safety: off)
     refusal:str=REFUSAL,            # What a flagged reply is replaced with
-    block:str=','.join(SEVERE),     # Content categories whose replies are withdrawn, comma-separated; add mild to withdraw profanity and insults
-    jsonl:bool=False,               # With piped input, print each exchange as a JSON line {"user", "assistant", "flagged"}
+    # Content categories whose replies are withdrawn, comma-separated; add mild to withdraw profanity and insults
+    block:str=','.join(SEVERE),
+    # With piped input, print each exchange as a JSON line {"user", "assistant", "flagged"}
+    jsonl:bool=False,
     device:str='auto',              # auto, cpu, cuda, cuda:1 or mps
+    **opts,                         # The fields of `SamplingConfig`, as keyword options
 ) -> ChatSession:
     "Chat with a model in the terminal; with input piped in, answer each line and exit."
-    if (run is None) == (model is None): raise UserError("give a model folder (--model DIR) or a run folder (--run DIR), one of the two")
-    sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    if (run is None) == (model is None):
+        raise UserError("give a model folder (--model DIR) or a run folder (--run DIR), one of the two")
     log = get_logger('chat')
     lm = load_model(run, model, device)
     log.info('loaded %s', lm.folder)
-    session = ChatSession(lm.model, lm.fmt, system, sampling, seed, safety, refusal, block_categories(block))
+    session = ChatSession(lm.model, lm.fmt, system, SamplingConfig(**opts), seed, safety, refusal,
+                          block_categories(block))
     interactive = sys.stdin.isatty()
     if interactive: sys.stderr.write(f'chatting with {lm.folder} ({CHAT_HELP})\n')
-    piped = io.TextIOWrapper(sys.stdin.buffer, encoding='utf-8', errors='replace') if hasattr(sys.stdin, 'buffer') else sys.stdin
-    lines = _typed_lines('you> ', sys.stderr, sys.stdin.fileno()) if interactive else piped
-    try: n = chat_loop(session, lines, sys.stdout, sys.stderr, interactive=interactive, jsonl=jsonl)
+    try: n = chat_loop(session, _input_lines(interactive), sys.stdout, sys.stderr, interactive=interactive, jsonl=jsonl)
     except BrokenPipeError:  # the reader left (`| head -1`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush of stdout would fail again
         return session

@@ -20,7 +20,7 @@ __all__ = ['IGNORE_INDEX', 'CODE_CONFIGS', 'TEMPLATE_LIMITS', 'PROBES', 'encode_
 # %% ../nbs/03a_chat_format.ipynb #6ed11479
 IGNORE_INDEX = -100  # labels with this value are not scored (padding, prompts); PyTorch's and Hugging Face's convention
 
-# %% ../nbs/03a_chat_format.ipynb #f204cb23
+# %% ../nbs/03a_chat_format.ipynb #2d6df95b
 def _turns(conversation) -> list[dict]:
     return conversation['turns'] if isinstance(conversation, dict) else conversation
 
@@ -30,22 +30,25 @@ def _fit(segs:list[list[int]], start:int, max_len:int) -> int:
     while end < len(segs) and n + len(segs[end]) <= max_len: n, end = n + len(segs[end]), end + 1
     return end
 
+# %% ../nbs/03a_chat_format.ipynb #54197ea5
 def _sft_example(turns:list[dict], segs:list[list[int]], eot:int) -> dict|None:
-    "`input_ids` and `labels` of these turns, trailing turns without an answer dropped; None if no assistant turn is left."
+    "`input_ids` and `labels` of these turns, trailing unanswered turns dropped; None if no assistant turn is left."
     while turns and turns[-1]['role'] != 'assistant': turns, segs = turns[:-1], segs[:-1]
     if not turns: return None
     ids, labels = [eot], [IGNORE_INDEX]
     for turn, seg in zip(turns, segs):
         ids += seg
-        labels += [IGNORE_INDEX] + seg[1:] if turn['role'] == 'assistant' else [IGNORE_INDEX] * len(seg)  # the role token is given
+        # the role token is given
+        labels += [IGNORE_INDEX] + seg[1:] if turn['role'] == 'assistant' else [IGNORE_INDEX] * len(seg)
     return dict(input_ids=ids, labels=labels)
 
+# %% ../nbs/03a_chat_format.ipynb #6531229f
 def encode_sft(
     conversation:dict|list, # A conversation (with "turns") or its list of turns
     tok:ChatTokenizer,      # The trained tokenizer
     max_len:int,            # Most tokens in the example (the context length)
 ) -> dict|None:
-    "`input_ids` and `labels` (-100 except on assistant tokens and their `<|end|>`), cut after the last whole turn that fits."
+    "`input_ids` and `labels` (-100 but on assistant tokens and their `<|end|>`), cut after the last whole turn to fit."
     turns = _turns(conversation)
     segs = tok.encode_turns(turns)
     end = _fit(segs, 0, max_len)
@@ -66,7 +69,8 @@ def encode_sft_windows(
         ex = _sft_example(turns[start:end], segs[start:end], tok.eot_id)
         if ex: out.append(ex)
         # open the next window with the question that its first answer replies to, if that still moves forward
-        again = end < len(turns) and turns[end]['role'] == 'assistant' and turns[end-1]['role'] != 'assistant' and end - 1 > start
+        again = (end < len(turns) and turns[end]['role'] == 'assistant' and turns[end-1]['role'] != 'assistant'
+                 and end - 1 > start)
         start = end - 1 if again else end
     return out
 
@@ -76,7 +80,8 @@ def is_ours(
 ) -> bool:
     "Whether `hf` has our special tokens, opens conversations with `<|endoftext|>` and ends turns with `<|end|>`."
     vocab = hf.get_vocab()
-    return all(t in vocab for t in SPECIAL_TOKENS.values()) and hf.bos_token == SPECIAL_TOKENS['eot'] and hf.eos_token == SPECIAL_TOKENS['end']
+    return (all(t in vocab for t in SPECIAL_TOKENS.values())
+            and hf.bos_token == SPECIAL_TOKENS['eot'] and hf.eos_token == SPECIAL_TOKENS['end'])
 
 def plain_chat(
     turns:list[dict], # The turns, in order
@@ -84,15 +89,16 @@ def plain_chat(
     "A conversation as plain lines, `User: text` / `Assistant: text`, for tokenizers without a chat template."
     return ''.join(f"{check_role(t['role']).capitalize()}: {turn_text(t)}\n" for t in turns)
 
-# %% ../nbs/03a_chat_format.ipynb #da0eeedc
+# %% ../nbs/03a_chat_format.ipynb #7ebd70ad
 class ChatFormat:
-    "How a model's tokenizer reads our conversations: our chat template for ours, the model's own template, or plain lines."
+    "How a model's tokenizer reads our conversations: our chat template for ours, the model's own, or plain lines."
     def __init__(self,
         hf,                           # The model's `transformers` tokenizer
         ours:ChatTokenizer|None=None, # Our fast tokenizer of the same folder, when `hf` is ours
     ):
         self.hf, self.ours = hf, ours
-        added = {i for i, t in hf.added_tokens_decoder.items() if t.special}  # <|im_end|> and the like, not always in all_special_ids
+        # <|im_end|> and the like, not always in all_special_ids
+        added = {i for i, t in hf.added_tokens_decoder.items() if t.special}
         self.special = set(hf.all_special_ids) | added | (set(ours.special.values()) if ours else set())
         self.template = ours is None and bool(getattr(hf, 'chat_template', None))
         eos = hf.eos_token_id if hf.eos_token_id is not None else hf.bos_token_id
@@ -104,46 +110,55 @@ class ChatFormat:
         start = hf.bos_token_id if hf.bos_token_id is not None else hf.eos_token_id
         self._start = [] if start is None else [start]  # separates conversations in the plain format
 
-    @property
-    def kind(self) -> str:
-        "'ours', 'template' or 'plain'."
-        return 'ours' if self.ours else 'template' if self.template else 'plain'
+# %% ../nbs/03a_chat_format.ipynb #34bc81df
+@patch(as_prop=True)
+def kind(self:ChatFormat) -> str:
+    "'ours', 'template' or 'plain'."
+    return 'ours' if self.ours else 'template' if self.template else 'plain'
 
-    @property
-    def marks_assistant(self) -> bool:
-        "Whether the format can tell the assistant's tokens apart: ours, or any chat template (see `assistant_examples`)."
-        return bool(self.ours) or self.template
+@patch(as_prop=True)
+def marks_assistant(self:ChatFormat) -> bool:
+    "Whether the format can tell the assistant's tokens apart: ours, or any chat template (see `assistant_examples`)."
+    return bool(self.ours) or self.template
 
-    @property
-    def generation_marks(self) -> bool:
-        "Whether the chat template marks the assistant's part with `{% generation %}`."
-        return self.template and re.search(r'\{%-?\s*generation\s*-?%\}', self.hf.chat_template) is not None
+@patch(as_prop=True)
+def generation_marks(self:ChatFormat) -> bool:
+    "Whether the chat template marks the assistant's part with `{% generation %}`."
+    return self.template and re.search(r'\{%-?\s*generation\s*-?%\}', self.hf.chat_template) is not None
 
-    def _render(self, turns, **kw):
-        "`apply_chat_template` on `turns`; a template's error is one line naming it (loading tried short chats only)."
-        try: return self.hf.apply_chat_template(_messages(turns), **kw)
-        except Exception as e:  # jinja raises its own kinds, and a template raises what it likes
-            # transformers' own ValueError for an empty chat, which callers may test for (`replies.no_context`)
-            if not turns: raise
-            raise UserError(f"{self.hf.name_or_path}: its chat template failed on this conversation "
-                            f"({_why(e)})") from None
-
-    def _template_ids(self, turns, **kw) -> dict: return self._render(turns, tokenize=True, return_dict=True, **kw)
-
-    def _template_text(self, turns, gen:bool=False) -> str:
-        return self._render(turns, tokenize=False, add_generation_prompt=gen)
-
-    def _turn_ends(self) -> list[int]:
-        "The special token the template writes right after a reply (`<|im_end|>`, `<|eot_id|>`), as a list of 0 or 1 ids."
-        probe = [dict(role='user', text='Hi'), dict(role='assistant', text='Hello')]
-        try: p, r = self._template_text(probe[:1], gen=True), self._template_text(probe)
-        except Exception: return []  # jinja raises its own kinds; a template that wants more (a system turn): the eos alone
-        tail = r[len(p):].partition('Hello')[2] if r.startswith(p) else ''
-        return [i for i in self.hf(tail, add_special_tokens=False)['input_ids'][:1] if i in self.special]
-
+# %% ../nbs/03a_chat_format.ipynb #4d93dfd5
 def _messages(turns) -> list[dict]: return [dict(role=t['role'], content=turn_text(t)) for t in turns]
 
 def _why(e:BaseException) -> str: return ' '.join(f"{type(e).__name__}: {e}".split()).rstrip(':')[:300]
+
+# %% ../nbs/03a_chat_format.ipynb #a3d8943c
+@patch
+def _render(self:ChatFormat, turns, **kw):
+    "`apply_chat_template` on `turns`; a template's error is one line naming it (loading tried short chats only)."
+    try: return self.hf.apply_chat_template(_messages(turns), **kw)
+    except Exception as e:  # jinja raises its own kinds, and a template raises what it likes
+        # transformers' own ValueError for an empty chat, which callers may test for (`replies.no_context`)
+        if not turns: raise
+        raise UserError(f"{self.hf.name_or_path}: its chat template failed on this conversation "
+                        f"({_why(e)})") from None
+
+@patch
+def _template_ids(self:ChatFormat, turns, **kw) -> dict:
+    return self._render(turns, tokenize=True, return_dict=True, **kw)
+
+@patch
+def _template_text(self:ChatFormat, turns, gen:bool=False) -> str:
+    return self._render(turns, tokenize=False, add_generation_prompt=gen)
+
+# %% ../nbs/03a_chat_format.ipynb #18ea41ef
+@patch
+def _turn_ends(self:ChatFormat) -> list[int]:
+    "The special token the template writes right after a reply (`<|im_end|>`, `<|eot_id|>`), as a list of 0 or 1 ids."
+    probe = [dict(role='user', text='Hi'), dict(role='assistant', text='Hello')]
+    try: p, r = self._template_text(probe[:1], gen=True), self._template_text(probe)
+    except Exception: return []  # jinja raises its own kinds; a template that wants more (a system turn): the eos alone
+    tail = r[len(p):].partition('Hello')[2] if r.startswith(p) else ''
+    return [i for i in self.hf(tail, add_special_tokens=False)['input_ids'][:1] if i in self.special]
 
 # %% ../nbs/03a_chat_format.ipynb #9cb971c7
 @patch
@@ -171,39 +186,46 @@ def reply(self:ChatFormat, ids:list[int]) -> str:
 @patch
 def text_bytes(self:ChatFormat, ids:list[int]) -> int:
     "UTF-8 bytes of the text of `ids`, special tokens left out."
-    return len(self.hf.decode([i for i in ids if i not in self.special], clean_up_tokenization_spaces=False).encode('utf-8'))
+    return len(self.hf.decode([i for i in ids if i not in self.special],
+                              clean_up_tokenization_spaces=False).encode('utf-8'))
 
-# %% ../nbs/03a_chat_format.ipynb #a3c2ab28
+# %% ../nbs/03a_chat_format.ipynb #c01ab6f1
 @patch
 def reply_spans(self:ChatFormat,
     turns:list[dict], # A conversation
 ) -> list[tuple[str, list[tuple[int, int]]]]:
-    "Texts as the template renders them, each with the character spans of the replies to label in it (a template's format only)."
+    "Texts as the template renders them, each with the character spans of the replies to label (template formats only)."
     full, pairs = self._template_text(turns), []
     for i, t in enumerate(turns):
         if t['role'] != 'assistant' or i == 0: continue  # an opening assistant turn answers nothing
         p, r = self._template_text(turns[:i], gen=True), self._template_text(turns[:i + 1])
         if not r.startswith(p):
-            raise UserError(f"{self.hf.name_or_path}: its chat template renders an answered conversation that does not start with the prompt "
-                            f"asking for the answer, so the assistant's tokens cannot be found; give the template {{% generation %}} marks")
+            raise UserError(f"{self.hf.name_or_path}: its chat template renders an answered conversation that does not "
+                            "start with the prompt "
+                            "asking for the answer, so the assistant's tokens cannot be found; give the template "
+                            f"{{% generation %}} marks")
         k = r.find(self._end_text, len(p)) if self._end_text else -1
-        pairs.append((p, r[:k + len(self._end_text)] if k >= 0 else r))  # up to the end of turn: the separator after it is the template's
+        # up to the end of turn: the separator after it is the template's
+        pairs.append((p, r[:k + len(self._end_text)] if k >= 0 else r))
     if all(full.startswith(r) for _, r in pairs): return [(full, [(len(p), len(r)) for p, r in pairs])] if pairs else []
     return [(r, [(len(p), len(r))]) for p, r in pairs]
 
+# %% ../nbs/03a_chat_format.ipynb #2ec4effc
 @patch
 def _span_example(self:ChatFormat, text:str, spans:list[tuple[int, int]], max_len:int) -> dict:
     "`text` tokenized as `apply_chat_template` does, the tokens overlapping `spans` labelled."
     enc = self.hf(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc['input_ids'])[:max_len], enc['offset_mapping'][:max_len]
-    return dict(input_ids=ids, labels=[i if any(a < e and s < b for s, e in spans) else IGNORE_INDEX for i, (a, b) in zip(ids, offsets)])
+    return dict(input_ids=ids, labels=[i if any(a < e and s < b for s, e in spans) else IGNORE_INDEX for i,
+                                       (a, b) in zip(ids, offsets)])
 
+# %% ../nbs/03a_chat_format.ipynb #418d8cd3
 @patch
 def assistant_examples(self:ChatFormat,
     convs:list[dict], # Conversations
     max_len:int,      # Most tokens an example has (the context)
 ) -> list[dict]:
-    "`input_ids` and `labels` (-100 except on the assistant's tokens) covering the conversations; [] for the plain format."
+    "`input_ids` and `labels` (-100 but on the assistant's tokens) covering the conversations; [] for the plain format."
     if self.ours: return [e for c in convs for e in encode_sft_windows(c, self.ours, max_len)]
     if not self.marks_assistant: return []
     out = []
@@ -222,7 +244,8 @@ def add_chat_tokens(
 ) -> list[int]:
     "Give `hf` our role tokens, chat template and `<|end|>` as end of sequence, in place; return the ids it gained."
     s, n = SPECIAL_TOKENS, len(hf)
-    hf.add_special_tokens({'extra_special_tokens': [t for t in s.values() if t not in hf.get_vocab()]}, replace_extra_special_tokens=False)
+    hf.add_special_tokens({'extra_special_tokens': [t for t in s.values() if t not in hf.get_vocab()]},
+                          replace_extra_special_tokens=False)
     if hf.bos_token is None: hf.bos_token = s['eot']  # the template opens every conversation with the bos token
     hf.eos_token = s['end']
     if hf.pad_token is None: hf.pad_token = hf.bos_token
@@ -246,7 +269,7 @@ def refuse_custom_code(
                             f"we never run code from a model folder; use a model whose architecture transformers "
                             f"has built in")
 
-# %% ../nbs/03a_chat_format.ipynb #e622b4eb
+# %% ../nbs/03a_chat_format.ipynb #af2ed42a
 # a template renders a short chat in milliseconds, kB of memory and text
 TEMPLATE_LIMITS = dict(seconds=5, memory=2**30, chars=2**18)
 
@@ -255,6 +278,7 @@ def _address_space() -> int:
     try: return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))
     except (OSError, StopIteration, ValueError): return 0
 
+# %% ../nbs/03a_chat_format.ipynb #39661fd4
 def run_limited(
     fn,                   # A function of no arguments returning something JSON can write
     seconds:float,        # Wall time it may take
@@ -289,7 +313,7 @@ def run_limited(
     if 'error' in out: raise RuntimeError(out['error'])
     return out['ok']
 
-# %% ../nbs/03a_chat_format.ipynb #d983c9f9
+# %% ../nbs/03a_chat_format.ipynb #d078515e
 _CHAT = [dict(role='system', text='Be brief.'), dict(role='user', text='Hi'), dict(role='assistant', text='Hello'),
          dict(role='user', text='How are you?')]
 # (turns, add_generation_prompt, whether the template may refuse it): every chat template renders the first two
@@ -311,6 +335,7 @@ def _render_probes(hf, template:str) -> list[int|str]:
         out.append(len(text))
     return out
 
+# %% ../nbs/03a_chat_format.ipynb #fecf358d
 def check_chat_template(
     hf,              # A `transformers` tokenizer
     folder:str|Path, # Its folder, for the message
@@ -338,7 +363,8 @@ def load_chat_format(
     from transformers import AutoTokenizer  # imported here: transformers takes seconds to import
     refuse_custom_code(folder)
     try: hf = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    except Exception as e:  # a missing file, a truncated tokenizer.json (`tokenizers` raises a bare Exception), a config that is not JSON
+    # a missing file, a truncated tokenizer.json (`tokenizers` raises a bare Exception), a config that is not JSON
+    except Exception as e:
         why = ' '.join(f"{type(e).__name__}: {e}".split())[:300]
         raise UserError(f"{folder}: no tokenizer could be loaded from the folder ({why}){redo_hint(folder)}") from None
     check_chat_template(hf, folder)

@@ -22,7 +22,8 @@ __all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FIN
 # %% ../nbs/10_cli.ipynb #c67544b5
 RUN_ABOUT = 'all of the above, from nothing to a chat model and RUN/report.md'
 COMMANDS = {**{s.name: (s.module, s.func) for s in STAGES}, 'run': ('cli', 'run_all')}  # subcommand: (module, function)
-ABOUT = {**{s.name: s.about for s in STAGES}, 'run': RUN_ABOUT}  # what each does, listed by `--help` without importing a stage
+# what each does, listed by `--help` without importing a stage
+ABOUT = {**{s.name: s.about for s in STAGES}, 'run': RUN_ABOUT}
 
 def available_commands() -> list[str]:
     "The subcommands whose module is part of this installation."
@@ -36,6 +37,7 @@ def _base_type(anno):
         if len(args) == 1: return args[0]
     return anno
 
+# %% ../nbs/10_cli.ipynb #4f345d73
 def finite_float(
     text:str, # A flag's value
 ) -> float:
@@ -45,11 +47,13 @@ def finite_float(
     if not math.isfinite(x): raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return x
 
+# %% ../nbs/10_cli.ipynb #cbf81ec4
 class StageParser(argparse.ArgumentParser):
     "An `ArgumentParser` that reports a bad flag in one line, pointing to `--help`, and exits with status 2."
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+# %% ../nbs/10_cli.ipynb #0c424168
 def stage_parser(
     func,       # A stage function with docments
     prog:str,   # The program name shown in usage, e.g. "chatgpt-train collect"
@@ -61,8 +65,10 @@ def stage_parser(
         dashed = name.removesuffix('_').replace('_', '-')  # `from_` (a keyword cannot be a parameter name) -> --from
         flag, anno, default = '--' + dashed, _base_type(d.anno), d.default
         required = default is inspect.Parameter.empty
-        kw = dict(dest=name, help=(d.docment or '').replace('%', '%%'))  # argparse %-formats help text: "5%" must be "5%%"
-        if name.endswith('_') and anno is not bool and get_origin(anno) is not Literal: kw['metavar'] = name[:-1].upper()  # FROM, not FROM_
+        # argparse %-formats help text: "5%" must be "5%%"
+        kw = dict(dest=name, help=(d.docment or '').replace('%', '%%'))
+        if name.endswith('_') and anno is not bool and get_origin(anno) is not Literal:
+            kw['metavar'] = name[:-1].upper()  # FROM, not FROM_
         if anno is bool:
             if default is None: p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, **kw)
             elif default is True: p.add_argument('--no-' + dashed, action='store_false', **kw)
@@ -78,7 +84,8 @@ def stage_parser(
     return p
 
 # %% ../nbs/10_cli.ipynb #ee14feb7
-PIP_NAMES = {'yaml': 'pyyaml', 'profanity_check': 'alt-profanity-check', 'sklearn': 'scikit-learn'}  # import name: pip name, where they differ
+# import name: pip name, where they differ
+PIP_NAMES = {'yaml': 'pyyaml', 'profanity_check': 'alt-profanity-check', 'sklearn': 'scikit-learn'}
 
 def missing_package(
     e:ImportError, # An import that failed
@@ -88,10 +95,12 @@ def missing_package(
     if not name or name == 'chatgpt_train': return None
     return PIP_NAMES.get(name, name.replace('_', '-'))
 
+# %% ../nbs/10_cli.ipynb #ec4c614b
 def _usage(cmds) -> str:
     return ("usage: chatgpt-train <command> [flags]   (chatgpt-train <command> --help for its flags)\n\ncommands:\n"
             + '\n'.join(f'  {c:<10} {ABOUT.get(c, "")}'.rstrip() for c in cmds))
 
+# %% ../nbs/10_cli.ipynb #fb6f88ba
 def main(
     argv:list[str]|None=None, # The arguments after the program name (default: `sys.argv[1:]`)
 ) -> int:
@@ -115,7 +124,10 @@ def main(
         return 2
     except ImportError as e:
         if (pkg := missing_package(e)) is None: raise
-        print(f"chatgpt-train {cmd}: error: the Python package {pkg!r} is not installed ({e}): pip install {pkg}", file=sys.stderr)
+        print(
+            f"chatgpt-train {cmd}: error: the Python package {pkg!r} is not installed ({e}): pip install {pkg}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"chatgpt-train {cmd}: interrupted", file=sys.stderr)
@@ -125,8 +137,10 @@ def main(
 # %% ../nbs/10_cli.ipynb #1fcf8544
 PRETRAIN_SHARE = 0.62  # of `--minutes`, for pretraining
 FINETUNE_SHARE = 0.1  # of `--minutes`, for fine-tuning at most
-ALIGN_SHARE = 0.05    # of `--minutes`, for preference training at most; data preparation, the pairs and the evaluations take the rest
-PRETRAIN_EVAL_BATCHES = 8  # held-out batches per evaluation during pretraining: enough for the curve, a few % of the time
+# of `--minutes`, for preference training at most; data preparation, the pairs and the evaluations take the rest
+ALIGN_SHARE = 0.05
+# held-out batches per evaluation during pretraining: enough for the curve, a few % of the time
+PRETRAIN_EVAL_BATCHES = 8
 
 @dataclass
 class Step:
@@ -153,30 +167,39 @@ class Step:
         "What it writes, relative to the run folder."
         return [w.format(**self.kwargs) for w in self.of.writes]
 
+# %% ../nbs/10_cli.ipynb #1bb0b7ff
 def pipeline_steps(
     args:dict, # The arguments of `run_all`
 ) -> list[Step]:
     "The steps `run_all` takes, in order, with the arguments each stage gets."
     a, m, src = args, args['minutes'], args.get('from_')
     ev = dict(max_tokens=a['eval_tokens'], device=a['device'])
-    start = Step('pretrain', 'pretrain', dict(preset=a['preset'], max_steps=a['max_steps'], minutes=None if a['max_steps'] else round(PRETRAIN_SHARE * m, 2),
-                                              batch_size=a['batch_size'], eval_batches=PRETRAIN_EVAL_BATCHES, device=a['device'], seed=a['seed']),
+    minutes = None if a['max_steps'] else round(PRETRAIN_SHARE * m, 2)
+    start = Step('pretrain', 'pretrain', dict(preset=a['preset'], max_steps=a['max_steps'], minutes=minutes,
+                                              batch_size=a['batch_size'], eval_batches=PRETRAIN_EVAL_BATCHES,
+                                              device=a['device'], seed=a['seed']),
                  ('encode',))
-    share = FINETUNE_SHARE + (PRETRAIN_SHARE if src else 0)  # a model from elsewhere: fine-tuning has pretraining's time too
+    # a model from elsewhere: fine-tuning has pretraining's time too
+    share = FINETUNE_SHARE + (PRETRAIN_SHARE if src else 0)
     return [
         Step('collect', 'collect', dict(source=a['source'], limit=a['limit'])),
         Step('clean', 'clean', dict(seed=a['seed']), ('collect',)),
         Step('tokenizer', 'tokenizer', dict(vocab_size=a['vocab_size']), ('clean',)),
         Step('encode', 'encode', {}, ('clean', 'tokenizer')),
         *([] if src else [start]),
-        Step('evaluate base', 'evaluate', dict(model=src or 'base', name='base', **ev), ('encode',) if src else ('pretrain',)),
-        Step('finetune', 'finetune', dict(from_=src or 'base', data=a['sft_data'], mix=a['sft_mix'], lora=a['lora'], max_steps=a['sft_steps'],
-                                          minutes=0 if a['sft_steps'] else round(share * m, 2), device=a['device'], seed=a['seed']),
+        Step('evaluate base', 'evaluate', dict(model=src or 'base', name='base', **ev),
+             ('encode',) if src else ('pretrain',)),
+        Step('finetune', 'finetune', dict(from_=src or 'base', data=a['sft_data'], mix=a['sft_mix'], lora=a['lora'],
+                                          max_steps=a['sft_steps'],
+                                          minutes=0 if a['sft_steps'] else round(share * m, 2),
+                                          device=a['device'], seed=a['seed']),
              ('clean',) if src else ('pretrain',)),
         Step('evaluate sft', 'evaluate', dict(model='sft', name='sft', **ev), ('finetune',)),
-        *([Step('align', 'align', dict(from_='sft', minutes=round(ALIGN_SHARE * m, 2), lora=a['lora'], device=a['device'], seed=a['seed']),
+        *([Step('align', 'align', dict(from_='sft', minutes=round(ALIGN_SHARE * m, 2), lora=a['lora'],
+                                       device=a['device'], seed=a['seed']),
                 ('finetune',)),
-           Step('evaluate aligned', 'evaluate', dict(model='aligned', name='aligned', **ev), ('align',))] if a.get('align', True) else []),
+           Step('evaluate aligned', 'evaluate', dict(model='aligned', name='aligned', **ev), ('align',))]
+          if a.get('align', True) else []),
     ]
 
 # %% ../nbs/10_cli.ipynb #62ef7cba
@@ -184,6 +207,7 @@ def _norm(d:dict) -> dict:
     "`d` as it reads back from JSON."
     return json.loads(json.dumps(d, default=str))
 
+# %% ../nbs/10_cli.ipynb #dd7542ad
 def _saved(
     f:Path, # A stage's `args.json`, or a result file that keeps its own `args` (evaluate's `eval/NAME.json`)
 ) -> dict:
@@ -192,21 +216,23 @@ def _saved(
     except UserError: return {}
     return saved if isinstance(saved, dict) and isinstance(saved.get('args'), dict) else {}
 
+# %% ../nbs/10_cli.ipynb #e5794371
 def _record(step:Step, root:Path) -> dict:
     "What `step` recorded of its last run: its result's own `args` where it keeps them, else its folder's `args.json`."
     # one eval/args.json serves three evaluations
     own = _saved(root/step.output) if step.output.endswith('.json') else {}
     return own or _saved(root/step.folder/'args.json')
 
+# %% ../nbs/10_cli.ipynb #aff50d06
 def _same_args(saved:dict, kwargs:dict) -> bool:
     "Whether a stage's record (`_saved`) agrees with `kwargs` (an argument given as None is the stage's to choose)."
     return bool(saved) and all(saved['args'].get(k) == v for k, v in _norm(kwargs).items() if v is not None)
 
+# %% ../nbs/10_cli.ipynb #682e84b6
 def _started(saved:dict) -> float|None:
     "When the stage saved its arguments, from its record (copying a folder keeps that time, unlike a file's)."
     try: return datetime.datetime.fromisoformat(saved['created']).timestamp()
     except (KeyError, TypeError, ValueError): return None
-
 
 # %% ../nbs/10_cli.ipynb #6269e670
 SMALL_FILE = 1 << 20  # bytes: files up to this size are hashed for the fingerprint, larger ones known by their size
@@ -215,9 +241,10 @@ def _model_config(
     folder:str,   # One of `MODEL_DIRS`
 ):
     "The config of the run's model in `folder`, read by the model stage's own reader."
-    from chatgpt_train.model import read_model_config  # imported here: `--help` must not pay for transformers
+    from chatgpt_train.model_folder import read_model_config  # imported here: `--help` must not pay for transformers
     return read_model_config(model_dir(run, folder))
 
+# %% ../nbs/10_cli.ipynb #caf4c39b
 # encode: the token files against meta.json and the tokenizer
 CHECKS = {'encode': lambda run: [load_tokens(run, s) for s in SPLITS],
           **{s.name: (lambda run, m=s.folder: _model_config(run, m)) for s in STAGES if s.folder in MODEL_DIRS}}
@@ -236,6 +263,7 @@ def fingerprint(
                 out[rel.as_posix()] = [n, hashlib.sha256(f.read_bytes()).hexdigest()[:16] if n <= SMALL_FILE else None]
     return out
 
+# %% ../nbs/10_cli.ipynb #42a8cefe
 def step_problem(
     step:Step,    # A step of `pipeline_steps`
     run:str|Path, # The run folder
@@ -260,6 +288,7 @@ def _changed(st:dict, now:dict) -> str|None:
     return next((f"{f} {'is gone' if f not in now else 'changed'} since the step ran"
                  for f, v in st['files'].items() if now.get(f) != v), None)
 
+# %% ../nbs/10_cli.ipynb #156568fd
 def step_state(
     step:Step,     # A step of `pipeline_steps`
     run:str|Path,  # The run folder
@@ -316,8 +345,10 @@ def _clear(step:Step, root:Path):
         if w.endswith('/'): shutil.rmtree(root/w, ignore_errors=True)
         else: (root/w).unlink(missing_ok=True)
 
+# %% ../nbs/10_cli.ipynb #b969d313
 def _take(step:Step, state:str, run:str, stamps:dict, path:Path) -> str:
-    "Run `step` (or resume it), recording in `pipeline.json` what it ran with and when it finished; what was done with it."
+    ("Run `step` (or resume it), recording in `pipeline.json` what it ran with and when it finished; what was done "
+     "with it.")
     stamps.pop(step.name, None); save_json(stamps, path)
     if state == 'run': _clear(step, run_path(run))
     func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
@@ -328,28 +359,61 @@ def _take(step:Step, state:str, run:str, stamps:dict, path:Path) -> str:
     save_json(stamps, path)
     return 'resumed' if state == 'resume' else 'ran'
 
+# %% ../nbs/10_cli.ipynb #56ca052f
+def _run_steps(
+    args:dict,    # `run_all`'s settings
+    run:str,      # The run folder
+    path:Path,    # Its pipeline.json
+    log,          # The run's logger
+    force:bool,   # Redo every step
+) -> dict:
+    "Run, resume or skip each step of `pipeline_steps` in order; what was done with each."
+    stamps, states = load_pipeline(path), {}
+    for step in pipeline_steps(args):
+        known = stamps.get(step.name)
+        state, why = ('run', '') if force else step_state(step, run, stamps)
+        if state == 'done' and stamps.get(step.name) is not known:  # found done from its folder
+            save_json(stamps, path)
+        log.info(f"{step.name}: " + ('up to date, skipped' if state == 'done' else
+                 f"{'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}"
+                 + (f" ({why})" if why else '')))
+        states[step.name] = 'skipped' if state == 'done' else _take(step, state, run, stamps, path)
+    return states
+
+# %% ../nbs/10_cli.ipynb #572e5bd2
 def run_all(
-    run:str,                   # The run folder (or a name under $CHATGPT_TRAIN_HOME): every stage writes its folder in it
+    # The run folder (or a name under $CHATGPT_TRAIN_HOME): every stage writes its folder in it
+    run:str,
     preset:str='tiny',         # Model size: a preset of the model stage (micro, tiny, mini, gpt2, ...) or dN
-    from_:str|None=None,       # Fine-tune this model (a hub id or a model folder) instead of pretraining one; the data stages still run, for the evaluation and the mix
-    minutes:float=15.,         # Time for the whole run: pretraining gets 62% of it, fine-tuning at most 10% (72% with --from), alignment 5%, data and evaluation the rest
-    source:str='chitchat',     # Pretraining conversations: chitchat (embedded), chatterbot, hf:NAME, or a file or folder
+    # Fine-tune this model (a hub id or a model folder) instead of pretraining one; the data stages still run, for the
+    # evaluation and the mix
+    from_:str|None=None,
+    # Time for the whole run: pretraining gets 62% of it, fine-tuning at most 10% (72% with --from), alignment 5%, data
+    # and evaluation the rest
+    minutes:float=15.,
+    # Pretraining conversations: chitchat (embedded), chatterbot, hf:NAME, or a file or folder
+    source:str='chitchat',
     sft_data:str='chatterbot', # Fine-tuning conversations for the assistant's role, in any form --source takes
-    sft_mix:float=0.95,        # Share of the fine-tuning text drawn from the run's own conversations (0: --sft-data alone)
+    # Share of the fine-tuning text drawn from the run's own conversations (0: --sft-data alone)
+    sft_mix:float=0.95,
     limit:int|None=None,       # Read at most this many records of --source (a quick first try)
     vocab_size:int=2048,       # Tokens in the vocabulary
     max_steps:int|None=None,   # Pretraining steps, instead of the time budget (default: as many as the time allows)
-    sft_steps:int|None=None,   # Fine-tuning steps (default: the fine-tune stage's passes over its data, within its time)
+    # Fine-tuning steps (default: the fine-tune stage's passes over its data, within its time)
+    sft_steps:int|None=None,
     batch_size:int=16,         # Sequences per pretraining micro-batch (raise it on a GPU)
-    lora:bool|None=None,       # Fine-tune LoRA adapters instead of every weight (default: for models over 200M parameters)
-    align:bool=True,           # Train the fine-tuned model on preference pairs built from the run (DPO); --no-align stops after fine-tuning
+    # Fine-tune LoRA adapters instead of every weight (default: for models over 200M parameters)
+    lora:bool|None=None,
+    # Train the fine-tuned model on preference pairs built from the run (DPO); --no-align stops after fine-tuning
+    align:bool=True,
     eval_tokens:int=32768,     # Held-out tokens each evaluation scores (0: the whole split)
     device:str='auto',         # auto, cpu, cuda, cuda:1 or mps
     seed:int=42,               # Seed of the split, the initial weights, the data order and the samples
     chats:int=3,               # Messages of the sample chat printed at the end (0: none)
     force:bool=False,          # Redo every step, even those whose output is up to date
 ) -> dict:
-    "Run every stage, from the embedded corpus to a fine-tuned chat model, skipping what is done; write report.md, print a summary."
+    ("Run every stage, from the embedded corpus to a fine-tuned chat model, skipping what is done; write report.md, "
+     "print a summary.")
     args = {k: v for k, v in locals().items() if k not in ('run', 'chats', 'force')}
     from chatgpt_train.generate import PROMPTS
     from chatgpt_train.model import get_preset
@@ -361,22 +425,15 @@ def run_all(
     with run_lock(run, 'the whole pipeline (chatgpt-train run)'):
         root = run_path(run)
         log, path = get_logger('run', root), root/PIPELINE_FILE
-        stamps = load_pipeline(path)
-        t_start, states = time.time(), {}
-        for step in pipeline_steps(args):
-            known = stamps.get(step.name)
-            state, why = ('run', '') if force else step_state(step, run, stamps)
-            if state == 'done' and stamps.get(step.name) is not known:  # found done from its folder
-                save_json(stamps, path)
-            log.info(f"{step.name}: " + ('up to date, skipped' if state == 'done' else
-                     f"{'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}"
-                     + (f" ({why})" if why else '')))
-            states[step.name] = 'skipped' if state == 'done' else _take(step, state, run, stamps, path)
+        t_start = time.time()
+        states = _run_steps(args, run, path, log, force)
         report, total = write_report(run), time.time() - t_start
         print(f"{root}: done in {total / 60:.1f} min; report: {report}")
         print('\n'.join(summary_lines(run, states)))
         if chats:
-            print(f"\na chat with {model_dir(run)} (talk to it yourself: chatgpt-train chat --run {run}, or in a browser: chatgpt-train serve --run {run}):")
-            for msg, reply in sample_chat(run, chats, seed, device): print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
+            print(f"\na chat with {model_dir(run)} (talk to it yourself: chatgpt-train chat --run {run}, "
+                  f"or in a browser: chatgpt-train serve --run {run}):")
+            for msg, reply in sample_chat(run, chats, seed, device):
+                print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
         log.info(f"done in {total:.0f} s")
         return dict(run=str(root), states=states, seconds=round(total, 1), report=str(report))

@@ -8,16 +8,19 @@ import hashlib, time
 from collections import Counter
 from itertools import chain, islice
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
+from fastcore.basics import patch
 
-from .core import SPLITS, UserError, atomic_path, get_logger, iter_conversations, save_args, save_json, writing_stage
+from .core import (SPLITS, UserError, atomic_path, get_logger, iter_conversations, save_args, save_json,
+                                writing_stage)
 from .tokenizer import ChatTokenizer, SPECIAL_TOKENS, load_tokenizer, turn_text
 from .chat_format import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['ENCODE_CHUNK', 'token_dtype', 'encode_conversations', 'run_encode', 'BlockSampler', 'pad_collate', 'first_fit',
-           'pack_sft', 'padding_stats']
+__all__ = ['ENCODE_CHUNK', 'token_dtype', 'encode_conversations', 'encode_meta', 'write_split', 'run_encode', 'BlockSampler',
+           'pad_collate', 'first_fit', 'pack_sft', 'padding_stats']
 
 # %% ../nbs/04_encode.ipynb #279ed147
 def token_dtype(
@@ -36,12 +39,42 @@ def encode_conversations(
     return np.concatenate([np.array(tok.encode_chat(c['turns']), dtype=dtype) for c in convs])
 
 # %% ../nbs/04_encode.ipynb #0a50e709
+def encode_meta(
+    tok:ChatTokenizer, # The trained tokenizer
+) -> dict:
+    "What `meta.json` says about the token files before they are written: vocabulary, dtype, tokenizer and special ids."
+    return dict(vocab_size=len(tok), dtype=token_dtype(len(tok)).name, tokenizer=str(tok.folder),
+                tokenizer_sha256=hashlib.sha256((tok.folder/'tokenizer.json').read_bytes()).hexdigest(),
+                special_tokens={t: tok.special[n] for n, t in SPECIAL_TOKENS.items()},
+                eot_id=tok.eot_id, end_id=tok.end_id, pad_id=tok.pad_id,
+                format='each conversation rendered with the chat template (it starts with <|endoftext|>), concatenated',
+                conversations={}, tokens={}, text_tokens={}, text_bytes={}, bytes_per_token={})
+
+# %% ../nbs/04_encode.ipynb #d553139f
 ENCODE_CHUNK = 1024  # conversations encoded and written at a time: the stage never holds a split, only a chunk of it
 
+def write_split(
+    convs:Iterable[dict], # The split's conversations
+    path:Path,            # The token file to write (atomically)
+    tok:ChatTokenizer,    # The trained tokenizer
+    dtype:np.dtype,       # The dtype of the ids
+) -> Counter:
+    "Write `convs` as one stream of ids to `path`; count `conversations`, `tokens`, `special` tokens and `text_bytes`."
+    n, special = Counter(), list(tok.special.values())
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        for chunk in iter(lambda: list(islice(convs, ENCODE_CHUNK)), []):
+            ids = encode_conversations(chunk, tok, dtype)
+            ids.tofile(f)
+            n.update(conversations=len(chunk), tokens=len(ids), special=int(np.isin(ids, special).sum()),
+                     text_bytes=sum(len(turn_text(t).encode('utf-8')) for c in chunk for t in c['turns']))
+    return n
+
+# %% ../nbs/04_encode.ipynb #8afd43ff
 def run_encode(
     run:str, # The run folder: reads clean/conversations.jsonl and tokenizer/, writes encode/
 ) -> Path:
-    "Encode the train and val conversations into `encode/train.bin` and `encode/val.bin`, with `meta.json`, a chunk at a time."
+    ("Encode the train and val conversations into `encode/train.bin` and `encode/val.bin`, with `meta.json`, "
+     "a chunk at a time.")
     convs = {k: iter_conversations(run, k, required=k == 'train') for k in SPLITS}
     first = next(convs['train'])  # a missing or empty train split is an error before anything is written
     convs['train'] = chain([first], convs['train'])
@@ -49,88 +82,90 @@ def run_encode(
     with writing_stage(run, 'encode') as out:
         log = get_logger('encode', out)
         t0 = time.time()
-        dtype = token_dtype(len(tok))
-        meta = dict(vocab_size=len(tok), dtype=dtype.name, tokenizer=str(tok.folder),
-                    tokenizer_sha256=hashlib.sha256((tok.folder/'tokenizer.json').read_bytes()).hexdigest(),
-                    special_tokens={t: tok.special[n] for n, t in SPECIAL_TOKENS.items()},
-                    eot_id=tok.eot_id, end_id=tok.end_id, pad_id=tok.pad_id,
-                    format='each conversation rendered with the chat template (it starts with <|endoftext|>), concatenated',
-                    conversations={}, tokens={}, text_tokens={}, text_bytes={}, bytes_per_token={})
-        special = list(tok.special.values())
+        meta = encode_meta(tok)
         for split, part in convs.items():
-            n = Counter()
-            with atomic_path(out/f'{split}.bin') as path, open(path, 'wb') as f:
-                for chunk in iter(lambda: list(islice(part, ENCODE_CHUNK)), []):
-                    ids = encode_conversations(chunk, tok, dtype)
-                    ids.tofile(f)
-                    n.update(conversations=len(chunk), tokens=len(ids), special=int(np.isin(ids, special).sum()),
-                             text_bytes=sum(len(turn_text(t).encode('utf-8')) for c in chunk for t in c['turns']))
-            if not n['conversations']: log.warning('clean/conversations.jsonl has no val conversations: val.bin is empty')
+            n = write_split(part, out/f'{split}.bin', tok, np.dtype(meta['dtype']))
+            if not n['conversations']:
+                log.warning('clean/conversations.jsonl has no val conversations: val.bin is empty')
             meta['conversations'][split], meta['tokens'][split] = n['conversations'], n['tokens']
             meta['text_tokens'][split], meta['text_bytes'][split] = n['tokens'] - n['special'], n['text_bytes']
             meta['bytes_per_token'][split] = round(n['text_bytes'] / max(1, n['tokens'] - n['special']), 4)
         save_json(meta, out/'meta.json')
         save_args(out, 'encode', dict(run=str(run)))
-        log.info('encoded %d train and %d val tokens in %.1f s; wrote %s', meta['tokens']['train'], meta['tokens']['val'], time.time() - t0, out)
+        log.info('encoded %d train and %d val tokens in %.1f s; wrote %s', meta['tokens']['train'],
+                 meta['tokens']['val'], time.time() - t0, out)
         return out
 
-# %% ../nbs/04_encode.ipynb #66eca2ec
+# %% ../nbs/04_encode.ipynb #e2df554a
 class BlockSampler:
-    "Batches of `(x, y)` blocks from a token array: each epoch serves every block once, in an order fixed by the seed."
+    "Batches of `block_size`-token rows of a token array, as `input_ids` and `labels`, every block once an epoch."
     def __init__(self,
                  tokens:np.ndarray, # Token ids, e.g. `load_tokens(run, 'train')`
-                 block_size:int,    # Tokens in a row of `x` (the context length)
+                 block_size:int,    # Tokens in a row: the model reads them all and learns to predict the last block_size-1
                  batch_size:int,    # Rows in this process's batch
                  seed:int=0,        # Fixes the offset and block order of every epoch
                  shuffle:bool=True, # False: blocks in file order, no offset (for evaluation)
                  rank:int=0,        # This process's index under DDP
                  world_size:int=1,  # Number of processes; each takes its own rows of every global batch
                 ):
-        self.tokens, self.block_size, self.batch_size, self.seed, self.shuffle = tokens, block_size, batch_size, seed, shuffle
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.seed, self.shuffle = seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch, self.step, self._cache = 0, 0, None
-        worst = (len(tokens) - 1 - (block_size - 1 if shuffle else 0)) // block_size  # fewest blocks any epoch has
+        self.stride = block_size - 1  # a row's last token is the next row's first: each token but one is a target once
+        worst = (len(tokens) - 1 - (self.stride - 1 if shuffle else 0)) // self.stride  # fewest blocks any epoch has
         if worst < batch_size * world_size:
-            raise UserError(f"{len(tokens):,} tokens make {max(0, worst)} blocks of {block_size}, fewer than one batch of "
+            raise UserError(f"{len(tokens):,} tokens make {max(0, worst)} blocks of {block_size}, fewer than one batch "
+                            "of "
                             f"{batch_size * world_size} rows: use a smaller block or batch size, or more data")
 
-    def epoch_starts(self, epoch:int) -> np.ndarray:
-        "The start position of every block of `epoch`, in the order they are served."
-        if self._cache is not None and self._cache[0] == epoch: return self._cache[1]
-        rng = np.random.default_rng([self.seed, epoch])
-        offset = int(rng.integers(self.block_size)) if self.shuffle else 0
-        starts = offset + self.block_size * np.arange((len(self.tokens) - 1 - offset) // self.block_size)
-        if self.shuffle: starts = rng.permutation(starts)
-        self._cache = (epoch, starts)
-        return starts
+# %% ../nbs/04_encode.ipynb #4ab4d233
+@patch
+def epoch_starts(self:BlockSampler, epoch:int) -> np.ndarray:
+    "The start position of every block of `epoch`, in the order they are served."
+    if self._cache is not None and self._cache[0] == epoch: return self._cache[1]
+    rng = np.random.default_rng([self.seed, epoch])
+    offset = int(rng.integers(self.stride)) if self.shuffle else 0
+    starts = offset + self.stride * np.arange((len(self.tokens) - 1 - offset) // self.stride)
+    if self.shuffle: starts = rng.permutation(starts)
+    self._cache = (epoch, starts)
+    return starts
 
-    def steps_in_epoch(self, epoch:int|None=None) -> int:
-        "Batches in `epoch` (default: the current one); a last incomplete batch is dropped."
-        return len(self.epoch_starts(self.epoch if epoch is None else epoch)) // (self.batch_size * self.world_size)
+@patch
+def steps_in_epoch(self:BlockSampler, epoch:int|None=None) -> int:
+    "Batches in `epoch` (default: the current one); a last incomplete batch is dropped."
+    return len(self.epoch_starts(self.epoch if epoch is None else epoch)) // (self.batch_size * self.world_size)
 
-    def __iter__(self): return self
+# %% ../nbs/04_encode.ipynb #3484b14b
+@patch
+def __iter__(self:BlockSampler): return self
 
-    def __next__(self):
-        "The next `(x, y)`, int64 tensors of shape `(batch_size, block_size)`."
-        import torch
-        if self.step >= self.steps_in_epoch(): self.epoch, self.step = self.epoch + 1, 0
-        first = (self.step * self.world_size + self.rank) * self.batch_size
-        starts = self.epoch_starts(self.epoch)[first:first + self.batch_size]
-        self.step += 1
-        block = torch.from_numpy(self.tokens[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
-        return block[:, :-1], block[:, 1:]
+@patch
+def __next__(self:BlockSampler):
+    "The next batch: `input_ids` and `labels` both the same int64 rows of shape `(batch_size, block_size)`."
+    import torch
+    if self.step >= self.steps_in_epoch(): self.epoch, self.step = self.epoch + 1, 0
+    first = (self.step * self.world_size + self.rank) * self.batch_size
+    starts = self.epoch_starts(self.epoch)[first:first + self.batch_size]
+    self.step += 1
+    rows = torch.from_numpy(self.tokens[starts[:, None] + np.arange(self.block_size)].astype(np.int64))
+    return dict(input_ids=rows, labels=rows)  # the loss shifts the labels itself
 
-    def state_dict(self) -> dict:
-        "Where the sampler is: enough, with the same data, to continue with the same batches."
-        return dict(seed=self.seed, epoch=self.epoch, step=self.step, block_size=self.block_size,
-                    batch_size=self.batch_size, world_size=self.world_size, shuffle=self.shuffle)
+# %% ../nbs/04_encode.ipynb #68164011
+@patch
+def state_dict(self:BlockSampler) -> dict:
+    "Where the sampler is: enough, with the same data, to continue with the same batches."
+    return dict(seed=self.seed, epoch=self.epoch, step=self.step, block_size=self.block_size,
+                batch_size=self.batch_size, world_size=self.world_size, shuffle=self.shuffle)
 
-    def load_state_dict(self, state:dict):
-        "Continue from `state`, as saved by `state_dict`."
-        for k in ('block_size', 'batch_size', 'world_size', 'shuffle'):
-            if state[k] != getattr(self, k):
-                raise UserError(f"cannot resume the data order: it was saved with {k}={state[k]}, this run has {k}={getattr(self, k)}")
-        self.seed, self.epoch, self.step = state['seed'], state['epoch'], state['step']
+@patch
+def load_state_dict(self:BlockSampler, state:dict):
+    "Continue from `state`, as saved by `state_dict`."
+    for k in ('block_size', 'batch_size', 'world_size', 'shuffle'):
+        if state[k] != getattr(self, k):
+            raise UserError(f"cannot resume the data order: it was saved with {k}={state[k]}, this run has "
+                            f"{k}={getattr(self, k)}")
+    self.seed, self.epoch, self.step = state['seed'], state['epoch'], state['step']
 
 # %% ../nbs/04_encode.ipynb #f5e5234e
 def pad_collate(
@@ -142,12 +177,15 @@ def pad_collate(
     T = max(len(e['input_ids']) for e in examples)
     def pad(key, value): return torch.tensor([e[key] + [value] * (T - len(e[key])) for e in examples])
     batch = dict(input_ids=pad('input_ids', pad_id), labels=pad('labels', IGNORE_INDEX))
-    # packed rows carry position_ids, from which transformers builds attention within each example; an attention_mask would turn that off
+    # packed rows carry position_ids, from which transformers builds attention within each example;
+    # an attention_mask would turn that off
     if 'position_ids' in examples[0]: batch['position_ids'] = pad('position_ids', 0)
-    else: batch['attention_mask'] = torch.tensor([[1] * len(e['input_ids']) + [0] * (T - len(e['input_ids'])) for e in examples])
+    else:
+        batch['attention_mask'] = torch.tensor([[1] * len(e['input_ids']) + [0] * (T - len(e['input_ids']))
+                                                for e in examples])
     return batch
 
-# %% ../nbs/04_encode.ipynb #17c326f3
+# %% ../nbs/04_encode.ipynb #5777a017
 def first_fit(
     lengths:list[int], # Item sizes
     capacity:int,      # Bin size
@@ -156,11 +194,13 @@ def first_fit(
     room = np.full(len(lengths), capacity)  # at most one bin per item; unused bins keep full room
     bins = [[] for _ in lengths]
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if lengths[i] > capacity: raise ValueError(f"item {i} has {lengths[i]} tokens, more than the block size {capacity}")
+        if lengths[i] > capacity:
+            raise ValueError(f"item {i} has {lengths[i]} tokens, more than the block size {capacity}")
         b = int(np.argmax(room >= lengths[i]))  # the first bin with room; an empty one if no used bin has room
         room[b] -= lengths[i]; bins[b].append(i)
     return [b for b in bins if b]
 
+# %% ../nbs/04_encode.ipynb #81ba1e4c
 def pack_sft(
     examples:list[dict], # From `encode_sft` / `encode_sft_windows`
     block_size:int,      # Tokens per row

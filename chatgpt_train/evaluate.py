@@ -12,20 +12,23 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from .core import (MODEL_DIRS, Progress, UserError, autocast, get_logger, load_conversations, load_json, load_meta,
-                                load_tokens, model_dir, run_file, run_lock, save_args, save_json, stage_dir)
+from .core import (MODEL_DIRS, Progress, UserError, autocast, config_options, get_logger,
+                                load_conversations, load_json, load_meta, load_tokens, model_dir, run_file, run_lock,
+                                save_args, save_json, stage_dir)
 from .tokenizer import turn_text
 from .chat_format import IGNORE_INDEX, ChatFormat, load_chat_format
 from .model import LoadedModel, context_length, load_model
 from .generate import PROMPTS, sample_replies, sample_settings
 from .train import lm_loss
-from .replies import NotAPrefix, example_nlls, generated_metrics, model_scorer, response_selection, selection_items
+from .replies import (NotAPrefix, example_nlls, generated_metrics, model_scorer, response_selection,
+                                   selection_items)
 
 # %% auto #0
 __all__ = ['MAX_DEFAULT_CONTEXT', 'EVAL_KEYS', 'REPLY_SETS', 'window_spans', 'token_nlls', 'lm_metrics', 'UnigramLM', 'BigramLM',
            'masked_nll', 'assistant_metrics', 'samples_table', 'eval_name', 'trained_context', 'held_out',
            'results_table', 'EvalConfig', 'eval_windows', 'bigram_scorer', 'reply_data', 'reply_metrics',
-           'baseline_metrics', 'evaluation_parts', 'log_replies', 'replies_table', 'run_evaluate']
+           'baseline_metrics', 'evaluation_parts', 'log_replies', 'replies_table', 'eval_result', 'log_evaluation',
+           'run_evaluate']
 
 # %% ../nbs/07_evaluate.ipynb #c8df81de
 def window_spans(
@@ -33,9 +36,11 @@ def window_spans(
     context:int, # Most tokens the model reads at once (at least 2)
     stride:int,  # How far each window starts after the previous one: 1 to context - 1
 ) -> list[tuple[int, int, int]]:
-    "`(begin, end, first)` for each window `ids[begin:end]`, which scores the tokens at `first..end-1`; each of `1..n-1` once."
+    ("`(begin, end, first)` for each window `ids[begin:end]`, which scores the tokens at `first..end-1`; each of "
+     "`1..n-1` once.")
     if context < 2: raise UserError(f"the context must be at least 2 tokens, not {context}")
-    if not 1 <= stride < context: raise UserError(f"the stride must be between 1 and context - 1 = {context - 1}, not {stride}")
+    if not 1 <= stride < context:
+        raise UserError(f"the stride must be between 1 and context - 1 = {context - 1}, not {stride}")
     spans, begin, first = [], 0, 1  # token 0 has nothing before it, so it is never scored
     while first < n:
         end = min(begin + context, n)
@@ -66,8 +71,10 @@ def token_nlls(
     bar = Progress(len(groups), 'windows', 'batch', disable=not progress)
     for group in groups:
         x = torch.stack([ids[b:e] for b, e, _ in group]).to(dev)
-        with autocast(dev, precision): logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits
-        nll = lm_loss(logits, x, reduction='none').view(len(group), -1).double().cpu().numpy()  # row r, column j: token b + j + 1
+        with autocast(dev, precision):
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits
+        # row r, column j: token b + j + 1
+        nll = lm_loss(logits, x, reduction='none').view(len(group), -1).double().cpu().numpy()
         for r, (b, e, first) in enumerate(group): out[first - 1:e - 1] = nll[r, first - b - 1:e - b - 1]
         bar.update()
     bar.close()
@@ -101,6 +108,7 @@ class UnigramLM:
         "NLL in nats of each token of `ids` after the first."
         return -np.log(self.probs[np.asarray(ids, dtype=np.int64)[1:]])
 
+# %% ../nbs/07_evaluate.ipynb #e7d28dee
 class BigramLM:
     "p(next | previous) from the training ids' pair counts, absolute discounting interpolated with the unigram."
     def __init__(self,
@@ -114,8 +122,10 @@ class BigramLM:
         # every pair (a, b) as one integer a * V + b; sorted, so a pair's count is found by binary search
         self.pairs, self.counts = np.unique(train[:-1] * vocab_size + train[1:], return_counts=True)
         first = self.pairs // vocab_size
-        self.context_counts = np.bincount(first, weights=self.counts, minlength=vocab_size)  # c(a): pairs starting with a
-        self.types = np.bincount(first, minlength=vocab_size)                               # n(a): distinct tokens after a
+        # c(a): pairs starting with a
+        self.context_counts = np.bincount(first, weights=self.counts, minlength=vocab_size)
+        # n(a): distinct tokens after a
+        self.types = np.bincount(first, minlength=vocab_size)
 
     def prob(self,
         prev:np.ndarray, # Previous tokens
@@ -145,8 +155,10 @@ def masked_nll(
 ) -> tuple[float, int]:
     "The summed NLL in nats of the labelled tokens of `examples` (`example_nlls` summed), and how many there are."
     total = float(example_nlls(model, examples, pad_id, batch_size, precision).sum())
-    return total, sum(int(y != IGNORE_INDEX) for e in examples for y in e['labels'][1:])  # label 0 has nothing before it
+    # label 0 has nothing before it
+    return total, sum(int(y != IGNORE_INDEX) for e in examples for y in e['labels'][1:])
 
+# %% ../nbs/07_evaluate.ipynb #0334efcc
 def assistant_metrics(
     model,                 # A causal language model
     fmt:ChatFormat,        # How the model reads conversations
@@ -155,14 +167,16 @@ def assistant_metrics(
     batch_size:int=8,      # Examples per forward pass
     precision:str='fp32',  # "fp32", or autocast to "bf16"/"fp16"/"auto"
 ) -> dict|None:
-    "Perplexity and bits per byte of the assistant's tokens given the conversation before them (None if the format marks no assistant tokens)."
+    ("Perplexity and bits per byte of the assistant's tokens given the conversation before them (None if the format "
+     "marks no assistant tokens).")
     examples = fmt.assistant_examples(convs, context)
     if not examples: return None
     total, n = masked_nll(model, examples, fmt.pad_id, batch_size, precision)
     if n == 0: return None
     scored = [i for e in examples for i in e['labels'] if i != IGNORE_INDEX]
     text_bytes = fmt.text_bytes(scored)
-    return dict(loss=total / n, perplexity=math.exp(total / n), bits_per_byte=total / math.log(2) / text_bytes if text_bytes else None,
+    bits_per_byte = total / math.log(2) / text_bytes if text_bytes else None
+    return dict(loss=total / n, perplexity=math.exp(total / n), bits_per_byte=bits_per_byte,
                 tokens=n, text_bytes=text_bytes, examples=len(examples), conversations=len(convs))
 
 # %% ../nbs/07_evaluate.ipynb #8710f041
@@ -177,19 +191,23 @@ def samples_table(
 def eval_name(
     model:str, # "base", "sft", or a model folder's path
 ) -> str:
-    "The name of the result file in `eval/`: base, sft, or the folder's name (with its parent's, if that is base or sft)."
+    ("The name of the result file in `eval/`: base, sft, or the folder's name (with its parent's, if that is base or "
+     "sft).")
     if model in MODEL_DIRS: return model
     p = Path(model).expanduser().resolve()
     name = f'{p.parent.name}-{p.name}' if p.name in (*MODEL_DIRS, 'args') else p.name
     return re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-') or 'model'
 
-MAX_DEFAULT_CONTEXT = 2048  # a default window for models with very long contexts: their logits for 8 windows of 128k tokens would not fit
+# %% ../nbs/07_evaluate.ipynb #337b6805
+# a default window for models with very long contexts: their logits for 8 windows of 128k tokens would not fit
+MAX_DEFAULT_CONTEXT = 2048
 
 def trained_context(
     folder:Path, # A model folder
     model,       # The model loaded from it
 ) -> int:
-    "The context the model was trained with: `block_size` from the folder's `args.json`, else its context length (at most 2,048)."
+    ("The context the model was trained with: `block_size` from the folder's `args.json`, else its context length (at "
+     "most 2,048).")
     n = min(context_length(model), MAX_DEFAULT_CONTEXT)
     if (folder/'args.json').exists():
         block = load_json(folder/'args.json').get('args', {}).get('block_size')
@@ -204,28 +222,55 @@ def held_out(
     "The first held-out conversations, their ids in `encode/val.bin`, and the number of conversations in the split."
     convs = load_conversations(run, 'val', required=True)
     meta, val = load_meta(run), load_tokens(run, 'val')
-    starts = np.flatnonzero(val == meta['eot_id'])  # every conversation starts with <|endoftext|>, which no text encodes to
+    # every conversation starts with <|endoftext|>, which no text encodes to
+    starts = np.flatnonzero(val == meta['eot_id'])
     if len(starts) != len(convs) or starts[0] != 0:
-        raise UserError(f"encode/val.bin holds {len(starts)} conversations but clean/conversations.jsonl has {len(convs)}: "
-                        f"rerun `chatgpt-train encode --run {run}`")
+        raise UserError(
+            f"encode/val.bin holds {len(starts)} conversations but clean/conversations.jsonl has {len(convs)}: "
+            f"rerun `chatgpt-train encode --run {run}`"
+        )
     ends = np.append(starts[1:], len(val))
     k = len(convs) if not max_tokens else max(1, int(np.searchsorted(ends, max_tokens, side='right')))
     return convs[:k], np.asarray(val[:ends[k - 1]]), len(convs)
 
 # %% ../nbs/07_evaluate.ipynb #30924b2f
 EVAL_KEYS = {
-    'model':       "the model evaluated: name (base, sft or the folder's name), path, architecture, parameters, context (tokens it was trained with)",
-    'tokenizer':   "the model's tokenizer: path, vocab_size, format ('ours': the run's tokenizer and chat template; 'template': its own chat template; 'plain': User:/Assistant: lines)",
+    'model':       "the model evaluated: name (base, sft or the folder's name), path, architecture, parameters, "
+                   "context (tokens it was trained with)",
+    'tokenizer':   "the model's tokenizer: path, vocab_size, format ('ours': the run's tokenizer and chat template; "
+                   "'template': its own chat template; 'plain': User:/Assistant: lines)",
     'split':       "the held-out split scored ('val' of clean/conversations.jsonl)",
-    'data':        "what was scored: conversations (scored) of split_conversations (in the split), tokens (the model's stream), scored_tokens (all but the first), text_bytes (UTF-8 bytes of the turns' text), max_tokens (the cap, 0 for none)",
-    'settings':    "context, stride, batch_size, precision, device: how the windows were scored (the results do not depend on batch_size)",
-    'held_out':    "the model on the held-out stream: loss (mean NLL in nats a token), perplexity (exp of loss), bits_per_byte (total NLL in bits / text_bytes), tokens, text_bytes, bytes_per_token",
-    'baselines':   "uniform, unigram, bigram: the same keys as held_out for models estimated from encode/train.bin, on the same conversations in the run's tokenizer (compare perplexity only when tokenizer.format is 'ours'; bits_per_byte always)",
-    'assistant':   "the assistant's replies only, given the conversation before them: loss, perplexity, bits_per_byte, tokens, text_bytes, examples, conversations (null if the model's format does not mark assistant tokens, or no scored conversation has a reply)",
+    'data':        "what was scored: conversations (scored) of split_conversations (in the split), tokens (the "
+                   "model's stream), scored_tokens (all but the first), text_bytes (UTF-8 bytes of the turns' text), "
+                   "max_tokens (the cap, 0 for none)",
+    'settings':    "context, stride, batch_size, precision, device: how the windows were scored (the results do not "
+                   "depend on batch_size)",
+    'held_out':    "the model on the held-out stream: loss (mean NLL in nats a token), perplexity (exp of loss), "
+                   "bits_per_byte (total NLL in bits / text_bytes), tokens, text_bytes, bytes_per_token",
+    'baselines':   "uniform, unigram, bigram: the same keys as held_out for models estimated from encode/train.bin, "
+                   "on the same conversations in the run's tokenizer (compare perplexity only when tokenizer.format "
+                   "is 'ours'; bits_per_byte always)",
+    'assistant':   "the assistant's replies only, given the conversation before them: loss, perplexity, "
+                   "bits_per_byte, tokens, text_bytes, examples, conversations (null if the model's format does not "
+                   "mark assistant tokens, or no scored conversation has a reply)",
     'samples':     "replies to the fixed prompts: a list of {prompt, greedy, sampled}",
-    'sampling':    "how the samples were drawn: the settings of each (greedy, sampled: temperature, top_k, top_p, repetition_penalty, max_new_tokens) and the seed",
-    'replies':     "does a reply fit its message (07a_replies), on chitchat (the held-out split, all of it, not only the conversations scored for perplexity) and sft_data (the held-out split of sft/data; null until the fine-tune stage has written it): each {conversations, selection, generated}. selection: {items, candidates, chance, loglik, pmi, bigram_loglik}: hits@1, the share of items (one answered user turn of each of the first selection_items conversations) whose true reply ranks first among `candidates` (it and replies of other conversations), ranked by the mean log-likelihood of a reply token given the context, by PMI (log P(reply | context) - log P(reply)), and by the run's bigram table; ties are shared, so chance (1/candidates) is what a model that cannot tell replies apart gets. generated: one greedy reply to each of the first reply_items of the same contexts: replies, distinct_1, distinct_2, repeat_4gram (share with a word 4-gram twice), mean_words, empty (share), top ([{reply, share}]), pmi_per_token (mean), sampling, examples ([{context_last_user_turn, reply, true_reply}]). Either is null when skipped (0 items), a data set null when absent; note: why all are null, if the model's format cannot score replies",
-    'seconds':     "time taken by each part: held_out, baselines, assistant, samples, selection and generated (the replies), total",
+    'sampling':    "how the samples were drawn: the settings of each (greedy, sampled: temperature, top_k, top_p, "
+                   "repetition_penalty, max_new_tokens) and the seed",
+    'replies':     "does a reply fit its message (07a_replies), on chitchat (the held-out split, all of it, not only "
+                   "the conversations scored for perplexity) and sft_data (the held-out split of sft/data; null until "
+                   "the fine-tune stage has written it): each {conversations, selection, generated}. selection: "
+                   "{items, candidates, chance, loglik, pmi, bigram_loglik}: hits@1, the share of items (one answered "
+                   "user turn of each of the first selection_items conversations) whose true reply ranks first among "
+                   "`candidates` (it and replies of other conversations), ranked by the mean log-likelihood of a "
+                   "reply token given the context, by PMI (log P(reply | context) - log P(reply)), and by the run's "
+                   "bigram table; ties are shared, so chance (1/candidates) is what a model that cannot tell replies "
+                   "apart gets. generated: one greedy reply to each of the first reply_items of the same contexts: "
+                   "replies, distinct_1, distinct_2, repeat_4gram (share with a word 4-gram twice), mean_words, empty "
+                   "(share), top ([{reply, share}]), pmi_per_token (mean), sampling, examples "
+                   "([{context_last_user_turn, reply, true_reply}]). Either is null when skipped (0 items), a data "
+                   "set null when absent; note: why all are null, if the model's format cannot score replies",
+    'seconds':     "time taken by each part: held_out, baselines, assistant, samples, selection and generated (the "
+                   "replies), total",
     'args':        "the arguments run_evaluate was called with (`chatgpt-train run` reads them to tell whether the "
                    "evaluation is up to date)",
     'created':     "when the evaluation ran (UTC, ISO 8601)",
@@ -238,7 +283,9 @@ def results_table(
     import pandas as pd
     rows = {'model': result['held_out'], **result['baselines']}
     if result.get('assistant'): rows['model, assistant turns'] = result['assistant']
-    return pd.DataFrame({k: {c: r[c] for c in ('perplexity', 'bits_per_byte', 'loss', 'tokens')} for k, r in rows.items()}).T
+    return pd.DataFrame(
+        {k: {c: r[c] for c in ('perplexity', 'bits_per_byte', 'loss', 'tokens')} for k, r in rows.items()}
+    ).T
 
 # %% ../nbs/07_evaluate.ipynb #a2060d75
 @dataclass
@@ -246,32 +293,43 @@ class EvalConfig:
     "How the evaluate stage scores a model."
     max_tokens:int=65536         # Score the first held-out conversations up to this many tokens (0: the whole split)
     context:int|None=None        # Tokens per window (default: the context the model was trained with, at most 2048)
-    stride:int|None=None         # How far windows move (default: context // 2)
+    # How far windows move; past the first, each token sees at least context - stride tokens (default: context // 2)
+    stride:int|None=None
     batch_size:int=8             # Windows per forward pass (the results do not depend on it)
-    precision:str='fp32'         # fp32 is exact; bf16 autocast is faster on GPUs and a little less exact
+    # fp32 is exact; bf16 autocast is faster on GPUs and a little less exact
+    precision:Literal['fp32','bf16','fp16','auto']='fp32'
     device:str='auto'            # auto, cpu, cuda, cuda:1 or mps
-    samples:bool=True            # Answer the fixed prompts, greedy and sampled
+    samples:bool=True            # Answer the fixed prompts, greedy and sampled (--no-samples skips them)
     max_new_tokens:int=48        # Longest sample reply, in tokens
     seed:int=0                   # Seed of the sampled replies
-    selection_items:int=200      # Response selection on up to this many conversations of each data set (0: skip)
-    reply_items:int=100          # Greedy replies to up to this many of their contexts, for the reply statistics (0: skip)
-    reply_len:int=256            # Most tokens of a reply-metric example, context and reply: the context's earliest turns go first
+    # Response selection (hits@1 of 10) on up to this many conversations of each data set (0: skip)
+    selection_items:int=200
+    # Greedy replies to up to this many of their contexts, for the reply statistics (0: skip)
+    reply_items:int=100
+    # Most tokens of a reply-metric example, context and reply: the context's earliest turns go first
+    reply_len:int=256
 
     def __post_init__(self):
-        if self.max_tokens < 0: raise UserError(f"--max-tokens must be 0 (the whole split) or more, not {self.max_tokens}")
+        if self.max_tokens < 0:
+            raise UserError(f"--max-tokens must be 0 (the whole split) or more, not {self.max_tokens}")
         if self.batch_size < 1: raise UserError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.max_new_tokens < 1: raise UserError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
         for k in ('selection_items', 'reply_items'):
-            if getattr(self, k) < 0: raise UserError(f"--{k.replace('_', '-')} must be 0 (skip) or more, not {getattr(self, k)}")
+            if getattr(self, k) < 0:
+                raise UserError(f"--{k.replace('_', '-')} must be 0 (skip) or more, not {getattr(self, k)}")
         if self.reply_len < 16: raise UserError(f"--reply-len must be at least 16, not {self.reply_len}")
 
+# %% ../nbs/07_evaluate.ipynb #bc5136f0
 def eval_windows(
     lm:LoadedModel,  # The model (and its folder, for the context it was trained with)
     cfg:EvalConfig,  # The context and stride asked for, if any
 ) -> tuple[int, int]:
     "The context and stride of the scoring windows, checked against the model."
     C = cfg.context or trained_context(lm.folder, lm.model)
-    if not 2 <= C <= context_length(lm.model): raise UserError(f"--context must be between 2 and the model's context length, {context_length(lm.model)}; not {C}")
+    if not 2 <= C <= context_length(lm.model):
+        raise UserError(
+            f"--context must be between 2 and the model's context length, {context_length(lm.model)}; not {C}"
+        )
     S = cfg.stride or max(1, C // 2)
     window_spans(C + 1, C, S)  # checks the stride against the context
     return C, S
@@ -280,21 +338,27 @@ def eval_windows(
 def bigram_scorer(
     run:str|Path, # The run folder: its training tokens estimate the table
 ) -> Callable[[list[dict]], np.ndarray]:
-    "A scorer for `response_selection`: examples in the run's tokenizer -> the summed bigram NLL of each one's labelled tokens."
+    ("A scorer for `response_selection`: examples in the run's tokenizer -> the summed bigram NLL of each one's "
+     "labelled tokens.")
     bi = BigramLM(load_tokens(run, 'train'), load_meta(run)['vocab_size'])
-    return lambda examples: np.array([bi.nlls(e['input_ids'])[np.asarray(e['labels'][1:]) != IGNORE_INDEX].sum() for e in examples],
-                                     dtype=np.float64)
+    return lambda examples: np.array(
+        [bi.nlls(e['input_ids'])[np.asarray(e['labels'][1:]) != IGNORE_INDEX].sum() for e in examples], dtype=np.float64
+    )
 
+# %% ../nbs/07_evaluate.ipynb #acd3b138
 REPLY_SETS = ('chitchat', 'sft_data')  # the data sets of the reply metrics
 
 def reply_data(
     run:str|Path,      # The run folder
     convs:list[dict],  # The held-out chitchat conversations: the whole split, since response selection needs many
 ) -> dict:
-    "The conversations of each of `REPLY_SETS`: `convs`, and the held-out split of the fine-tuning data (None until `sft/data/` has it)."
+    ("The conversations of each of `REPLY_SETS`: `convs`, and the held-out split of the fine-tuning data (None until "
+     "`sft/data/` has it).")
     sft = Path(run)/'sft'/'data'
-    return dict(chitchat=convs, sft_data=load_conversations(sft, 'val') if (sft/'clean'/'conversations.jsonl').exists() else None)
+    sft_data = load_conversations(sft, 'val') if (sft/'clean'/'conversations.jsonl').exists() else None
+    return dict(chitchat=convs, sft_data=sft_data)
 
+# %% ../nbs/07_evaluate.ipynb #9c351a15
 def reply_metrics(
     run:str|Path,      # The run folder (its tokenizer and training tokens make the bigram baseline)
     lm:LoadedModel,    # The model and its format
@@ -302,10 +366,12 @@ def reply_metrics(
     C:int,             # Most tokens an example has
     cfg:EvalConfig,    # selection_items, reply_items, max_new_tokens, batch_size, precision, seed
 ) -> tuple[dict, dict]:
-    "Response selection beside the bigram table, and generated-reply statistics, on each data set of `reply_data`; and the seconds they took."
+    ("Response selection beside the bigram table, and generated-reply statistics, on each data set of `reply_data`; "
+     "and the seconds they took.")
     out, secs = dict(dict.fromkeys(REPLY_SETS), note=None), dict(selection=0., generated=0.)
     if not (cfg.selection_items or cfg.reply_items): return out, secs
-    # reply examples are short (reply_len tokens): four times the windows' batch size, measured 2.3x faster on 2 cores than the same
+    # reply examples are short (reply_len tokens): four times the windows' batch size, measured 2.3x faster on 2 cores
+    # than the same
     score = model_scorer(lm.model, lm.fmt.pad_id, 4 * cfg.batch_size, cfg.precision)
     greedy = sample_settings(cfg.max_new_tokens)['greedy']
     run_fmt, bigram, L = load_chat_format(Path(run)/'tokenizer'), bigram_scorer(run), min(C, cfg.reply_len)
@@ -314,12 +380,15 @@ def reply_metrics(
             if data is None: continue
             items, t0 = selection_items(data, max(cfg.selection_items, cfg.reply_items)), time.time()
             sel = response_selection(items[:cfg.selection_items], lm.fmt, score, L)
-            if sel: sel['bigram_loglik'] = response_selection(items[:cfg.selection_items], run_fmt, bigram, L, pmi=False)['loglik']
+            if sel:
+                by_bigram = response_selection(items[:cfg.selection_items], run_fmt, bigram, L, pmi=False)
+                sel['bigram_loglik'] = by_bigram['loglik']
             secs['selection'], t0 = secs['selection'] + time.time() - t0, time.time()
             gen = generated_metrics(lm.model, lm.fmt, items[:cfg.reply_items], greedy, score, cfg.seed, L)
             secs['generated'] += time.time() - t0
             out[name] = dict(conversations=len(data), selection=sel, generated=gen)
-    except NotAPrefix as e:  # a template that renders the asked-for turn unlike the same turn in the conversation: no reply metrics
+    # a template that renders the asked-for turn unlike the same turn in the conversation: no reply metrics
+    except NotAPrefix as e:
         out = dict(dict.fromkeys(REPLY_SETS), note=str(e))
     return out, secs
 
@@ -331,9 +400,11 @@ def baseline_metrics(
 ) -> dict:
     "Uniform, unigram and bigram models of the run's training tokens, scored on `ids`."
     train, V = load_tokens(run, 'train'), load_meta(run)['vocab_size']
-    nlls = dict(uniform=np.full(len(ids) - 1, math.log(V)), unigram=UnigramLM(train, V).nlls(ids), bigram=BigramLM(train, V).nlls(ids))
+    nlls = dict(uniform=np.full(len(ids) - 1, math.log(V)), unigram=UnigramLM(train, V).nlls(ids),
+                bigram=BigramLM(train, V).nlls(ids))
     return {k: lm_metrics(v, text_bytes) for k, v in nlls.items()}
 
+# %% ../nbs/07_evaluate.ipynb #b5ba1b8b
 def evaluation_parts(
     run:str|Path,      # The run folder
     lm:LoadedModel,    # The model and its format
@@ -342,9 +413,12 @@ def evaluation_parts(
     C:int, S:int,      # Context and stride of the windows
     cfg:EvalConfig,    # The settings
 ) -> tuple[dict, dict]:
-    "The numbers of an evaluation (held_out, baselines, assistant, samples, sampling, replies, stream tokens) and the seconds each part took."
-    fmt, text_bytes, secs, t0 = lm.fmt, sum(len(turn_text(t).encode('utf-8')) for c in convs for t in c['turns']), {}, time.time()
-    stream = np.array([i for c in convs for i in fmt.conversation(c['turns'])], dtype=np.int64)  # in ours: exactly `ids`
+    ("The numbers of an evaluation (held_out, baselines, assistant, samples, sampling, replies, stream tokens) and the "
+     "seconds each part took.")
+    text_bytes = sum(len(turn_text(t).encode('utf-8')) for c in convs for t in c['turns'])
+    fmt, secs, t0 = lm.fmt, {}, time.time()
+    # in ours: exactly `ids`
+    stream = np.array([i for c in convs for i in fmt.conversation(c['turns'])], dtype=np.int64)
     held = lm_metrics(token_nlls(lm.model, stream, C, S, cfg.batch_size, cfg.precision, progress=True), text_bytes)
     secs['held_out'], t0 = time.time() - t0, time.time()
     baselines = baseline_metrics(run, ids, text_bytes)
@@ -355,8 +429,10 @@ def evaluation_parts(
     samples = sample_replies(lm.model, fmt, PROMPTS, settings, cfg.seed, C) if cfg.samples else []
     secs['samples'] = time.time() - t0
     sampling = dict(**{k: dataclasses.asdict(v) for k, v in settings.items()}, seed=cfg.seed)
-    replies, reply_secs = reply_metrics(run, lm, load_conversations(run, 'val'), C, cfg)  # all of them, not the first max_tokens
-    return dict(held_out=held, baselines=baselines, assistant=assistant, samples=samples, sampling=sampling, replies=replies,
+    # all of them, not the first max_tokens
+    replies, reply_secs = reply_metrics(run, lm, load_conversations(run, 'val'), C, cfg)
+    return dict(held_out=held, baselines=baselines, assistant=assistant, samples=samples, sampling=sampling,
+                replies=replies,
                 tokens=len(stream), text_bytes=text_bytes), secs | reply_secs
 
 # %% ../nbs/07_evaluate.ipynb #bebfd879
@@ -369,9 +445,11 @@ def log_replies(
     if replies.get('note'): log.warning(f"{name}: no reply metrics: {replies['note']}")
     sel = {k: v['selection'] for k in REPLY_SETS if (v := replies.get(k)) and v['selection']}
     if sel: log.info(f"{name}: response selection, hits@1 of {next(iter(sel.values()))['candidates']}: " + '; '.join(
-        f"{k} loglik {s['loglik']:.2f}, pmi {s['pmi']:.2f} (bigram {s['bigram_loglik']:.2f}, chance {s['chance']:.2f}, {s['items']} items)"
+        f"{k} loglik {s['loglik']:.2f}, pmi {s['pmi']:.2f} (bigram {s['bigram_loglik']:.2f}, chance {s['chance']:.2f}, "
+        f"{s['items']} items)"
         for k, s in sel.items()))
 
+# %% ../nbs/07_evaluate.ipynb #fd5156f3
 def replies_table(
     result:dict, # An evaluation, as `run_evaluate` returns it (or `load_json('eval/base.json')`)
 ):
@@ -382,58 +460,73 @@ def replies_table(
         r = result['replies'].get(k) or {}
         s, g = r.get('selection') or {}, r.get('generated') or {}
         cols[k] = {**{f'hits@1 {m}': s.get(m) for m in ('loglik', 'pmi', 'bigram_loglik', 'chance')},
-                   **{m: g.get(m) for m in ('distinct_1', 'distinct_2', 'repeat_4gram', 'mean_words', 'empty', 'pmi_per_token')}}
+                   **{m: g.get(m) for m in ('distinct_1', 'distinct_2', 'repeat_4gram', 'mean_words', 'empty',
+                                            'pmi_per_token')}}
     return pd.DataFrame(cols)
 
 # %% ../nbs/07_evaluate.ipynb #72c8de3a
-def run_evaluate(
-    run:str,                      # The run folder: reads clean/, tokenizer/, encode/ and the model; writes eval/NAME.json
-    model:str='base',             # base, sft, the path of any Hugging Face model folder, or a hub id
-    max_tokens:int=65536,         # Score the first held-out conversations up to this many tokens (0: the whole split)
-    context:int|None=None,        # Tokens per window (default: the context the model was trained with, at most 2048)
-    stride:int|None=None,         # How far windows move; past the first, each token sees at least context - stride tokens (default: context // 2)
-    batch_size:int=8,             # Windows per forward pass (the results do not depend on it)
-    precision:Literal['fp32','bf16','fp16','auto']='fp32', # fp32 is exact; bf16 autocast is faster on GPUs and a little less exact
-    device:str='auto',            # auto, cpu, cuda, cuda:1 or mps
-    samples:bool=True,            # Answer the fixed prompts, greedy and sampled (--no-samples skips them)
-    max_new_tokens:int=48,        # Longest sample reply, in tokens
-    seed:int=0,                   # Seed of the sampled replies
-    selection_items:int=200,      # Response selection (hits@1 of 10) on up to this many conversations of each data set (0: skip)
-    reply_items:int=100,          # Greedy replies to up to this many of their contexts, for the reply statistics (0: skip)
-    reply_len:int=256,            # Most tokens of a reply-metric example, context and reply: the context's earliest turns go first
-    name:str|None=None,           # Write eval/NAME.json (default: base, sft, or the model folder's or hub model's name)
+def eval_result(
+    # The evaluation's name, the model, the scored conversations
+    name:str, lm:LoadedModel, convs:list[dict], n_split:int,
+    C:int, S:int, cfg:EvalConfig,                           # The windows and the settings
+    parts:dict, secs:dict, args:dict, seconds:float,        # `evaluation_parts`, the stage's arguments and time
 ) -> dict:
-    "Perplexity and bits per byte of a model on the held-out split beside uniform, unigram and bigram baselines, its assistant-turn perplexity, reply metrics and sample replies; writes eval/NAME.json."
-    args, t_start = dict(locals()), time.time()
-    cfg = EvalConfig(**{k: v for k, v in args.items() if k not in ('run', 'model', 'name')})
+    "What `eval/NAME.json` holds: the model, its tokenizer, the data, the settings, the numbers and the arguments."
+    dev, n_params = str(next(lm.model.parameters()).device), sum(p.numel() for p in lm.model.parameters())
+    return dict(
+        model=dict(name=name, path=str(lm.folder), architecture=type(lm.model).__name__, parameters=n_params,
+                   context=C),
+        tokenizer=dict(path=str(lm.tokenizer_dir), vocab_size=len(lm.fmt.hf), format=lm.fmt.kind), split='val',
+        data=dict(conversations=len(convs), split_conversations=n_split, tokens=parts['tokens'],
+                  scored_tokens=parts['tokens'] - 1, text_bytes=parts['text_bytes'], max_tokens=cfg.max_tokens),
+        settings=dict(context=C, stride=S, batch_size=cfg.batch_size, precision=cfg.precision, device=dev),
+        **{k: parts[k] for k in ('held_out', 'baselines', 'assistant', 'samples', 'sampling', 'replies')},
+        seconds={**{k: round(v, 2) for k, v in secs.items()}, 'total': round(seconds, 2)},
+        args=args, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+
+# %% ../nbs/07_evaluate.ipynb #7b054d8b
+def log_evaluation(
+    log,           # The stage's logger
+    result:dict,   # From `eval_result`
+    path:Path,     # Where it was written
+):
+    "Log the headline numbers of an evaluation: perplexity beside the baselines, assistant turns, bits per byte."
+    h, b, a = result['held_out'], result['baselines'], result['assistant']
+    asst = f", assistant turns {a['perplexity']:.2f}" if a else ''
+    log.info(f"{result['model']['name']}: perplexity {h['perplexity']:.2f} (uniform {b['uniform']['perplexity']:.0f}, "
+             f"unigram {b['unigram']['perplexity']:.2f}, bigram {b['bigram']['perplexity']:.2f}){asst}; "
+             f"{h['bits_per_byte']:.3f} bits per byte; {result['seconds']['total']:.0f} s; wrote {path}")
+
+# %% ../nbs/07_evaluate.ipynb #f5755897
+@config_options(EvalConfig)
+def run_evaluate(
+    run:str,               # The run folder: reads clean/, tokenizer/, encode/ and the model; writes eval/NAME.json
+    model:str='base',      # base, sft, the path of any Hugging Face model folder, or a hub id
+    name:str|None=None,    # Write eval/NAME.json (default: base, sft, or the model folder's or hub model's name)
+    **opts,                # The fields of `EvalConfig`
+) -> dict:
+    ("Perplexity and bits per byte of a model on the held-out split beside uniform, unigram and bigram baselines, "
+     "its assistant-turn perplexity, reply metrics and sample replies; writes eval/NAME.json.")
+    t_start, cfg = time.time(), EvalConfig(**opts)
+    args = dict(run=run, model=model, **dataclasses.asdict(cfg), name=name)
     model_dir(run, model); run_file(run, 'tokenizer/tokenizer.json')  # what is missing is said before any work
     convs, ids, n_split = held_out(run, cfg.max_tokens)
     lm = load_model(run, model, cfg.device)
     C, S = eval_windows(lm, cfg)
     with run_lock(run, 'eval/'):
         out = stage_dir(run, 'eval', create=True)
-        name, log, n_params = eval_name(name or model), get_logger('evaluate', out), sum(p.numel() for p in lm.model.parameters())
-        log.info(f"{name}: {n_params:,} parameters, {lm.fmt.kind} format; {len(convs):,} of {n_split:,} held-out conversations; "
-                 f"windows of {C} every {S} on {next(lm.model.parameters()).device}")
+        name, log = eval_name(name or model), get_logger('evaluate', out)
+        n_params = sum(p.numel() for p in lm.model.parameters())
+        log.info(f"{name}: {n_params:,} parameters, {lm.fmt.kind} format; {len(convs):,} of {n_split:,} held-out "
+                 f"conversations; windows of {C} every {S} on {next(lm.model.parameters()).device}")
         parts, secs = evaluation_parts(run, lm, convs, ids, C, S, cfg)
         if parts['assistant'] is None:
-            log.warning("no assistant-turn perplexity: " + (f"no scored conversation has an assistant reply that fits {C} tokens"
-                        if lm.fmt.marks_assistant else f"the model's format ({lm.fmt.kind}) does not mark the assistant's tokens"))
-        result = dict(
-            model=dict(name=name, path=str(lm.folder), architecture=type(lm.model).__name__, parameters=n_params, context=C),
-            tokenizer=dict(path=str(lm.tokenizer_dir), vocab_size=len(lm.fmt.hf), format=lm.fmt.kind), split='val',
-            data=dict(conversations=len(convs), split_conversations=n_split, tokens=parts['tokens'], scored_tokens=parts['tokens'] - 1,
-                      text_bytes=parts['text_bytes'], max_tokens=cfg.max_tokens),
-            settings=dict(context=C, stride=S, batch_size=cfg.batch_size, precision=cfg.precision, device=str(next(lm.model.parameters()).device)),
-            **{k: parts[k] for k in ('held_out', 'baselines', 'assistant', 'samples', 'sampling', 'replies')},
-            seconds={**{k: round(v, 2) for k, v in secs.items()}, 'total': round(time.time() - t_start, 2)},
-            args=args, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+            why = (f"no scored conversation has an assistant reply that fits {C} tokens" if lm.fmt.marks_assistant
+                   else f"the model's format ({lm.fmt.kind}) does not mark the assistant's tokens")
+            log.warning("no assistant-turn perplexity: " + why)
+        result = eval_result(name, lm, convs, n_split, C, S, cfg, parts, secs, args, time.time() - t_start)
         save_json(result, out/f'{name}.json')
         save_args(out, 'evaluate', args)
-        h, b, a = result['held_out'], result['baselines'], result['assistant']
-        asst = f", assistant turns {a['perplexity']:.2f}" if a else ''
-        log.info(f"{name}: perplexity {h['perplexity']:.2f} (uniform {b['uniform']['perplexity']:.0f}, unigram {b['unigram']['perplexity']:.2f}, "
-                 f"bigram {b['bigram']['perplexity']:.2f}){asst}; "
-                 f"{h['bits_per_byte']:.3f} bits per byte; {result['seconds']['total']:.0f} s; wrote {out/f'{name}.json'}")
+        log_evaluation(log, result, out/f'{name}.json')
         log_replies(log, name, result['replies'])
         return result

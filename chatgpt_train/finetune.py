@@ -4,35 +4,33 @@
 
 # %% ../nbs/08_finetune.ipynb #d4e63dd0
 from __future__ import annotations
-import dataclasses, math, os, re, shutil, tempfile, time
+import math, os, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
-from .core import (UserError, autocast_dtype, get_logger, hub_revision, load_conversations, load_json,
-                                model_dir, read_jsonl, run_file, run_path, save_args, save_json, set_seed, stage_dir,
-                                write_jsonl, writing_stage)
-from .collect import collect, iter_source
+from .core import (UserError, config_options, get_logger, load_conversations, load_json, read_jsonl,
+                                run_file, run_path, save_json, set_seed, stage_dir, write_jsonl, writing_stage)
+from .collect import write_items
+from .readers import source_items
 from .clean import CleanConfig, clean_conversations
 from .chat_format import IGNORE_INDEX, ChatFormat, add_chat_tokens, is_ours, load_chat_format
 from .encode import pack_sft, pad_collate
-from .model import (TOKENIZER_FILES, ModelConfig, check_model_folder, context_length, hf_quiet, load_model,
-                                 model_config, set_checkpointing, training_memory)
+from .model import TOKENIZER_FILES, context_length, load_model
 from .generate import PROMPTS, sample_replies, sample_settings
-from .train import TrainConfig, Trainer, barrier, end_distributed, init_distributed, rank_device, resume_args
+from .ddp import barrier, rank_device
 from .replies import NotAPrefix, model_scorer, response_selection, selection_items
 from .evaluate import EvalConfig, assistant_metrics
+from .tune import (ChatBatches, TuneConfig, adapt_model, default_lr, loop_config, save_tune_args,
+                                size_defaults, train_tuned, tune_run, tune_source)
 
 # %% auto #0
-__all__ = ['ADAPTER_FILES', 'MIX_LOSSES', 'SFT_LR_FRACTION', 'LORA_ABOVE', 'prepare_chat_data', 'prepare_tokenizer',
-           'fit_to_format', 'label_share', 'check_label_share', 'supports_packing', 'ChatBatches', 'add_lora',
-           'trainable_params', 'save_merged', 'compare_replies', 'FinetuneConfig', 'finetune_source', 'default_lr',
-           'stage_chat_data', 'prepare_finetune', 'label_every_token', 'ChatData', 'chat_data', 'measure_replies',
-           'size_defaults', 'model_shape', 'finetune_memory', 'free_memory', 'check_memory', 'train_chat',
-           'finetune_result', 'run_finetune']
+__all__ = ['MIX_LOSSES', 'SFT_LR_FRACTION', 'SFT_LORA_LR', 'prepare_chat_data', 'prepare_tokenizer', 'fit_to_format',
+           'label_share', 'check_label_share', 'supports_packing', 'compare_replies', 'FinetuneConfig',
+           'stage_chat_data', 'place_chat_data', 'prepare_finetune', 'label_every_token', 'ChatData', 'chat_data',
+           'measure_replies', 'finetune_inputs', 'train_chat', 'finetune_result', 'log_finetune', 'run_finetune']
 
 # %% ../nbs/08_finetune.ipynb #6f28fe10
 def prepare_chat_data(
@@ -45,16 +43,21 @@ def prepare_chat_data(
     folder = Path(folder)
     config = config or CleanConfig(val_fraction=0.1)
     t0 = time.time()
-    stats, sources = collect(iter_source(data, lang), folder/'collect')
-    save_json(dict(source=data, conversations=stats['conversations'], sources=sources, seconds=round(time.time() - t0, 2)), folder/'collect'/'report.json')
-    if not stats['conversations']: raise UserError(f"no conversation could be read from {data}: see {folder/'collect'/'quarantine.jsonl'}")
+    stats, sources = write_items(source_items(data, lang), folder/'collect')
+    save_json(
+        dict(source=data, conversations=stats['conversations'], sources=sources, seconds=round(time.time() - t0, 2)),
+        folder/'collect'/'report.json',
+    )
+    if not stats['conversations']:
+        raise UserError(f"no conversation could be read from {data}: see {folder/'collect'/'quarantine.jsonl'}")
     removed = []
     kept, report = clean_conversations(read_jsonl(folder/'collect'/'conversations.jsonl'), config, removed)
     write_jsonl(kept, folder/'clean'/'conversations.jsonl')
     write_jsonl(removed, folder/'clean'/'removed.jsonl')
     save_json(report, folder/'clean'/'report.json')
     if not any(c['split'] == 'train' for c in kept):
-        raise UserError(f"{data}: no conversation is left for training after cleaning (see {folder/'clean'/'removed.jsonl'})")
+        raise UserError(f"{data}: no conversation is left for training after cleaning "
+                        f"(see {folder/'clean'/'removed.jsonl'})")
     return kept
 
 # %% ../nbs/08_finetune.ipynb #d8254c98
@@ -62,12 +65,13 @@ def prepare_tokenizer(
     src:str|Path, # The tokenizer folder of the model to fine-tune
     dst:str|Path, # Where to save the tokenizer as used
 ) -> tuple[ChatFormat, list[int]]:
-    "Save the tokenizer of `src` to `dst`, its chat template kept, or ours added if it has none; its format and the new ids."
+    "Save the tokenizer of `src` to `dst`, its chat template kept, or ours added if none; its format and the new ids."
     src, dst = Path(src), Path(dst)
     hf = load_chat_format(src).hf
     new = [] if is_ours(hf) or ChatFormat(hf).template else add_chat_tokens(hf)
     if dst.exists(): shutil.rmtree(dst)
-    hf.save_pretrained(dst, save_jinja_files=False)  # the template inside tokenizer_config.json, as the tokenizer stage saves it
+    # the template inside tokenizer_config.json, as the tokenizer stage saves it
+    hf.save_pretrained(dst, save_jinja_files=False)
     fmt = load_chat_format(dst)
     probe = [dict(role='user', text='Hi there!'), dict(role='assistant', text='Hello.')]
     rendered = list(fmt._template_ids(probe)['input_ids'])  # the template itself, its errors one line
@@ -80,13 +84,15 @@ def fit_to_format(
     model,           # A causal LM (changed in place)
     fmt:ChatFormat,  # The chat format its examples use (from `prepare_tokenizer`)
 ) -> list[int]:
-    "Give `model` room for every token of `fmt` and generation settings that stop at the end of a turn; the ids of its new embedding rows."
+    "Give `model` a row for every token of `fmt` and generation that stops at the end of a turn; the new rows' ids."
     n = model.get_input_embeddings().num_embeddings
-    if len(fmt.hf) > n: model.resize_token_embeddings(len(fmt.hf), mean_resizing=True)  # new rows like the old ones, on average
+    # new rows like the old ones, on average
+    if len(fmt.hf) > n: model.resize_token_embeddings(len(fmt.hf), mean_resizing=True)
     for cfg in (model.config, model.generation_config):
         cfg.eos_token_id, cfg.pad_token_id = fmt.stop[0], fmt.pad_id
         cfg.bos_token_id = fmt.hf.bos_token_id
-    if len(fmt.stop) > 1: model.generation_config.eos_token_id = fmt.stop  # the end of turn and the end of text both stop generate()
+    # the end of turn and the end of text both stop generate()
+    if len(fmt.stop) > 1: model.generation_config.eos_token_id = fmt.stop
     model.loss_type = 'ForCausalLM'  # transformers guesses it from the class name, and warns when it cannot
     return list(range(n, len(fmt.hf)))
 
@@ -98,6 +104,7 @@ def label_share(
     n = sum(len(e['input_ids']) for e in examples)
     return sum(l != IGNORE_INDEX for e in examples for l in e['labels']) / n if n else 0.
 
+# %% ../nbs/08_finetune.ipynb #8ddf7eb4
 def check_label_share(
     examples:list[dict], # Dicts with `input_ids` and `labels`
     what:str='the training examples', # How to name them in the message
@@ -105,11 +112,11 @@ def check_label_share(
     "The share of labelled tokens; a `UserError` if it is 0 (nothing to learn) or 1 (the prompts are not masked)."
     share = label_share(examples)
     if share == 0:
-        raise UserError(f"{what}: no token has a label, so there is nothing to learn. The conversations need assistant turns "
-                        f"(roles user/assistant), and a chat template that marks them")
+        raise UserError(f"{what}: no token has a label, so there is nothing to learn. The conversations need assistant "
+                        f"turns (roles user/assistant), and a chat template that marks them")
     if share == 1:
-        raise UserError(f"{what}: every token has a label, so the model would also learn to write the prompts. The labels "
-                        f"must be -100 outside the assistant's replies")
+        raise UserError(f"{what}: every token has a label, so the model would also learn to write the prompts. The "
+                        f"labels must be -100 outside the assistant's replies")
     return share
 
 # %% ../nbs/08_finetune.ipynb #5a1ace39
@@ -117,115 +124,18 @@ def check_label_share(
 def supports_packing(
     model, # A causal language model
 ) -> bool:
-    "Whether `model` keeps attention inside each example of a packed row (from `position_ids`, without an attention mask)."
+    "Whether `model` keeps attention inside each example of a packed row (from `position_ids`, with no attention mask)."
     V = model.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(0)
     a, b = torch.randint(0, V, (1, 5), generator=g), torch.randint(0, V, (1, 4), generator=g)
     dev, was = next(model.parameters()).device, model.training
     model.eval()
     try:
-        packed = model(input_ids=torch.cat([a, b], 1).to(dev), position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]], device=dev),
-                       use_cache=False).logits[:, 5:]
+        positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]], device=dev)
+        packed = model(input_ids=torch.cat([a, b], 1).to(dev), position_ids=positions, use_cache=False).logits[:, 5:]
         alone = model(input_ids=b.to(dev), use_cache=False).logits
     finally: model.train(was)
     return torch.allclose(packed.float(), alone.float(), atol=1e-4, rtol=1e-3)
-
-# %% ../nbs/08_finetune.ipynb #11ac2e99
-class ChatBatches:
-    "Shuffled batches of rows (packed, or single examples padded to the longest of their batch), a share of them from a second set; resumable."
-    def __init__(self,
-        rows:list[dict],         # Dicts of `input_ids`, `labels` (and `position_ids` for packed rows)
-        batch_size:int,          # Rows in this process's batch
-        pad_id:int,              # Token for padded positions
-        seed:int=0,              # Fixes each pass's order
-        rank:int=0,              # This process's index under torchrun
-        world_size:int=1,        # Number of processes
-        extra:list[dict]=(),     # A second set of rows, each pass in its own order (the run's own conversations)
-        share:float=0.,          # The share of all rows drawn from `extra` (0: none; less than 1)
-        collate=pad_collate,     # Makes a batch of rows and `pad_id` (the align stage's rows are pairs)
-    ):
-        if not 0 <= share < 1 or (share and not extra): raise UserError(f"the share of rows from the second set must be in [0, 1), with rows to draw: not {share} of {len(extra)} rows")
-        if len(rows) < (1 - share) * batch_size * world_size:
-            raise UserError(f"{len(rows)} rows of examples are fewer than one batch of {batch_size * world_size}: "
-                            f"use a smaller --batch-size (at most {max(1, len(rows) // world_size)}) or more data")
-        self.rows, self.batch_size, self.pad_id, self.seed, self.rank, self.world_size = rows, batch_size, pad_id, seed, rank, world_size
-        self.extra, self.share, self.collate, self.step = list(extra), share, collate, 0
-
-    def steps_in_epoch(self) -> int:
-        "Batches in a pass over `rows` (with their share of `extra`)."
-        return max(1, int(len(self.rows) / ((1 - self.share) * self.batch_size * self.world_size)))
-
-    def order(self, epoch:int, extra:bool=False) -> np.ndarray:
-        "The order of the rows (or of `extra`) in their `epoch`-th pass."
-        return np.random.default_rng([self.seed, epoch, int(extra)]).permutation(len(self.extra if extra else self.rows))
-
-    def row(self, k:int) -> dict:
-        "Row `k` of the stream: rows and `extra` interleaved so that any run of them holds `share` of `extra`, each source shuffled pass by pass."
-        j = math.floor(k * self.share)
-        extra = math.floor((k + 1) * self.share) > j  # the running count of `extra` rows steps up here
-        src, i = (self.extra, j) if extra else (self.rows, k - j)
-        return src[self.order(i // len(src), extra)[i % len(src)]]
-
-    def __iter__(self): return self
-
-    def __next__(self) -> dict:
-        first = (self.step * self.world_size + self.rank) * self.batch_size
-        self.step += 1
-        return self.collate([self.row(k) for k in range(first, first + self.batch_size)], self.pad_id)
-
-    def state_dict(self) -> dict:
-        return dict(seed=self.seed, step=self.step, rows=len(self.rows), extra=len(self.extra), share=self.share,
-                    batch_size=self.batch_size, world_size=self.world_size)
-
-    def load_state_dict(self, d:dict):
-        for k, v in dict(rows=len(self.rows), extra=len(self.extra), share=self.share, batch_size=self.batch_size, world_size=self.world_size).items():
-            if d.get(k) != v: raise UserError(f"cannot resume the data order: it was saved with {k}={d.get(k)}, this run has {k}={v}")
-        self.seed, self.step = d['seed'], d['step']
-
-# %% ../nbs/08_finetune.ipynb #08831ad5
-def add_lora(
-    model,                    # A causal language model (modified in place)
-    r:int=16,                 # Rank of each update
-    alpha:int=32,             # The update is scaled by alpha / r
-    dropout:float=0.05,       # Dropout on the adapters' input
-    new_tokens:list[int]=(),  # Token ids whose embedding rows must be trained too (tokens the tokenizer gained)
-):
-    "The model wrapped by `peft` with LoRA adapters on every linear layer but the output; only the adapters (and `new_tokens`' embeddings) train."
-    from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D
-    emb = model.get_input_embeddings()
-    emb_name = next(n for n, m in model.named_modules() if m is emb).split('.')[-1]
-    conv1d = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-1/2 store their linear layers transposed
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules='all-linear', task_type='CAUSAL_LM',
-                     fan_in_fan_out=conv1d, trainable_token_indices={emb_name: list(new_tokens)} if len(new_tokens) else None)
-    return get_peft_model(model, cfg)
-
-def trainable_params(
-    model, # Any torch module
-) -> tuple[int, int]:
-    "(trained, all) parameter counts."
-    ps = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps)
-
-# %% ../nbs/08_finetune.ipynb #7b156919
-ADAPTER_FILES = ('adapter_model.safetensors', 'adapter_config.json', 'README.md')
-
-def save_merged(
-    peft_model,       # The trained `peft` model
-    folder:str|Path,  # The model folder (`sft/`), where the `Trainer` saved the adapters
-):
-    "Move the adapters from `folder` to `folder/lora` and write the merged plain model into `folder`; return the merged model."
-    folder = Path(folder)
-    lora = folder/'lora'
-    if lora.exists(): shutil.rmtree(lora)
-    lora.mkdir()
-    for f in ADAPTER_FILES:
-        if (folder/f).exists(): os.replace(folder/f, lora/f)
-    merged = peft_model.merge_and_unload()
-    with tempfile.TemporaryDirectory(dir=folder, prefix='.model-', suffix='.tmp') as tmp, hf_quiet():
-        merged.save_pretrained(tmp, safe_serialization=True)
-        for f in Path(tmp).iterdir(): os.replace(f, folder/f.name)
-    return merged
 
 # %% ../nbs/08_finetune.ipynb #c26fb29e
 def compare_replies(
@@ -233,51 +143,52 @@ def compare_replies(
     after:list[dict],  # `sample_replies` of the fine-tuned model, same prompts
 ) -> list[dict]:
     "Replies of both models side by side: prompt, base (greedy), sft (greedy), sft (sampled)."
-    return [dict(prompt=b['prompt'], base=b['greedy'], sft=a['greedy'], sft_sampled=a['sampled']) for b, a in zip(before, after)]
+    return [dict(prompt=b['prompt'], base=b['greedy'], sft=a['greedy'], sft_sampled=a['sampled'])
+            for b, a in zip(before, after)]
 
 # %% ../nbs/08_finetune.ipynb #7618c20a
-MIX_LOSSES = ('all', 'assistant')  # where the loss falls on the run's own conversations (measured at the end of this notebook)
+# where the loss falls on the run's own conversations (measured at the end of this notebook)
+MIX_LOSSES = ('all', 'assistant')
 
-@dataclass
-class FinetuneConfig:
-    "Every choice of the fine-tune stage (see `run_finetune` for each)."
-    from_:str='base'; data:str='chatterbot'; lora:bool|None=None; lora_r:int=16; lora_alpha:int=32; epochs:float=5.
-    max_steps:int|None=None; minutes:float=1.5; batch_size:int=8; block_size:int|None=None; lr:float|None=None
-    warmup_steps:int|None=None; weight_decay:float=0.1; grad_clip:float=1.0; precision:str='auto'; device:str='auto'
-    val_fraction:float=0.1; eval_every:int=25; save_every:int=100; log_every:int=5; seed:int=42; max_new_tokens:int=40
-    mix:float=0.95; mix_loss:str='all'; checkpointing:bool|None=None
+@dataclass(kw_only=True)
+class FinetuneConfig(TuneConfig):
+    "Every choice of the fine-tune stage: its own, and its defaults and help for `TuneConfig`'s fields that have none."
+    # The model to fine-tune: base (this run's pretrained model) or the path of a Hugging Face causal LM folder
+    from_:str='base'
+    # Conversations: chatterbot (English, with its bot profile), hf:NAME, or a file or folder the collect stage reads
+    data:str='chatterbot'
+    # Train LoRA adapters instead of every weight (merged into sft/, kept in sft/lora/); default: for models over 200M
+    # parameters
+    lora:bool|None=None
+    epochs:float=5.           # Passes over the training examples (unless --max-steps is given)
+    minutes:float=1.5         # Time budget in minutes: training stops when it is spent (0: no budget)
+    batch_size:int=8          # Rows per micro-batch on each process
+    # Tokens per packed row, and the longest example (default: the model's context, at most 512)
+    block_size:int|None=None
+    # Peak learning rate of AdamW, Muon's moved with it (default: a fifteenth of the pretraining peaks if the folder
+    # records them, else 5e-5; LoRA: 5x the AdamW peak, at most 5e-3)
+    lr:float|None=None
+    weight_decay:float=0.1    # AdamW weight decay on weight matrices
+    val_fraction:float=0.1    # Share of the conversations held out to measure the assistant-turn perplexity
+    seed:int=42               # Seed for the split, the data order, dropout and the sampled replies
+    max_new_tokens:int=40     # Longest sample reply, in tokens
+    # Activation checkpointing: recompute each block in the backward pass (default: for models over 200M parameters)
+    checkpointing:bool|None=None
+    # Share of the training rows drawn from this run's own conversations (clean/'s train split; its val split is scored
+    # too); 0: --data alone
+    mix:float=0.95
+    # Where the loss falls on the run's own conversations: all (every turn, as pretraining did) or assistant
+    mix_loss:Literal['all','assistant']='all'
 
     def __post_init__(self):
-        if self.mix_loss not in MIX_LOSSES: raise UserError(f"--mix-loss must be one of {', '.join(MIX_LOSSES)}, not {self.mix_loss!r}")
+        if self.mix_loss not in MIX_LOSSES:
+            raise UserError(f"--mix-loss must be one of {', '.join(MIX_LOSSES)}, not {self.mix_loss!r}")
         if not 0 <= self.mix < 1: raise UserError(f"--mix must be at least 0 and less than 1, not {self.mix}")
-        if self.lora_r < 1 or self.lora_alpha < 1: raise UserError(f"--lora-r and --lora-alpha must be at least 1, not {self.lora_r} and {self.lora_alpha}")
-        if self.epochs <= 0: raise UserError(f"--epochs must be positive, not {self.epochs}")
-        if self.minutes < 0: raise UserError(f"--minutes must be 0 (no budget) or more, not {self.minutes}")
+        super().__post_init__()
 
-def finetune_source(
-    run:str|Path, # The run folder
-    from_:str,    # What `--from` names: base, a model folder, or a hub id
-) -> Path:
-    "The model folder to fine-tune (a hub model downloaded); never the folder this run writes its fine-tuned model to."
-    folder = model_dir(run, from_, '--from')
-    if folder.resolve() == stage_dir(run, 'sft').resolve():
-        raise UserError(f"{folder} is where this run writes its fine-tuned model: copy it elsewhere to fine-tune it again")
-    check_model_folder(folder)  # a folder that cannot load is refused before sft/ is marked
-    return folder
-
+# %% ../nbs/08_finetune.ipynb #90f96df5
 SFT_LR_FRACTION = 1 / 15  # of the pretraining peaks, for full fine-tuning (measured at the end of this notebook)
-
-def default_lr(
-    folder:str|Path,   # The model folder to fine-tune
-    lora:bool,         # Whether LoRA adapters are trained
-    lr:float|None=None, # The AdamW rate asked for (None: the default)
-) -> tuple[float, float|None]:
-    "The peak rates of AdamW and of Muon (None: no Muon): `SFT_LR_FRACTION` of the pretraining peaks in `train_config.json`, else AdamW at 5e-5; `lr` sets AdamW and scales Muon with it; LoRA: AdamW alone, five times the pretraining peak, at most 5e-3."
-    p = Path(folder)/'train_config.json'
-    c = load_json(p) if p.exists() else dict(lr=5e-5)
-    if lora: return (min(5 * c['lr'], 5e-3) if lr is None else lr, None)
-    adamw = SFT_LR_FRACTION * c['lr'] if lr is None else lr  # 0 is a value (refused by the loop), not "the default"
-    return adamw, c.get('muon_lr') and c['muon_lr'] * adamw / c['lr']
+SFT_LORA_LR = dict(lora_fraction=5, lora_max=5e-3)  # LoRA: five times the pretraining peak, at most 5e-3
 
 # %% ../nbs/08_finetune.ipynb #54323f9c
 def stage_chat_data(
@@ -291,32 +202,44 @@ def stage_chat_data(
     prepare_chat_data(cfg.data, staged, CleanConfig(val_fraction=cfg.val_fraction, seed=cfg.seed))
     return staged
 
+# %% ../nbs/08_finetune.ipynb #880c4018
+def place_chat_data(
+    run:str|Path,  # The run folder
+    src:Path,      # The model folder to fine-tune
+    staged:Path,   # The conversations `stage_chat_data` prepared
+):
+    "Move the staged conversations into sft/data, and save beside them the tokenizer the examples are encoded with."
+    sft = stage_dir(run, 'sft')
+    for d in (sft/'data', sft/'lora'):  # an earlier run's
+        if d.exists(): shutil.rmtree(d)
+    os.replace(staged, sft/'data')
+    has_tok = any((src/f).exists() for f in TOKENIZER_FILES)  # else the run's own tokenizer
+    prepare_tokenizer(src if has_tok else run_file(run, 'tokenizer/tokenizer.json').parent, sft/'data'/'tokenizer')
+
+# %% ../nbs/08_finetune.ipynb #e4b5e10c
 def prepare_finetune(
-    run:str|Path,        # The run folder
-    cfg:FinetuneConfig,  # The settings
-    src:Path,            # The model folder to fine-tune
-    rank:int=0,          # This process's rank (rank 0 writes)
-    world:int=1,         # Processes
-    resume:bool=False,   # Continue a run whose data is already prepared
+    run:str|Path,          # The run folder
+    cfg:FinetuneConfig,    # The settings
+    src:Path,              # The model folder to fine-tune
+    rank:int=0,            # This process's rank (rank 0 writes)
+    world:int=1,           # Processes
+    resume:bool=False,     # Continue a run whose data is already prepared
     staged:Path|None=None, # Rank 0's `stage_chat_data` conversations, moved into sft/data (None: resuming, other ranks)
 ) -> tuple:
-    "The model fitted to its chat format, the ids it gained, the train and val conversations, and the run's own train and val ones to mix in."
-    sft = stage_dir(run, 'sft')
-    data = sft/'data'
-    if rank == 0 and not resume:
-        for d in (data, sft/'lora'):
-            if d.exists(): shutil.rmtree(d)
-        os.replace(staged, data)
-        has_tok = any((src/f).exists() for f in TOKENIZER_FILES)
-        prepare_tokenizer(src if has_tok else run_file(run, 'tokenizer/tokenizer.json').parent, data/'tokenizer')
+    "The model fitted to its format, the ids it gained, the train and val conversations, and the run's own to mix in."
+    data = stage_dir(run, 'sft')/'data'
+    if rank == 0 and not resume: place_chat_data(run, src, staged)
     barrier(world)
     set_seed(cfg.seed)  # the same new embedding rows on every rank
     lm = load_model(run, str(src), tokenizer=data/'tokenizer')
-    if not lm.fmt.marks_assistant: raise UserError(f"{data/'tokenizer'}: the tokenizer's chat template does not mark the assistant's tokens")
+    if not lm.fmt.marks_assistant:
+        raise UserError(f"{data/'tokenizer'}: the tokenizer's chat template does not mark the assistant's tokens")
     new = fit_to_format(lm.model, lm.fmt)
     own = (stage_dir(run, 'clean')/'conversations.jsonl').exists() and cfg.mix > 0
     if cfg.mix > 0 and not own and rank == 0:
-        get_logger('finetune').warning(f"{run} has no clean/conversations.jsonl to mix in: fine-tuning on {cfg.data} alone")
+        get_logger('finetune').warning(
+            f"{run} has no clean/conversations.jsonl to mix in: fine-tuning on {cfg.data} alone"
+        )
     return (lm, new, load_conversations(data, 'train', required=True), load_conversations(data, 'val'),
             *((load_conversations(run, 'train'), load_conversations(run, 'val')) if own else ([], [])))
 
@@ -334,13 +257,14 @@ class ChatData:
     T:int; examples:int; val_examples:int; tokens:int; share:float; packed:bool; rows:int
     batches:ChatBatches; val_batches:list; steps:int; mix:float; own_conversations:int; own_rows:int
 
+# %% ../nbs/08_finetune.ipynb #e45a1031
 def chat_data(
-    lm,                     # The model and its format (from `prepare_finetune`)
-    train:list[dict],       # Training conversations
-    val:list[dict],         # Held-out conversations
-    cfg:FinetuneConfig,     # The settings
-    rank:int=0,             # This process's rank
-    world:int=1,            # Processes
+    lm,                      # The model and its format (from `prepare_finetune`)
+    train:list[dict],        # Training conversations
+    val:list[dict],          # Held-out conversations
+    cfg:FinetuneConfig,      # The settings
+    rank:int=0,              # This process's rank
+    world:int=1,             # Processes
     own_train:list[dict]=(), # The run's own training conversations, `cfg.mix` of the rows
     own_val:list[dict]=(),   # The run's own held-out conversations, scored with `val`
 ) -> ChatData:
@@ -357,7 +281,8 @@ def chat_data(
     rows, B = pack(train_ex), cfg.batch_size
     own_rows = pack(label_every_token(own_ex) if cfg.mix_loss == 'all' else own_ex)
     val_rows, mix = pack(val_ex), cfg.mix if own_rows else 0.
-    val_rows += pack(fmt.assistant_examples(own_val, T))[:len(val_rows)]  # as many of the run's: both count, and the evaluations stay short
+    # as many of the run's: both count, and the evaluations stay short
+    val_rows += pack(fmt.assistant_examples(own_val, T))[:len(val_rows)]
     batches = ChatBatches(rows, B, fmt.pad_id, seed=cfg.seed, rank=rank, world_size=world, extra=own_rows, share=mix)
     val_batches = [pad_collate(val_rows[i:i + B * world], fmt.pad_id) for i in range(0, len(val_rows), B * world)]
     steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.steps_in_epoch()))
@@ -366,210 +291,148 @@ def chat_data(
 
 # %% ../nbs/08_finetune.ipynb #9ff8ba16
 def measure_replies(
-    model,             # The model, on its device
-    fmt:ChatFormat,    # Its chat format
-    val:list[dict],    # Held-out conversations
-    T:int,             # Tokens an example has at most
+    model,              # The model, on its device
+    fmt:ChatFormat,     # Its chat format
+    val:list[dict],     # Held-out conversations
+    T:int,              # Tokens an example has at most
     cfg:FinetuneConfig, # Its seed and `max_new_tokens`
 ) -> dict:
-    "Assistant-turn metrics on `val`, response selection on it as the evaluate stage measures it, and sample replies to `PROMPTS`, with the seconds they took."
+    "Assistant-turn metrics and response selection on `val` as evaluate measures them, sample replies, and the seconds."
     t0, ev = time.time(), EvalConfig()
-    try:  # the same items and scores as `evaluate`'s sft_data: the pretrained model's number, in the same run as the fine-tuned one's
-        sel = response_selection(selection_items(val, ev.selection_items), fmt, model_scorer(model, fmt.pad_id, 4 * ev.batch_size), min(T, ev.reply_len))
+    # the same items and scores as `evaluate`'s sft_data: the pretrained model's number, in the same run as the
+    # fine-tuned one's
+    try:
+        items, scorer = selection_items(val, ev.selection_items), model_scorer(model, fmt.pad_id, 4 * ev.batch_size)
+        sel = response_selection(items, fmt, scorer, min(T, ev.reply_len))
     except NotAPrefix: sel = None  # a template whose replies' tokens cannot be told apart (07a_replies)
     return dict(assistant=assistant_metrics(model, fmt, val, T), selection=sel,
                 samples=sample_replies(model, fmt, PROMPTS, sample_settings(cfg.max_new_tokens), cfg.seed, T),
                 seconds=round(time.time() - t0, 2))
 
-# %% ../nbs/08_finetune.ipynb #f469d363
-LORA_ABOVE = 200_000_000  # parameters: a bigger model trains LoRA adapters, with activation checkpointing, unless told otherwise
-
-def size_defaults(
-    cfg:FinetuneConfig, # The settings, `lora` and `checkpointing` None where left to the stage
-    n_params:int,       # Parameters of the model to fine-tune
-) -> FinetuneConfig:
-    "`cfg` with `lora` and `checkpointing` decided where they were left open: on for models over `LORA_ABOVE` parameters."
-    big = n_params > LORA_ABOVE
-    return dataclasses.replace(cfg, lora=big if cfg.lora is None else cfg.lora,
-                               checkpointing=big if cfg.checkpointing is None else cfg.checkpointing)
-
-# %% ../nbs/08_finetune.ipynb #e1718647
-def model_shape(
-    model, # A causal LM of any family
-    T:int, # Tokens a row holds
-) -> ModelConfig:
-    "Our `ModelConfig` for the model's shape: exact for our families, else a gated-MLP stand-in (Llama, Qwen2, Mistral, SmolLM are that)."
-    try: return dataclasses.replace(model_config(model), n_positions=T)
-    except UserError:
-        c = model.config
-        return ModelConfig(family='qwen3', n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_embd=c.hidden_size,
-                           n_positions=T, vocab_size=c.vocab_size, ffn=getattr(c, 'intermediate_size', None))
-
-def finetune_memory(
-    model,               # The model as it will train (LoRA-wrapped or not)
-    batch_size:int,      # Rows per micro-batch
-    T:int,               # Tokens per row
-    precision:str,       # The `--precision`
-    checkpointing:bool,  # Activation checkpointing on
-) -> dict:
-    "Estimated bytes to fine-tune `model`: `weights` as loaded, `gradients` and AdamW's `optimizer` moments of what trains, `activations`, `total`."
-    ps = list({id(p): p for p in model.parameters()}.values())
-    trained = [p for p in ps if p.requires_grad]
-    mem = dict(weights=sum(p.numel() * p.element_size() for p in ps), gradients=sum(p.numel() * p.element_size() for p in trained),
-               optimizer=8 * sum(p.numel() for p in trained),
-               activations=training_memory(model_shape(model, T), batch_size, T, precision, checkpointing)['activations'])
-    return {**mem, 'total': sum(mem.values())}
-
-def free_memory(
-    device:torch.device, # Where training runs
-) -> int|None:
-    "Bytes free for training on `device`: the GPU's free memory, or the machine's available memory (Linux); None where unknown."
-    if device.type == 'cuda': return torch.cuda.mem_get_info(device)[0]
-    if device.type != 'cpu': return None
-    try: return int(re.search(r'MemAvailable:\s+(\d+) kB', Path('/proc/meminfo').read_text()).group(1)) * 1024
-    except (OSError, AttributeError): return None  # not Linux
-
-def check_memory(
-    mem:dict,            # From `finetune_memory`
-    free:int|None,       # Bytes free (None: unknown, nothing is checked)
-    cfg:FinetuneConfig,  # The settings, for the advice
-    T:int,               # Tokens per row
-    where:str,           # The model and device, for the message
-):
-    "Refuse, naming the flags that would make it fit, a fine-tuning that needs more memory than is free."
-    if free is None or mem['total'] <= free: return
-    gib = lambda b: f"{b / 2**30:.1f} GiB"
-    fixes = (['--lora'] if not cfg.lora else []) + (['--checkpointing'] if not cfg.checkpointing else []) + \
-            [f'a smaller --batch-size (now {cfg.batch_size}) or --block-size (now {T})']
-    raise UserError(f"fine-tuning {where} needs about {gib(mem['total'])} (weights {gib(mem['weights'])}, gradients and optimizer "
-                    f"{gib(mem['gradients'] + mem['optimizer'])}, activations {gib(mem['activations'])}) but {gib(free)} is free: pass "
-                    + ', or '.join(fixes))
+# %% ../nbs/08_finetune.ipynb #4c544c04
+def finetune_inputs(
+    run:str|Path,          # The run folder
+    cfg:FinetuneConfig,    # The settings as given
+    src:Path,              # The model folder to fine-tune
+    dev:torch.device,      # Where the model runs
+    log,                   # The stage's logger
+    rank:int=0,            # This process's rank (rank 0 writes)
+    world:int=1,           # Processes
+    resume:bool=False,     # Continue a run whose data is already prepared
+    staged:Path|None=None, # Rank 0's `stage_chat_data` conversations (None: resuming, other ranks)
+) -> tuple:
+    "The model and the ids it gained, the examples, the held-out conversations, and the settings with size defaults."
+    lm, new, train, val, own_train, own_val = prepare_finetune(run, cfg, src, rank, world, resume, staged)
+    cfg = size_defaults(cfg, sum(p.numel() for p in lm.model.parameters()))
+    data = chat_data(lm, train, val, cfg, rank, world, own_train, own_val)
+    before = stage_dir(run, 'sft')/'data'/'before.json'
+    if rank == 0:
+        own = (f"; {data.mix:.0%} of the rows from {data.own_rows:,} of this run's ({data.own_conversations:,} "
+               f"conversations)" if data.mix else '')
+        log.info(f"{len(train):,} train and {len(val):,} val conversations from {cfg.data}: "
+                 f"{data.examples:,} examples, {data.tokens:,} tokens, {data.share:.0%} of them the assistant's; "
+                 f"{data.rows:,} "
+                 f"{'packed' if data.packed else 'padded'} rows of up to {data.T} tokens" + own)
+        if not before.exists(): save_json(measure_replies(lm.model.to(dev), lm.fmt, val, data.T, cfg), before)
+    return lm, new, data, val, cfg
 
 # %% ../nbs/08_finetune.ipynb #1218e41f
 def train_chat(
-    run:str|Path,        # The run folder
     lm,                  # The model and its format
     new:list[int],       # Token ids the model gained (trained too under LoRA)
     data:ChatData,       # The examples
     cfg:FinetuneConfig,  # The settings
+    sft:Path,            # Where the model goes
     log,                 # The stage's logger
     rank:int=0,          # This process's rank
     resume:bool=False,   # Continue from the checkpoint
 ) -> tuple:
-    "Train the model on the examples; return the loop's last metrics, the trained (merged) model, and the trained and all parameter counts."
-    sft = stage_dir(run, 'sft')
+    "Train the model on the examples; the loop's last metrics, the trained (merged) model, the parameters trained."
     set_seed(cfg.seed)  # the same adapters on every rank
-    if cfg.checkpointing:
-        set_checkpointing(lm.model, True)
-        if cfg.lora: lm.model.enable_input_require_grads()  # the frozen embeddings' output must carry a gradient through each block
-    model = add_lora(lm.model, cfg.lora_r, cfg.lora_alpha, new_tokens=new) if cfg.lora else lm.model
-    n_train, n_all = trainable_params(model)
     dev = rank_device(cfg.device)
-    mem = finetune_memory(model, cfg.batch_size, data.T, 'fp32' if autocast_dtype(dev, cfg.precision) is None else 'bf16', cfg.checkpointing)
-    check_memory(mem, free_memory(dev), cfg, data.T, f"{lm.folder} on {dev}")
+    model, n_train, n_all, mem = adapt_model(lm.model, cfg, dev, data.T, f"{lm.folder} on {dev}", new_tokens=new)
     set_seed(cfg.seed + rank)  # each rank its own dropout
-    lr, muon_lr = default_lr(lm.folder, cfg.lora, cfg.lr)
-    tc = TrainConfig(max_steps=data.steps, minutes=cfg.minutes or None, batch_size=cfg.batch_size, lr=lr, muon_lr=muon_lr,
-                     **{k: getattr(cfg, k) for k in ('warmup_steps', 'weight_decay', 'grad_clip', 'precision', 'device', 'seed',
-                                                    'log_every', 'eval_every', 'save_every')})
+    tc = loop_config(cfg, data.steps, *default_lr(lm.folder, cfg.lora, cfg.lr, SFT_LR_FRACTION, **SFT_LORA_LR))
     if rank == 0:
-        log.info(f"{'LoRA' if cfg.lora else 'full'} fine-tuning of {lm.folder}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M parameters "
-                 f"trained, {data.steps} steps of {cfg.batch_size} rows, lr {tc.lr:g}" + (f", at most {cfg.minutes:g} min" if cfg.minutes else '')
-                 + f"; about {mem['total'] / 2**30:.2g} GiB" + (', activation checkpointing' if cfg.checkpointing else ''))
-    trainer = Trainer(model, data.batches, tc, sft, val_batches=lambda: data.val_batches, tokenizer_dir=sft/'data'/'tokenizer', logger=log)
-    res = trainer.fit(resume=resume)
-    final = save_merged(trainer.raw_model, sft) if rank == 0 and cfg.lora else trainer.raw_model
-    return dict(res, lr=tc.lr), final, n_train, n_all
+        log.info(f"{'LoRA' if cfg.lora else 'full'} fine-tuning of {lm.folder}: {n_train/1e6:.3g}M of {n_all/1e6:.3g}M "
+                 f"parameters trained, {data.steps} steps of {cfg.batch_size} rows, lr {tc.lr:g}"
+                 + (f", at most {cfg.minutes:g} min" if cfg.minutes else '') + f"; about {mem['total'] / 2**30:.2g} GiB"
+                 + (', activation checkpointing' if cfg.checkpointing else ''))
+    res, final = train_tuned(model, data.batches, data.val_batches, tc, sft, log, cfg.lora, rank, resume)
+    return dict(res, lr=tc.lr), final, n_train
 
 # %% ../nbs/08_finetune.ipynb #c1971b24
 def finetune_result(
-    run:str|Path, lm, final, data:ChatData, cfg:FinetuneConfig, # The run, the model before and after, the examples and settings
-    res:dict, before:dict, after:dict,                          # The loop's last metrics, the measurements before and after
-    n_train:int, new:list[int], seconds:float,                  # Parameters trained, ids the tokenizer gained, the stage's time
+    # The run, the model before and after, examples, settings
+    run:str|Path, lm, final, data:ChatData, cfg:FinetuneConfig,
+    # The loop's last metrics, the measurements before and after
+    res:dict, before:dict, after:dict,
+    n_train:int, new:list[int], seconds:float,                  # Parameters trained, ids the tokenizer gained, the time
 ) -> dict:
     "The fine-tune stage's result, as written to `eval/finetune.json`."
     b, f, data_dir = before['assistant'], after['assistant'], stage_dir(run, 'sft')/'data'
     return dict(
         model=dict(name='sft', path=str(stage_dir(run, 'sft')), base=str(lm.folder), architecture=type(final).__name__,
                    parameters=sum(p.numel() for p in final.parameters()), context=data.T),
-        method=dict(kind='lora' if cfg.lora else 'full', trained_parameters=n_train, lora_r=cfg.lora_r if cfg.lora else None,
-                    lora_alpha=cfg.lora_alpha if cfg.lora else None, new_tokens=len(new)),
+        method=dict(kind='lora' if cfg.lora else 'full', trained_parameters=n_train,
+                    lora_r=cfg.lora_r if cfg.lora else None, lora_alpha=cfg.lora_alpha if cfg.lora else None,
+                    new_tokens=len(new)),
         data=dict(source=cfg.data, folder=str(data_dir), train_conversations=len(load_conversations(data_dir, 'train')),
-                  val_conversations=len(load_conversations(data_dir, 'val')), mix=data.mix, own_conversations=data.own_conversations, own_rows=data.own_rows, train_examples=data.examples,
+                  val_conversations=len(load_conversations(data_dir, 'val')), mix=data.mix,
+                  own_conversations=data.own_conversations, own_rows=data.own_rows, train_examples=data.examples,
                   val_examples=data.val_examples, label_share=round(data.share, 4), packed=data.packed, rows=data.rows),
         split='val',
         training=dict(steps=res['step'], max_steps=res['max_steps'], loss=res.get('loss'), val_loss=res.get('val_loss'),
                       lr=res['lr'], elapsed=res['elapsed']),
         before=b, assistant=f,
         improvement=dict(perplexity_ratio=round(f['perplexity'] / b['perplexity'], 4)) if b and f else None,
-        selection=dict(before=before.get('selection'), after=after.get('selection')),  # a before.json of an older version has none
+        # a before.json of an older version has none
+        selection=dict(before=before.get('selection'), after=after.get('selection')),
         samples=compare_replies(before['samples'], after['samples']),
         seconds=dict(before=before['seconds'], after=after['seconds'], total=round(seconds, 2)))
 
+# %% ../nbs/08_finetune.ipynb #cf6166b8
+def log_finetune(
+    log,            # The stage's logger
+    result:dict,    # From `finetune_result`
+    n_val:int,      # Held-out conversations
+    seconds:float,  # The stage's time
+    sft:Path,       # Where the model went
+):
+    "Log the assistant-turn perplexity and response selection before and after fine-tuning."
+    if not result['improvement']: return
+    b, a = result['selection']['before'], result['selection']['after']
+    picked = f"; response selection (PMI hits@1 of 10): {b['pmi']:.2f} before, {a['pmi']:.2f} after" if b and a else ''
+    log.info(
+        f"assistant-turn perplexity on {n_val} held-out conversations: {result['before']['perplexity']:.2f} before, "
+        f"{result['assistant']['perplexity']:.2f} after{picked}; {seconds:.0f} s; wrote {sft} and eval/finetune.json"
+    )
+
 # %% ../nbs/08_finetune.ipynb #82453dcf
+@config_options(FinetuneConfig)
 def run_finetune(
-    run:str,                     # The run folder: reads base/ (or --from), writes sft/ and eval/finetune.json
-    from_:str='base',            # The model to fine-tune: base (this run's pretrained model) or the path of a Hugging Face causal LM folder
-    data:str='chatterbot',       # Conversations: chatterbot (English, with its bot profile), hf:NAME, or a file or folder the collect stage reads
-    mix:float=0.95,              # Share of the training rows drawn from this run's own conversations (clean/'s train split; its val split is scored too); 0: --data alone
-    mix_loss:Literal['all','assistant']='all', # Where the loss falls on the run's own conversations: all (every turn, as pretraining did) or assistant
-    lora:bool|None=None,         # Train LoRA adapters instead of every weight (merged into sft/, kept in sft/lora/); default: for models over 200M parameters
-    lora_r:int=16,               # LoRA rank
-    lora_alpha:int=32,           # LoRA scale: updates are multiplied by alpha / r
-    epochs:float=5.,             # Passes over the training examples (unless --max-steps is given)
-    max_steps:int|None=None,     # Optimizer steps (default: what --epochs makes)
-    minutes:float=1.5,           # Time budget in minutes: training stops when it is spent (0: no budget)
-    batch_size:int=8,            # Rows per micro-batch on each process
-    block_size:int|None=None,    # Tokens per packed row, and the longest example (default: the model's context, at most 512)
-    lr:float|None=None,          # Peak learning rate of AdamW, Muon's moved with it (default: a fifteenth of the pretraining peaks if the folder records them, else 5e-5; LoRA: 5x the AdamW peak, at most 5e-3)
-    warmup_steps:int|None=None,  # Steps of linear warmup (default: 5% of the steps)
-    weight_decay:float=0.1,      # AdamW weight decay on weight matrices
-    grad_clip:float=1.0,         # Clip the gradient norm to this (0: off)
-    precision:Literal['auto','bf16','fp16','fp32']='auto', # Number format: auto is bf16 autocast where supported, fp16 on older GPUs
-    device:str='auto',           # auto, cpu, cuda, cuda:1 or mps
-    val_fraction:float=0.1,      # Share of the conversations held out to measure the assistant-turn perplexity
-    eval_every:int=25,           # Held-out loss every this many steps
-    save_every:int=100,          # Resumable checkpoint every this many steps
-    log_every:int=5,             # Metrics line every this many steps
-    seed:int=42,                 # Seed for the split, the data order, dropout and the sampled replies
-    max_new_tokens:int=40,       # Longest sample reply, in tokens
-    checkpointing:bool|None=None, # Activation checkpointing: recompute each block in the backward pass (default: for models over 200M parameters)
-    resume:bool=False,           # Continue from sft/checkpoints/last.pt with the saved settings
+    run:str,            # The run folder: reads base/ (or --from), writes sft/ and eval/finetune.json
+    resume:bool=False,  # Continue from sft/checkpoints/last.pt with the saved settings
+    **opts,             # The fields of `FinetuneConfig`
 ) -> dict:
-    "Fine-tune a model on chat conversations, with the loss on the assistant's replies; write sft/ and eval/finetune.json (before/after)."
-    args, t_start = dict(locals()), time.time()
-    sft, dev = stage_dir(run, 'sft'), rank_device(device)
-    rank, world = init_distributed(dev)
-    try:
-        if resume: args = resume_args(sft, args, run_finetune, get_logger('finetune'))
-        cfg = FinetuneConfig(**{k: v for k, v in args.items() if k not in ('run', 'resume')})
+    ("Fine-tune a model on chat conversations, with the loss on the assistant's replies; "
+     "write sft/ and eval/finetune.json (before/after).")
+    t_start = time.time()
+    with tune_run(run_finetune, run, resume, opts) as (args, cfg, dev, rank, world):
         # the inputs first: a missing model or unreadable --data leaves sft/ as it was
-        src = finetune_source(run, cfg.from_)
+        src = tune_source(run, cfg.from_, 'finetune')
         staged = stage_chat_data(run, cfg) if rank == 0 and not resume else None
-        with writing_stage(run, 'finetune'):
+        with writing_stage(run, 'finetune') as sft:
             log = get_logger('finetune', sft if rank == 0 else None)
-            lm, new, train, val, own_train, own_val = prepare_finetune(run, cfg, src, rank, world, resume, staged)
-            cfg = size_defaults(cfg, sum(p.numel() for p in lm.model.parameters()))
-            data = chat_data(lm, train, val, cfg, rank, world, own_train, own_val)
-            if rank == 0:
-                log.info(f"{len(train):,} train and {len(val):,} val conversations from {cfg.data}: {data.examples:,} examples, {data.tokens:,} "
-                         f"tokens, {data.share:.0%} of them the assistant's; {data.rows:,} {'packed' if data.packed else 'padded'} rows of up to {data.T} tokens"
-                         + (f"; {data.mix:.0%} of the rows from {data.own_rows:,} of this run's ({data.own_conversations:,} conversations)" if data.mix else ''))
-                if not (sft/'data'/'before.json').exists(): save_json(measure_replies(lm.model.to(dev), lm.fmt, val, data.T, cfg), sft/'data'/'before.json')
-                hub = dict(hub=dict(id=cfg.from_.partition('@')[0], revision=hub_revision(src))) if hub_revision(src) else {}
-                save_args(sft, 'finetune', {**args, 'block_size': data.T, 'lora': cfg.lora, 'checkpointing': cfg.checkpointing}, **hub)
+            lm, new, data, val, cfg = finetune_inputs(run, cfg, src, dev, log, rank, world, resume, staged)
+            if rank == 0: save_tune_args(sft, 'finetune', args, cfg, src, data.T)
             barrier(world)
             before = load_json(sft/'data'/'before.json')  # measured once: a resumed run reads it back
-            res, final, n_train, _ = train_chat(run, lm, new, data, cfg, log, rank, resume)
+            res, final, n_train = train_chat(lm, new, data, cfg, sft, log, rank, resume)
             barrier(world)
             if rank != 0: return res
-            result = finetune_result(run, lm, final, data, cfg, res, before, measure_replies(final, lm.fmt, val, data.T, cfg),
-                                     n_train, new, time.time() - t_start)
+            after = measure_replies(final, lm.fmt, val, data.T, cfg)
+            result = finetune_result(run, lm, final, data, cfg, res, before, after, n_train, new, time.time() - t_start)
             save_json(result, stage_dir(run, 'eval', create=True)/'finetune.json')
-            if result['improvement']:
-                b, a = result['selection']['before'], result['selection']['after']
-                picked = f"; response selection (PMI hits@1 of 10): {b['pmi']:.2f} before, {a['pmi']:.2f} after" if b and a else ''
-                log.info(f"assistant-turn perplexity on {len(val)} held-out conversations: {result['before']['perplexity']:.2f} before, "
-                         f"{result['assistant']['perplexity']:.2f} after{picked}; {time.time() - t_start:.0f} s; wrote {sft} and eval/finetune.json")
+            log_finetune(log, result, len(val), time.time() - t_start, sft)
             return result
-    finally: end_distributed()

@@ -11,10 +11,12 @@ from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 from .core import UserError
 from .chat_format import ChatFormat
-from .model import context_length, hf_quiet, make_model
+from .model import context_length, make_model
+from .model_folder import hf_quiet
 from .tokenizer import SPECIAL_TOKENS, save_tokenizer, train_bpe
 
 # %% auto #0
@@ -22,16 +24,18 @@ __all__ = ['GREEDY', 'GREEDY_PENALTY', 'PROMPTS', 'random_chat_model', 'Sampling
            'next_token', 'CacheDecoder', 'WrittenDecoder', 'GPT2Decoder', 'Qwen3Decoder', 'make_decoder',
            'generate_tokens', 'stream_text', 'generate_text', 'sample_settings', 'sample_replies']
 
-# %% ../nbs/05a_generate.ipynb #a6286ddf
+# %% ../nbs/05a_generate.ipynb #37933e86
 def _corpus_texts() -> list[str]:
     "The lines of chatterbot-corpus's English conversations: a small sample of chat text that ships with a package."
     import importlib.resources, yaml
     texts = []
     for f in sorted((importlib.resources.files('chatterbot_corpus')/'data'/'english').iterdir()):
         if f.name.endswith('.yml'):
-            for conv in yaml.safe_load(f.read_text(encoding='utf-8')).get('conversations') or []: texts += map(str, conv)
+            for conv in yaml.safe_load(f.read_text(encoding='utf-8')).get('conversations') or []:
+                texts += map(str, conv)
     return texts
 
+# %% ../nbs/05a_generate.ipynb #850e62ad
 def random_chat_model(
     folder:str|Path,          # Where to write the model folder
     preset:str='micro',       # A preset of the model stage
@@ -40,16 +44,18 @@ def random_chat_model(
     seed:int=0,               # Seed of the random weights
     **overrides,              # Settings of the model, e.g. n_positions=512
 ) -> Path:
-    "Write a model folder with random weights and a freshly trained tokenizer: something to chat with before any training."
+    "Write a model folder with random weights and a freshly trained tokenizer: something to chat with before training."
     folder = Path(folder)
     save_tokenizer(train_bpe(texts or _corpus_texts(), vocab_size), folder)
-    ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}  # `train_bpe` gives the special tokens ids 0-4 in this order
+    # `train_bpe` gives the special tokens ids 0-4 in this order
+    ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
     torch.manual_seed(seed)
-    model = make_model(preset, vocab_size, bos_token_id=ids['eot'], eos_token_id=ids['end'], pad_token_id=ids['eot'], **overrides)
+    model = make_model(preset, vocab_size, bos_token_id=ids['eot'], eos_token_id=ids['end'], pad_token_id=ids['eot'],
+                       **overrides)
     with hf_quiet(): model.save_pretrained(folder)  # the terminal chat shows its own messages
     return folder
 
-# %% ../nbs/05a_generate.ipynb #ea9b5b14
+# %% ../nbs/05a_generate.ipynb #10801e5b
 @dataclass
 class SamplingConfig:
     "How each next token is picked."
@@ -57,7 +63,7 @@ class SamplingConfig:
     top_k:int=0                   # Draw only from the k most probable tokens (0: all)
     top_p:float=0.9               # Draw only from the most probable tokens whose probabilities add up to p (1: all)
     repetition_penalty:float=1.1  # Make tokens that are already in the text less likely (1: off)
-    max_new_tokens:int=128        # Stop a reply after this many tokens (or where the context ends)
+    max_new_tokens:int=128        # Longest reply in tokens
 
     def __post_init__(self):
         bad = lambda what: UserError(f"sampling: {what}")
@@ -70,16 +76,19 @@ class SamplingConfig:
             raise bad(f"repetition_penalty must be a finite positive number, not {self.repetition_penalty}")
         if self.max_new_tokens < 1: raise bad(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
 
+# %% ../nbs/05a_generate.ipynb #81ab3d59
 GREEDY = SamplingConfig(temperature=0, top_k=0, top_p=1, repetition_penalty=1)  # what `generate` does by default
-GREEDY_PENALTY = 1.3  # the repetition penalty of the greedy replies that evaluate and the report show (measured under "Sample replies")
+# the repetition penalty of the greedy replies that evaluate and the report show (measured under "Sample replies")
+GREEDY_PENALTY = 1.3
 
-# %% ../nbs/05a_generate.ipynb #ad06e9c3
+# %% ../nbs/05a_generate.ipynb #f6fec081
 _F32 = torch.finfo(torch.float32)
 
 def _in_f32(v:float) -> float:
     "A positive setting moved into float32's range: 1e-300 is 0 there and 1e300 infinite, and x/0 or 0*inf is NaN."
     return min(max(v, _F32.tiny), _F32.max)
 
+# %% ../nbs/05a_generate.ipynb #c452003e
 def process_logits(
     logits:torch.Tensor, # (batch, vocab) scores of the next token
     ids:torch.Tensor,    # (batch, length) the tokens so far, for the repetition penalty
@@ -104,6 +113,7 @@ def process_logits(
         x = x.masked_fill(drop.scatter(1, order, drop), float('-inf'))
     return x
 
+# %% ../nbs/05a_generate.ipynb #c651d04a
 class ModelOutputError(UserError):
     "The model's scores for the next token are NaN or infinite: no token can be drawn from them."
 
@@ -121,7 +131,7 @@ def next_token(
     if cfg.temperature == 0: return x.argmax(-1)
     return torch.multinomial(x.softmax(-1), 1, generator=generator)[:, 0]
 
-# %% ../nbs/05a_generate.ipynb #d18426b3
+# %% ../nbs/05a_generate.ipynb #fae3d2c5
 def _cache_of(out):
     "The key/value cache in a model's output (`cache` since transformers 5, `past_key_values` before)."
     return out['cache'] if 'cache' in out else out['past_key_values']
@@ -134,30 +144,35 @@ class CacheDecoder:
                 ):
         params = inspect.signature(model.forward).parameters
         self.model = model
-        self.cache_arg = next((a for a in ('cache', 'past_key_values') if a in params), None)  # None: the model has no cache
+        # None: the model has no cache
+        self.cache_arg = next((a for a in ('cache', 'past_key_values') if a in params), None)
         self.use_cache = use_cache and self.cache_arg is not None
-        self.keep = {'logits_to_keep': 1} if 'logits_to_keep' in params else {}  # only the last position's logits are needed
+        # only the last position's logits are needed
+        self.keep = {'logits_to_keep': 1} if 'logits_to_keep' in params else {}
 
-    def prefill(self, ids:torch.Tensor) -> torch.Tensor:
-        "Run the prompts `ids` (batch, length); the logits of the next token, (batch, vocab)."
-        self.ids = ids
-        out = self.model(input_ids=ids, **self.keep, **({'use_cache': True} if self.use_cache else {}))
-        if self.use_cache: self.cache = _cache_of(out)
-        return out.logits[:, -1]
+# %% ../nbs/05a_generate.ipynb #eb859f62
+@patch
+def prefill(self:CacheDecoder, ids:torch.Tensor) -> torch.Tensor:
+    "Run the prompts `ids` (batch, length); the logits of the next token, (batch, vocab)."
+    self.ids = ids
+    out = self.model(input_ids=ids, **self.keep, **({'use_cache': True} if self.use_cache else {}))
+    if self.use_cache: self.cache = _cache_of(out)
+    return out.logits[:, -1]
 
-    def step(self, tok:torch.Tensor) -> torch.Tensor:
-        "Feed one new token per sequence, `tok` (batch,); the logits of the next one."
-        if self.use_cache:
-            out = self.model(input_ids=tok[:, None], use_cache=True, **{self.cache_arg: self.cache}, **self.keep)
-            self.cache = _cache_of(out)
-        else:
-            self.ids = torch.cat([self.ids, tok[:, None]], 1)
-            out = self.model(input_ids=self.ids, **self.keep)
-        return out.logits[:, -1]
+@patch
+def step(self:CacheDecoder, tok:torch.Tensor) -> torch.Tensor:
+    "Feed one new token per sequence, `tok` (batch,); the logits of the next one."
+    if self.use_cache:
+        out = self.model(input_ids=tok[:, None], use_cache=True, **{self.cache_arg: self.cache}, **self.keep)
+        self.cache = _cache_of(out)
+    else:
+        self.ids = torch.cat([self.ids, tok[:, None]], 1)
+        out = self.model(input_ids=self.ids, **self.keep)
+    return out.logits[:, -1]
 
-# %% ../nbs/05a_generate.ipynb #cd7bf3e0
+# %% ../nbs/05a_generate.ipynb #ebd795c5
 class WrittenDecoder:
-    "What the written-out decoders share: a prompt starts at position 0, then one token at a time, through the subclass's `forward`."
+    "What the written-out decoders share: a prompt from position 0, then a token at a time, through `forward`."
     def prefill(self, ids:torch.Tensor) -> torch.Tensor:
         "Run the prompts `ids` (batch, length) from position 0; the logits of the next token."
         self.pos = 0
@@ -167,8 +182,9 @@ class WrittenDecoder:
         "Feed one new token per sequence, `tok` (batch,); the logits of the next one."
         return self.forward(tok[:, None])
 
+# %% ../nbs/05a_generate.ipynb #990ecb0d
 class GPT2Decoder(WrittenDecoder):
-    "Next-token logits for a `GPT2LMHeadModel`: its forward pass written out over its weights, with a preallocated key/value cache."
+    "Next-token logits for a `GPT2LMHeadModel`: its forward pass written out, with a preallocated key/value cache."
     def __init__(self,
                  model,          # A `GPT2LMHeadModel` in eval mode (see `GPT2Decoder.supports`)
                  batch_size:int, # Sequences decoded together
@@ -176,7 +192,8 @@ class GPT2Decoder(WrittenDecoder):
                 ):
         c, tr = model.config, model.transformer
         from transformers.activations import ACT2FN
-        self.n_head, self.d, self.eps, self.act = c.n_head, c.n_embd, c.layer_norm_epsilon, ACT2FN[c.activation_function]
+        self.n_head, self.d, self.eps = c.n_head, c.n_embd, c.layer_norm_epsilon
+        self.act = ACT2FN[c.activation_function]
         self.wte, self.wpe, self.head = tr.wte.weight, tr.wpe.weight, model.lm_head.weight
         self.ln_f = (tr.ln_f.weight, tr.ln_f.bias)
         self.blocks = [(b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight,
@@ -190,29 +207,31 @@ class GPT2Decoder(WrittenDecoder):
     def supports(model) -> bool:
         "Whether `model` is a GPT-2 whose attention this decoder reproduces."
         c = model.config
-        return (type(model).__name__ == 'GPT2LMHeadModel' and c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx
+        return (type(model).__name__ == 'GPT2LMHeadModel' and c.scale_attn_weights
+                and not c.scale_attn_by_inverse_layer_idx
                 and not c.reorder_and_upcast_attn and not c.add_cross_attention)
 
-    def forward(self, ids:torch.Tensor) -> torch.Tensor:
-        "Run the new tokens `ids` (batch, n) at the next positions; the logits after the last one, (batch, vocab)."
-        B, T = ids.shape
-        p, H, D = self.pos, self.n_head, self.d
-        if T > 1 and p: raise ValueError("several tokens at once only for the prompt, at position 0")
-        x = (F.embedding(ids, self.wte) + self.wpe[p:p+T]).view(B*T, D)
-        for i, (l1w, l1b, aw, ab, pw, pb, l2w, l2b, fw, fb, mw, mb) in enumerate(self.blocks):
-            # attention: one matmul for queries, keys and values (GPT-2's Conv1D weights are (in, out): addmm, as it does)
-            q, k, v = torch.addmm(ab, F.layer_norm(x, (D,), l1w, l1b, self.eps), aw).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
-            self.k[i, :, :, p:p+T], self.v[i, :, :, p:p+T] = k, v
-            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :p+T], self.v[i, :, :, :p+T], is_causal=T > 1)
-            x = x + torch.addmm(pb, a.transpose(1, 2).reshape(B*T, D), pw)
-            # feed-forward
-            x = x + torch.addmm(mb, self.act(torch.addmm(fb, F.layer_norm(x, (D,), l2w, l2b, self.eps), fw)), mw)
-        self.pos = p + T
-        return F.linear(F.layer_norm(x.view(B, T, D)[:, -1], (D,), *self.ln_f, self.eps), self.head)
+# %% ../nbs/05a_generate.ipynb #764c7891
+@patch
+def forward(self:GPT2Decoder, ids:torch.Tensor) -> torch.Tensor:
+    "Run the new tokens `ids` (batch, n) at the next positions; the logits after the last one, (batch, vocab)."
+    B, T = ids.shape
+    p, H, D = self.pos, self.n_head, self.d
+    if T > 1 and p: raise ValueError("several tokens at once only for the prompt, at position 0")
+    x = (F.embedding(ids, self.wte) + self.wpe[p:p+T]).view(B*T, D)
+    for i, (l1w, l1b, aw, ab, pw, pb, l2w, l2b, fw, fb, mw, mb) in enumerate(self.blocks):
+        # attention: one matmul for queries, keys and values (GPT-2's Conv1D weights are (in, out): addmm, as it does)
+        q, k, v = torch.addmm(ab, F.layer_norm(x, (D,), l1w, l1b, self.eps), aw).view(B, T, 3, H,
+                                                                                      D // H).permute(2, 0, 3, 1, 4)
+        self.k[i, :, :, p:p+T], self.v[i, :, :, p:p+T] = k, v
+        a = F.scaled_dot_product_attention(q, self.k[i, :, :, :p+T], self.v[i, :, :, :p+T], is_causal=T > 1)
+        x = x + torch.addmm(pb, a.transpose(1, 2).reshape(B*T, D), pw)
+        # feed-forward
+        x = x + torch.addmm(mb, self.act(torch.addmm(fb, F.layer_norm(x, (D,), l2w, l2b, self.eps), fw)), mw)
+    self.pos = p + T
+    return F.linear(F.layer_norm(x.view(B, T, D)[:, -1], (D,), *self.ln_f, self.eps), self.head)
 
-
-
-# %% ../nbs/05a_generate.ipynb #50c46e80
+# %% ../nbs/05a_generate.ipynb #d5c557d4
 def _rms(x:torch.Tensor, w:torch.Tensor, eps:float) -> torch.Tensor:
     "RMSNorm as `transformers`' Qwen3 and Llama compute it: in fp32, scaled by the gain in the input's dtype."
     xf = x.float()
@@ -223,8 +242,9 @@ def _rotate(x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor) -> torch.Tensor:
     h = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
 
+# %% ../nbs/05a_generate.ipynb #c6108a69
 class Qwen3Decoder(WrittenDecoder):
-    "Next-token logits for a `Qwen3ForCausalLM`: its forward pass written out over its weights, with a preallocated key/value cache."
+    "Next-token logits for a `Qwen3ForCausalLM`: its forward pass written out, with a preallocated key/value cache."
     def __init__(self,
                  model,          # A `Qwen3ForCausalLM` in eval mode (see `Qwen3Decoder.supports`)
                  batch_size:int, # Sequences decoded together
@@ -232,13 +252,17 @@ class Qwen3Decoder(WrittenDecoder):
                 ):
         c, m = model.config, model.model
         from transformers.activations import ACT2FN
-        self.H, self.KV, self.hd, self.eps, self.act = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps, ACT2FN[c.hidden_act]
+        self.H, self.KV, self.hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.eps, self.act = c.rms_norm_eps, ACT2FN[c.hidden_act]
         self.embed, self.head, self.norm = m.embed_tokens.weight, model.lm_head.weight, m.norm.weight
         pos = torch.arange(max_len, device=self.embed.device).float()
-        angles = torch.cat([pos[:, None] * m.rotary_emb.inv_freq.float()[None]] * 2, -1)  # (max_len, head_dim), as transformers makes it
+        # (max_len, head_dim), as transformers makes it
+        angles = torch.cat([pos[:, None] * m.rotary_emb.inv_freq.float()[None]] * 2, -1)
         self.cos, self.sin = angles.cos().to(self.embed.dtype), angles.sin().to(self.embed.dtype)
-        self.blocks = [(l.input_layernorm.weight, l.self_attn.q_proj.weight, l.self_attn.k_proj.weight, l.self_attn.v_proj.weight,
-                        l.self_attn.q_norm.weight, l.self_attn.k_norm.weight, l.self_attn.o_proj.weight, l.post_attention_layernorm.weight,
+        self.blocks = [(l.input_layernorm.weight, l.self_attn.q_proj.weight, l.self_attn.k_proj.weight,
+                        l.self_attn.v_proj.weight,
+                        l.self_attn.q_norm.weight, l.self_attn.k_norm.weight, l.self_attn.o_proj.weight,
+                        l.post_attention_layernorm.weight,
                         l.mlp.gate_proj.weight, l.mlp.up_proj.weight, l.mlp.down_proj.weight) for l in m.layers]
         shape = (len(m.layers), batch_size, self.KV, max_len, self.hd)
         self.k, self.v = self.embed.new_empty(shape), self.embed.new_empty(shape)
@@ -246,31 +270,36 @@ class Qwen3Decoder(WrittenDecoder):
 
     @staticmethod
     def supports(model) -> bool:
-        "Whether `model` is a Qwen3 whose attention this decoder reproduces (full attention, no biases, plain rotary angles)."
+        "Whether `model` is a Qwen3 whose attention this decoder reproduces (full attention, no biases, plain rotary)."
         c = model.config
-        return (type(model).__name__ == 'Qwen3ForCausalLM' and not c.attention_bias and not getattr(c, 'use_sliding_window', False)
-                and c.rope_parameters.get('rope_type', 'default') == 'default' and c.num_attention_heads % c.num_key_value_heads == 0)
+        return (type(model).__name__ == 'Qwen3ForCausalLM' and not c.attention_bias
+                and not getattr(c, 'use_sliding_window', False)
+                and c.rope_parameters.get('rope_type', 'default') == 'default'
+                and c.num_attention_heads % c.num_key_value_heads == 0)
 
-    def forward(self, ids:torch.Tensor) -> torch.Tensor:
-        "Run the new tokens `ids` (batch, n) at the next positions; the logits after the last one, (batch, vocab)."
-        B, T = ids.shape
-        p, H, KV, hd, eps = self.pos, self.H, self.KV, self.hd, self.eps
-        if T > 1 and p: raise ValueError("several tokens at once only for the prompt, at position 0")
-        x, cos, sin = F.embedding(ids, self.embed), self.cos[p:p+T], self.sin[p:p+T]
-        for i, (n1, wq, wk, wv, qn, kn, wo, n2, wg, wu, wd) in enumerate(self.blocks):
-            h = _rms(x, n1, eps)
-            q = _rotate(_rms(F.linear(h, wq).view(B, T, H, hd), qn, eps).transpose(1, 2), cos, sin)
-            self.k[i, :, :, p:p+T] = _rotate(_rms(F.linear(h, wk).view(B, T, KV, hd), kn, eps).transpose(1, 2), cos, sin)
-            self.v[i, :, :, p:p+T] = F.linear(h, wv).view(B, T, KV, hd).transpose(1, 2)
-            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :p+T], self.v[i, :, :, :p+T], is_causal=T > 1, scale=hd**-0.5,
-                                               enable_gqa=KV != H)
-            x = x + F.linear(a.transpose(1, 2).reshape(B, T, H * hd), wo)
-            h = _rms(x, n2, eps)
-            x = x + F.linear(self.act(F.linear(h, wg)) * F.linear(h, wu), wd)
-        self.pos = p + T
-        return F.linear(_rms(x[:, -1], self.norm, eps), self.head)
+# %% ../nbs/05a_generate.ipynb #2dd17fff
+@patch
+def forward(self:Qwen3Decoder, ids:torch.Tensor) -> torch.Tensor:
+    "Run the new tokens `ids` (batch, n) at the next positions; the logits after the last one, (batch, vocab)."
+    B, T = ids.shape
+    p, H, KV, hd, eps = self.pos, self.H, self.KV, self.hd, self.eps
+    if T > 1 and p: raise ValueError("several tokens at once only for the prompt, at position 0")
+    x, cos, sin = F.embedding(ids, self.embed), self.cos[p:p+T], self.sin[p:p+T]
+    for i, (n1, wq, wk, wv, qn, kn, wo, n2, wg, wu, wd) in enumerate(self.blocks):
+        h = _rms(x, n1, eps)
+        q = _rotate(_rms(F.linear(h, wq).view(B, T, H, hd), qn, eps).transpose(1, 2), cos, sin)
+        self.k[i, :, :, p:p+T] = _rotate(_rms(F.linear(h, wk).view(B, T, KV, hd), kn, eps).transpose(1, 2), cos, sin)
+        self.v[i, :, :, p:p+T] = F.linear(h, wv).view(B, T, KV, hd).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, self.k[i, :, :, :p+T], self.v[i, :, :, :p+T], is_causal=T > 1,
+                                           scale=hd**-0.5,
+                                           enable_gqa=KV != H)
+        x = x + F.linear(a.transpose(1, 2).reshape(B, T, H * hd), wo)
+        h = _rms(x, n2, eps)
+        x = x + F.linear(self.act(F.linear(h, wg)) * F.linear(h, wu), wd)
+    self.pos = p + T
+    return F.linear(_rms(x[:, -1], self.norm, eps), self.head)
 
-# %% ../nbs/05a_generate.ipynb #5b55e483
+# %% ../nbs/05a_generate.ipynb #4e2d9d44
 def make_decoder(
     model,               # A causal LM in eval mode
     batch_size:int,      # Sequences decoded together
@@ -284,6 +313,7 @@ def make_decoder(
             if fast_decoder.supports(model): return fast_decoder(model, batch_size, max_len)
     return CacheDecoder(model, use_cache)
 
+# %% ../nbs/05a_generate.ipynb #ddd3fe2b
 @torch.inference_mode()
 def generate_tokens(
     model,                              # A causal LM in eval mode
@@ -298,7 +328,9 @@ def generate_tokens(
     cfg = cfg or SamplingConfig()
     B, T = ids.shape
     n_new = min(cfg.max_new_tokens, context_length(model) - T)
-    if n_new < 1: raise UserError(f"the prompt is {T} tokens: the model reads at most {context_length(model)}, with room for the reply")
+    if n_new < 1:
+        raise UserError(f"the prompt is {T} tokens: the model reads at most {context_length(model)}, with room for the "
+                        "reply")
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=ids.device)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     seq = torch.cat([ids, ids.new_full((B, n_new), pad)], 1)  # the text so far, for the repetition penalty
@@ -313,7 +345,7 @@ def generate_tokens(
         seq[:, T+i] = tok
         logits = dec.step(tok)
 
-# %% ../nbs/05a_generate.ipynb #6f8406d0
+# %% ../nbs/05a_generate.ipynb #4eb50fd2
 def _decode(tokenizer, ids:list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
@@ -343,11 +375,12 @@ def stream_text(
     text = _decode(tokenizer, reply)
     if text != shown: yield text[len(shown):]
 
+# %% ../nbs/05a_generate.ipynb #9145a9a9
 def generate_text(*args, **kwargs) -> str:
     "The whole reply of `stream_text(*args, **kwargs)` at once."
     return ''.join(stream_text(*args, **kwargs))
 
-# %% ../nbs/05a_generate.ipynb #c017ead8
+# %% ../nbs/05a_generate.ipynb #f3eebff1
 PROMPTS = [
     "Hi! How are you today?",
     "What do you like to do for fun?",
@@ -366,6 +399,7 @@ def sample_settings(
     return dict(greedy=dataclasses.replace(GREEDY, repetition_penalty=GREEDY_PENALTY, max_new_tokens=max_new_tokens),
                 sampled=SamplingConfig(max_new_tokens=max_new_tokens))
 
+# %% ../nbs/05a_generate.ipynb #e0ecfab7
 @torch.no_grad()
 def sample_replies(
     model,                          # A causal LM in eval mode

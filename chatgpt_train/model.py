@@ -4,32 +4,34 @@
 
 # %% ../nbs/05_model.ipynb #fe154ff5
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, re
+import contextlib, dataclasses, math, re
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig,
-                          PreTrainedModel, Qwen3Config)
+from fastcore.basics import patch
+from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAIGPTConfig, PretrainedConfig,
+                          PreTrainedModel,
+                          Qwen3Config)
 
-from .core import UserError, autocast_dtype, get_device, model_dir, redo_hint, run_file
-from .chat_format import ChatFormat, load_chat_format, refuse_custom_code
+from .core import UserError, autocast_dtype, get_device, model_dir, run_file
+from .chat_format import ChatFormat, load_chat_format
+from .model_folder import load_causal_lm
 
 # %% auto #0
-__all__ = ['PRESETS', 'CPU_TRAINING', 'PAPER_TRAINING', 'TRAINING', 'PICKLE_WEIGHTS', 'MAX_LAYERS', 'MAX_CONTEXT', 'SHAPE_LIMITS',
-           'FLOAT_WEIGHTS', 'TOKENIZER_FILES', 'QWEN3_FP32', 'QWEN3_E', 'DEVICES', 'ModelConfig', 'depth_preset',
-           'get_preset', 'training_defaults', 'hf_config', 'make_model', 'context_length', 'hf_quiet',
-           'read_model_config', 'weight_files', 'weight_headers', 'free_ram', 'check_model_size', 'check_weights',
-           'check_model_folder', 'load_causal_lm', 'LoadedModel', 'load_model', 'count_params', 'matmul_params',
-           'flops_per_token', 'training_memory', 'set_checkpointing', 'measure_training_peak', 'kv_cache_bytes',
-           'training_time', 'model_config', 'model_summary', 'recommend_model']
+__all__ = ['PRESETS', 'CPU_TRAINING', 'PAPER_TRAINING', 'TRAINING', 'TOKENIZER_FILES', 'QWEN3_FP32', 'QWEN3_E', 'DEVICES',
+           'ModelConfig', 'depth_preset', 'get_preset', 'training_defaults', 'hf_config', 'make_model',
+           'context_length', 'LoadedModel', 'load_model', 'count_params', 'matmul_params', 'flops_per_token',
+           'training_memory', 'set_checkpointing', 'measure_training_peak', 'kv_cache_bytes', 'training_time',
+           'model_config', 'model_summary', 'trainable_presets', 'recommend_model']
 
-# %% ../nbs/05_model.ipynb #468a6cf7
+# %% ../nbs/05_model.ipynb #5e652964
 @dataclass
 class ModelConfig:
     "The shape of a GPT: enough to build it, count it and cost it."
-    family:Literal['gpt1','gpt2','gpt3','qwen3']='gpt2' # Block design: GPT-1 (post-LN), GPT-2 (pre-LN), GPT-3 (GPT-2 blocks, see `attention`), or today's (Qwen3)
+    # Block design: GPT-1 (post-LN), GPT-2 (pre-LN), GPT-3 (GPT-2 blocks, see `attention`), or today's (Qwen3)
+    family:Literal['gpt1','gpt2','gpt3','qwen3']='gpt2'
     n_layer:int=4          # Transformer blocks (depth)
     n_head:int=4           # Attention heads per block; `n_embd` must divide by it
     n_embd:int=256         # Width of the residual stream (d_model)
@@ -38,35 +40,46 @@ class ModelConfig:
     attention:Literal['dense','sparse']='dense' # 'sparse': GPT-3's alternating dense and local layers, built as GPT-Neo
     window:int=256         # How many recent tokens a local ('sparse') layer attends to
     dropout:float=0.0      # Dropout everywhere; 0 trains faster and suits runs shorter than one pass over the data
-    ffn:int|None=None      # Hidden width of the MLP (None: 4 x n_embd for GPT blocks, 8/3 x n_embd to a multiple of 64 for qwen3)
+    # Hidden width of the MLP (None: 4 x n_embd for GPT blocks, 8/3 x n_embd to a multiple of 64 for qwen3)
+    ffn:int|None=None
     tie_embeddings:bool=True # qwen3: the output layer is the token embedding (GPT blocks always tie them)
     rope_theta:float=10000.  # qwen3: the base of the rotary angles
 
     def __post_init__(self):
-        if self.family not in ('gpt1', 'gpt2', 'gpt3', 'qwen3'): raise UserError(f"family must be gpt1, gpt2, gpt3 or qwen3, not {self.family!r}")
-        if self.attention not in ('dense', 'sparse'): raise UserError(f"attention must be 'dense' or 'sparse', not {self.attention!r}")
-        if self.attention == 'sparse' and self.family != 'gpt3': raise UserError("sparse attention is a GPT-3 option: use family='gpt3'")
-        if min(self.n_layer, self.n_head, self.n_embd, self.n_positions, self.vocab_size) < 1: raise UserError(f"sizes must be positive: {self}")
-        if self.n_embd % self.n_head: raise UserError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
-        if self.ffn is not None and self.family != 'qwen3': raise UserError("ffn sets the gated MLP's width: use family='qwen3'")
+        if self.family not in ('gpt1', 'gpt2', 'gpt3', 'qwen3'):
+            raise UserError(f"family must be gpt1, gpt2, gpt3 or qwen3, not {self.family!r}")
+        if self.attention not in ('dense', 'sparse'):
+            raise UserError(f"attention must be 'dense' or 'sparse', not {self.attention!r}")
+        if self.attention == 'sparse' and self.family != 'gpt3':
+            raise UserError("sparse attention is a GPT-3 option: use family='gpt3'")
+        if min(self.n_layer, self.n_head, self.n_embd, self.n_positions, self.vocab_size) < 1:
+            raise UserError(f"sizes must be positive: {self}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if self.ffn is not None and self.family != 'qwen3':
+            raise UserError("ffn sets the gated MLP's width: use family='qwen3'")
 
-    @property
-    def head_dim(self) -> int: return self.n_embd // self.n_head
+# %% ../nbs/05_model.ipynb #9ff43513
+@patch(as_prop=True)
+def head_dim(self:ModelConfig) -> int: return self.n_embd // self.n_head
 
-    @property
-    def ffn_dim(self) -> int:
-        "The MLP's hidden width."
-        if self.ffn: return self.ffn
-        return 4 * self.n_embd if self.family != 'qwen3' else max(64, round(8 * self.n_embd / 3 / 64) * 64)
+@patch(as_prop=True)
+def ffn_dim(self:ModelConfig) -> int:
+    "The MLP's hidden width."
+    if self.ffn: return self.ffn
+    return 4 * self.n_embd if self.family != 'qwen3' else max(64, round(8 * self.n_embd / 3 / 64) * 64)
 
 # %% ../nbs/05_model.ipynb #267740bf
 _GPT2 = dict(family='gpt2', n_positions=1024, vocab_size=50257)
 _GPT3 = dict(family='gpt3', n_positions=2048, vocab_size=50257)
 
 PRESETS = {
-    # CPU sizes, today's blocks (qwen3), our vocabulary: d_model = 64 x depth, one head per 64 dims (the `dN` knob below)
-    'micro':       dict(family='qwen3', n_layer=2, n_head=2, n_embd=128, n_positions=256),  # 0.6M at vocab 2048: smoke tests
-    'tiny':        dict(family='qwen3', n_layer=3, n_head=3, n_embd=192, n_positions=256),  # 1.7M: the default, minutes on 2 cores
+    # CPU sizes, today's blocks (qwen3), our vocabulary: d_model = 64 x depth, one head per 64 dims
+    # (the `dN` knob below)
+    # 0.6M at vocab 2048: smoke tests
+    'micro':       dict(family='qwen3', n_layer=2, n_head=2, n_embd=128, n_positions=256),
+    # 1.7M: the default, minutes on 2 cores
+    'tiny':        dict(family='qwen3', n_layer=3, n_head=3, n_embd=192, n_positions=256),
     'mini':        dict(family='qwen3', n_layer=6, n_head=6, n_embd=384, n_positions=256),  # 11.4M: an hour on 2 cores
     # GPT-1: post-LN, OpenAIGPTLMHeadModel
     'gpt1':        dict(family='gpt1', n_layer=12, n_head=12, n_embd=768, n_positions=512, vocab_size=40478), # 117M
@@ -99,11 +112,13 @@ def get_preset(
     "The `ModelConfig` of a preset name."
     if name in PRESETS: return ModelConfig(**PRESETS[name])
     if m := re.fullmatch(r'd([1-9]\d?)', name): return ModelConfig(**depth_preset(int(m.group(1))))
-    raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}, or dN for a CPU model of depth N (e.g. d3)")
+    raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}, or dN for a CPU model of "
+                    "depth N (e.g. d3)")
 
-# %% ../nbs/05_model.ipynb #48077b55
+# %% ../nbs/05_model.ipynb #f6e3ecfa
 CPU_TRAINING = dict(lr=3e-3, muon_lr=3e-3, schedule='wsd', tokens_per_step=4096)  # the CPU presets and dN
-PAPER_TRAINING = dict(muon_lr=None, schedule='cosine')  # the published sizes: AdamW (no Muon) and a cosine, as in the papers
+# the published sizes: AdamW (no Muon) and a cosine, as in the papers
+PAPER_TRAINING = dict(muon_lr=None, schedule='cosine')
 
 TRAINING = {  # preset: peak learning rate and tokens per optimizer step
     'gpt1':        dict(lr=2.5e-4, tokens_per_step=64*512),
@@ -121,6 +136,7 @@ TRAINING = {  # preset: peak learning rate and tokens per optimizer step
     'gpt3-175b':   dict(lr=0.6e-4, tokens_per_step=3_200_000),
 }
 
+# %% ../nbs/05_model.ipynb #c63e1cf7
 def training_defaults(
     name:str, # A preset name (see `get_preset`)
 ) -> dict:
@@ -128,31 +144,39 @@ def training_defaults(
     get_preset(name)  # an unknown name fails here, with the list of choices
     return {**PAPER_TRAINING, **TRAINING[name]} if name in TRAINING else dict(CPU_TRAINING)
 
-# %% ../nbs/05_model.ipynb #ac1de186
+# %% ../nbs/05_model.ipynb #fa40fbb0
 def _hf_kwargs(cfg:ModelConfig) -> tuple[type, dict]:
     "The `transformers` config class for `cfg` and its arguments."
     ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if cfg.family == 'qwen3':
-        return Qwen3Config, dict(num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+        return Qwen3Config, dict(num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                                 num_key_value_heads=cfg.n_head,
                                  hidden_size=cfg.n_embd, head_dim=cfg.head_dim, intermediate_size=cfg.ffn_dim,
-                                 max_position_embeddings=cfg.n_positions, vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings,
-                                 rope_parameters=dict(rope_type='default', rope_theta=cfg.rope_theta), attention_dropout=cfg.dropout,
+                                 max_position_embeddings=cfg.n_positions, vocab_size=cfg.vocab_size,
+                                 tie_word_embeddings=cfg.tie_embeddings,
+                                 rope_parameters=dict(rope_type='default', rope_theta=cfg.rope_theta),
+                                 attention_dropout=cfg.dropout,
                                  attention_bias=False, rms_norm_eps=1e-6, use_cache=False, **ids)
     if cfg.family == 'gpt1':
-        return OpenAIGPTConfig, dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, n_positions=cfg.n_positions,
+        return OpenAIGPTConfig, dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                                     n_positions=cfg.n_positions,
                                      vocab_size=cfg.vocab_size, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
                                      attn_pdrop=cfg.dropout, **ids)
     if cfg.attention == 'sparse':
         # GPT-Neo lists a type per layer: global (dense) and local alternate, starting with global
         pattern = [[['global', 'local'], cfg.n_layer // 2]] + ([[['global'], 1]] if cfg.n_layer % 2 else [])
         return GPTNeoConfig, dict(num_layers=cfg.n_layer, num_heads=cfg.n_head, hidden_size=cfg.n_embd,
-                                  max_position_embeddings=cfg.n_positions, vocab_size=cfg.vocab_size, attention_types=pattern,
+                                  max_position_embeddings=cfg.n_positions, vocab_size=cfg.vocab_size,
+                                  attention_types=pattern,
                                   window_size=cfg.window, embed_dropout=cfg.dropout, resid_dropout=cfg.dropout,
-                                  attention_dropout=cfg.dropout, activation_function='gelu_pytorch_tanh', use_cache=False, **ids)
+                                  attention_dropout=cfg.dropout, activation_function='gelu_pytorch_tanh',
+                                  use_cache=False, **ids)
     return GPT2Config, dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, n_positions=cfg.n_positions,
-                            vocab_size=cfg.vocab_size, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                            vocab_size=cfg.vocab_size, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                            attn_pdrop=cfg.dropout,
                             activation_function='gelu_pytorch_tanh', use_cache=False, **ids)
 
+# %% ../nbs/05_model.ipynb #d4c54745
 def hf_config(
     cfg:ModelConfig, # The shape to build
     **extra,         # Settings of the `transformers` config to set too, e.g. `eos_token_id=1`
@@ -161,22 +185,26 @@ def hf_config(
     cls, kw = _hf_kwargs(cfg)
     known = set(cls().to_dict()) | set(kw)
     if bad := sorted(set(extra) - known):
-        raise UserError(f"unknown model setting {', '.join(bad)}; use a field of ModelConfig ({', '.join(f.name for f in dataclasses.fields(ModelConfig))}) "
+        raise UserError(f"unknown model setting {', '.join(bad)}; use a field of ModelConfig "
+                        f"({', '.join(f.name for f in dataclasses.fields(ModelConfig))}) "
                         f"or a setting of transformers' {cls.__name__}")
     return cls(**{**kw, **extra})
 
-# %% ../nbs/05_model.ipynb #47c8f72f
+# %% ../nbs/05_model.ipynb #c428c8af
 def _scale_residual_init(model:PreTrainedModel, n_layer:int, std:float=0.02):
     "GPT-2's scaled initialisation of the layers that write into the residual stream (for GPT-Neo, which lacks it)."
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(('attention.out_proj.weight', 'mlp.c_proj.weight')): p.normal_(0.0, std / math.sqrt(2 * n_layer))
+            if name.endswith(('attention.out_proj.weight', 'mlp.c_proj.weight')):
+                p.normal_(0.0, std / math.sqrt(2 * n_layer))
 
+# %% ../nbs/05_model.ipynb #41abaf1c
 def make_model(
     preset_or_config:str|ModelConfig='tiny', # A preset name (see `PRESETS`, or `dN`) or a `ModelConfig`
     vocab_size:int|None=None,  # Tokens in the vocabulary (our tokenizer's); None keeps the preset's
     device:str|None=None,      # Build on this device: 'meta' (no memory), 'cuda', ...; None: torch's default (the CPU)
-    **overrides,               # Fields of `ModelConfig` (n_layer=8), or settings of the transformers config (eos_token_id=0, attn_implementation='eager')
+    # Fields of `ModelConfig` (n_layer=8), or settings of the transformers config (eos_token_id=0)
+    **overrides,
 ) -> PreTrainedModel:
     "A freshly initialised `transformers` causal language model of the given size."
     cfg = get_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
@@ -185,7 +213,8 @@ def make_model(
     cfg = dataclasses.replace(cfg, **mine)
     attn = overrides.pop('attn_implementation', None)
     hc = hf_config(cfg, **overrides)
-    attn = attn or ('sdpa' if cfg.family != 'gpt1' and cfg.attention == 'dense' else 'eager')  # transformers' SDPA support
+    # transformers' SDPA support
+    attn = attn or ('sdpa' if cfg.family != 'gpt1' and cfg.attention == 'dense' else 'eager')
     with torch.device(device) if device else contextlib.nullcontext():
         model = AutoModelForCausalLM.from_config(hc, attn_implementation=attn)
     if cfg.attention == 'sparse': _scale_residual_init(model, cfg.n_layer, hc.initializer_range)
@@ -202,170 +231,9 @@ def context_length(
     if isinstance(c, ModelConfig): return c.n_positions
     return getattr(c, 'config', c).max_position_embeddings
 
-# %% ../nbs/05_model.ipynb #17e3cc73
-@contextlib.contextmanager
-def hf_quiet():
-    "A block in which `transformers` draws no progress bars of its own (callers show theirs, or need none) and prints only errors."
-    from transformers.utils import logging as hf_logging
-    was, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
-    try: yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if was: hf_logging.enable_progress_bar()
-
-PICKLE_WEIGHTS = ('*.bin', '*.pt', '*.pth', '*.ckpt', '*.pkl')  # weight files that unpickling could turn into code
-
-# %% ../nbs/05_model.ipynb #6c8db325
-# past any published model (Llama 3.1 405B: 126 layers; the longest contexts: 10M tokens)
-MAX_LAYERS, MAX_CONTEXT = 1024, 2**24
-SHAPE_LIMITS = {**{k: MAX_LAYERS for k in ('num_hidden_layers', 'n_layer', 'num_layers')},
-                **{k: MAX_CONTEXT for k in ('max_position_embeddings', 'n_positions', 'n_ctx')}}
-
-def _not_a_model(folder:Path, e:BaseException|str) -> UserError:
-    why = e if isinstance(e, str) else ' '.join(f"{type(e).__name__}: {e}".split())[:300]
-    return UserError(f"{folder}: not a causal language model folder that transformers can load "
-                     f"({why}){redo_hint(folder)}")
-
-def read_model_config(
-    folder:Path, # A model folder
-) -> PretrainedConfig:
-    "The config of `folder`, refused if it asks for the folder's own code or has more layers or context than any model."
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-    refuse_custom_code(folder)
-    f = folder/'config.json'
-    try: raw = json.loads(f.read_text())
-    except (OSError, ValueError) as e: raise _not_a_model(folder, e) from None
-    if (mt := raw.get('model_type') if isinstance(raw, dict) else None) not in CONFIG_MAPPING_NAMES:
-        raise UserError(f"{f}: model_type {mt!r} is not an architecture transformers has built in, "
-                        f"and we never run code from a model folder")
-    for k, most in SHAPE_LIMITS.items():
-        if type(raw.get(k)) is int and raw[k] > most:
-            raise UserError(f"{f}: {k} is {raw[k]:,}, more than any model has (at most {most:,} here): "
-                            f"the file is damaged")
-    try: return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    except Exception as e: raise _not_a_model(folder, e) from None
-
-# %% ../nbs/05_model.ipynb #597b4098
-# safetensors dtypes of plain weights; int8, 4-bit and fp8 ones are quantized models'
-FLOAT_WEIGHTS = ('F32', 'F16', 'BF16', 'F64')
-
-def weight_files(folder:Path) -> list[Path]:
-    "The safetensors files `from_pretrained` reads: the shards the folder's index names, or model.safetensors."
-    idx = folder/'model.safetensors.index.json'
-    if idx.exists():
-        # files of the folder only
-        try: return [folder/Path(n).name for n in sorted(set(json.loads(idx.read_text())['weight_map'].values()))]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e: raise _not_a_model(folder, e) from None
-    if (folder/'model.safetensors').exists(): return [folder/'model.safetensors']
-    if pickles := sorted(p.name for pat in PICKLE_WEIGHTS for p in folder.glob(pat)):
-        raise UserError(f"{folder} has its weights only as pickles ({', '.join(pickles)}), which can run code when "
-                        f"loaded: we read safetensors only. If you trust the folder, convert it once: load it with "
-                        f"transformers and save_pretrained, which writes model.safetensors")
-    raise _not_a_model(folder, 'it has no model.safetensors')
-
-def weight_headers(
-    folder:Path, # A model folder
-) -> dict[str, tuple[Path, str, list[int]]]:
-    "Every tensor of the folder's weight files, name: (file, dtype, shape), from the files' headers alone."
-    from safetensors import safe_open
-    out = {}
-    for f in weight_files(folder):
-        try:
-            with safe_open(f, 'pt') as s:
-                out.update({k: (f, s.get_slice(k).get_dtype(), s.get_slice(k).get_shape()) for k in s.keys()})
-        except Exception as e: raise _not_a_model(folder, f"{f.name}: {' '.join(str(e).split())[:200]}") from None
-    if bad := next(((k, f, d) for k, (f, d, _) in out.items() if d not in FLOAT_WEIGHTS), None):
-        raise UserError(f"{bad[1]}: tensor {bad[0]} is {bad[2]}: we load float weights only "
-                        f"({', '.join(FLOAT_WEIGHTS)}); a quantized model needs the tools it was made with")
-    return out
-
-# %% ../nbs/05_model.ipynb #26f962c3
-def free_ram() -> int:
-    "Bytes of memory free for new allocations: MemAvailable on Linux, else the machine's physical memory."
-    try: return next(int(l.split()[1]) * 1024 for l in open('/proc/meminfo') if l.startswith('MemAvailable:'))
-    except (OSError, StopIteration, ValueError): pass
-    try: return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    except (AttributeError, ValueError, OSError): return 1 << 62  # unknown (Windows): no limit from us
-
-def _size(n:int) -> str: return f"{n/1e6:,.1f} MB" if n < 1e9 else f"{n/1e9:,.1f} GB"
-
-def check_model_size(
-    folder:Path,          # The model folder
-    cfg:PretrainedConfig, # Its config
-    heads:dict,           # Its tensors, from `weight_headers`
-):
-    "Refuse a config whose model is far bigger than its weight files or the free memory, counted on the meta device."
-    try:
-        with hf_quiet(), torch.device('meta'): m = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
-    # not a causal LM (BERT), or sizes torch cannot build
-    except Exception as e: raise _not_a_model(folder, e) from None
-    # a tied weight counts once
-    n, held = sum(p.numel() for p in m.parameters()), sum(math.prod(s) for _, _, s in heads.values())
-    if n > 2 * held + 2**24:  # room for a few missing tensors (named after loading), not for another model's config
-        raise UserError(f"{folder/'config.json'} describes a model of {n:,} parameters, but its weight files hold "
-                        f"{held:,} values: the config and the weights are of different models{redo_hint(folder)}")
-    dtype = cfg.dtype if isinstance(cfg.dtype, torch.dtype) else getattr(torch, str(cfg.dtype), None)
-    need = n * (dtype.itemsize if isinstance(dtype, torch.dtype) else 4)
-    if need > (free := free_ram()):
-        raise UserError(f"{folder}: the model needs {_size(need)} of memory to load, and {_size(free)} is free")
-
-# %% ../nbs/05_model.ipynb #e7a3b008
-def check_weights(
-    lm:PreTrainedModel, # The loaded model
-    info:dict,          # `from_pretrained`'s loading report (`output_loading_info=True`)
-    folder:Path,        # Its folder
-    heads:dict,         # Its tensors, from `weight_headers`
-):
-    "Refuse weights that leave some of the model's tensors random, hold others, differ in shape, or are not finite."
-    files = sorted({f for f, _, _ in heads.values()})
-    where = files[0] if len(files) == 1 else folder/'model.safetensors.index.json'
-    names = lambda ks: ', '.join(sorted(ks)[:3]) + (', ...' if len(ks) > 3 else '')
-    if info['mismatched_keys']:
-        k, theirs, ours = sorted(info['mismatched_keys'])[0]
-        raise UserError(f"{heads.get(k, (where,))[0]}: tensor {k} has shape {list(theirs)} "
-                        f"where the model has {list(ours)} (by config.json){redo_hint(folder)}")
-    missing, extra = info['missing_keys'], info['unexpected_keys']
-    parts = (([f"lack {len(missing)} of the model's tensors ({names(missing)}), which would be random"]
-              if missing else [])
-             + ([f"hold {len(extra)} tensors the model does not have ({names(extra)})"] if extra else []))
-    if parts: raise UserError(f"{where}: the weights {'; and '.join(parts)}: they are not those of the model "
-                              f"config.json describes{redo_hint(folder)}")
-    if bad := next((k for k, p in lm.named_parameters()
-                    if p.is_floating_point() and not torch.isfinite(p).all()), None):
-        raise UserError(f"{heads.get(bad, (where,))[0]}: tensor {bad} holds values that are not finite (NaN or inf): "
-                        f"the training that wrote it diverged, or the file is damaged{redo_hint(folder)}")
-
-# %% ../nbs/05_model.ipynb #6afed8b7
-def check_model_folder(
-    folder:str|Path, # A Hugging Face causal LM folder on this machine
-) -> tuple[PretrainedConfig, dict]:
-    "The config and weight headers of `folder`, checked without reading a weight, before a stage marks its folder."
-    folder = Path(folder)
-    cfg = read_model_config(folder)
-    heads = weight_headers(folder)
-    check_model_size(folder, cfg, heads)
-    return cfg, heads
-
-def load_causal_lm(
-    folder:str|Path, # A Hugging Face causal LM folder on this machine
-) -> PreTrainedModel:
-    "The model of `folder`, checked before and after its safetensors weights are read; no code of the folder runs."
-    folder = Path(folder)
-    cfg, heads = check_model_folder(folder)
-    try:
-        with hf_quiet():
-            # a mismatch is named below, with both shapes
-            lm, info = AutoModelForCausalLM.from_pretrained(folder, config=cfg, local_files_only=True,
-                                                            use_safetensors=True, trust_remote_code=False,
-                                                            output_loading_info=True, ignore_mismatched_sizes=True)
-    # transformers and safetensors each raise their own kinds
-    except Exception as e: raise _not_a_model(folder, e) from None
-    check_weights(lm, info, folder, heads)
-    return lm
-
-# %% ../nbs/05_model.ipynb #a9b00a90
-TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json')  # any of these: the folder has its own tokenizer
+# %% ../nbs/05_model.ipynb #f374c6b8
+# any of these: the folder has its own tokenizer
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json')
 
 @dataclass
 class LoadedModel:
@@ -375,11 +243,14 @@ class LoadedModel:
     fmt:ChatFormat          # How it reads conversations
     tokenizer_dir:Path      # The tokenizer folder used: the model folder, or the run's `tokenizer/`
 
+# %% ../nbs/05_model.ipynb #5c71bd77
 def load_model(
-    run:str|Path|None,            # The run folder (for base, sft, the newest model, or a model folder without a tokenizer)
+    # The run folder (for base, sft, the newest model, or a model folder without a tokenizer)
+    run:str|Path|None,
     model:str|None=None,          # base, sft, the path of a model folder, or None for the run's newest model
     device:str='cpu',             # auto, cpu, cuda, cuda:1 or mps
-    tokenizer:str|Path|None=None, # Use this tokenizer folder instead (the model may have fewer embeddings: the caller grows them)
+    # Use this tokenizer folder instead (the model may have fewer embeddings: the caller grows them)
+    tokenizer:str|Path|None=None,
 ) -> LoadedModel:
     "The model `model` of `run` (or at a path), loaded from safetensors in eval mode, with its tokenizer's chat format."
     folder = model_dir(run, model)
@@ -387,12 +258,15 @@ def load_model(
     if tok_dir is None:
         if any((folder/f).exists() for f in TOKENIZER_FILES): tok_dir = folder
         elif run is not None: tok_dir = run_file(run, 'tokenizer/tokenizer.json').parent
-        else: raise UserError(f"{folder} has no tokenizer files: copy them from the run's tokenizer/ folder into it, or give its --run")
+        else:
+            raise UserError(f"{folder} has no tokenizer files: copy them from the run's tokenizer/ folder into it, or "
+                            "give its --run")
     fmt = load_chat_format(tok_dir)
     lm = load_causal_lm(folder)
     n = lm.get_input_embeddings().num_embeddings
     if tokenizer is None and n < len(fmt.hf):
-        raise UserError(f"{folder} has {n} token embeddings, fewer than the {len(fmt.hf)} tokens of its tokenizer {tok_dir}")
+        raise UserError(f"{folder} has {n} token embeddings, fewer than the {len(fmt.hf)} tokens of its tokenizer "
+                        f"{tok_dir}")
     return LoadedModel(folder, lm.to(get_device(device)).eval(), fmt, Path(tok_dir))
 
 # %% ../nbs/05_model.ipynb #7e6bac94
@@ -401,7 +275,8 @@ def count_params(
 ) -> dict:
     "Parameters of `cfg`: `total`, `non_embedding` (blocks and final LayerNorm) and `embedding` (tokens and positions)."
     d, L = cfg.n_embd, cfg.n_layer
-    if cfg.family == 'qwen3':  # 4d² of attention, three MLP matrices, two RMSNorms and the per-head QK-norms; no position table
+    # 4d² of attention, three MLP matrices, two RMSNorms and the per-head QK-norms; no position table
+    if cfg.family == 'qwen3':
         non_emb = L*(4*d*d + 3*d*cfg.ffn_dim + 2*d + 2*cfg.head_dim) + d
         emb = cfg.vocab_size*d*(1 if cfg.tie_embeddings else 2)
         return dict(total=non_emb + emb, non_embedding=non_emb, embedding=emb)
@@ -423,18 +298,22 @@ def flops_per_token(
     cfg:ModelConfig,      # The shape
     n_ctx:int|None=None,  # Sequence length trained on (default: the full context)
 ) -> float:
-    "Training FLOPs per token (forward and backward): 6N for the matrix multiplies plus 12·n_layer·T·d for attention."
+    "Training FLOPs a token (forward, backward): 6N for the matrix multiplies plus 12·n_layer·T·d for attention."
     T = n_ctx or cfg.n_positions
     return 6*matmul_params(cfg) + 12*cfg.n_layer*T*cfg.n_embd
 
-# %% ../nbs/05_model.ipynb #1ae1b7eb
-QWEN3_FP32, QWEN3_E = 36, 4  # bytes a stream value of today's block keeps for the backward pass: in fp32, and per byte of the autocast dtype (fitted)
+# %% ../nbs/05_model.ipynb #939a11f7
+# bytes a stream value of today's block keeps for the backward pass: in fp32, and per byte of the autocast dtype
+# (fitted)
+QWEN3_FP32, QWEN3_E = 36, 4
 
 def _elt_bytes(precision:str) -> int:
     "Bytes of one activation value under `precision` (autocast: 16-bit matmul inputs)."
-    if precision not in ('auto', 'bf16', 'fp16', 'fp32'): raise UserError(f"precision must be auto, bf16, fp16 or fp32, not {precision!r}")
+    if precision not in ('auto', 'bf16', 'fp16', 'fp32'):
+        raise UserError(f"precision must be auto, bf16, fp16 or fp32, not {precision!r}")
     return 4 if precision == 'fp32' else 2
 
+# %% ../nbs/05_model.ipynb #724f7c42
 def training_memory(
     cfg:ModelConfig,         # The shape
     batch_size:int,          # Sequences per micro-batch
@@ -447,23 +326,26 @@ def training_memory(
     e, P = _elt_bytes(precision), count_params(cfg)['total']
     B, T, d, V, L = batch_size, n_ctx or cfg.n_positions, cfg.n_embd, cfg.vocab_size, cfg.n_layer
     btd = B*T*d
-    if cfg.family == 'qwen3':  # RMSNorms and QK-norms keep fp32 copies; rotary, SwiGLU and its 8/3-wide hidden layer keep theirs
+    # RMSNorms and QK-norms keep fp32 copies; rotary, SwiGLU and its 8/3-wide hidden layer keep theirs
+    if cfg.family == 'qwen3':
         block = btd*(QWEN3_FP32 + QWEN3_E*e) + B*T*cfg.ffn_dim*4*e
     else: block = btd*(8 + 14*e)
     if cfg.family == 'gpt1': block += btd*12*e                          # GELU as a chain of element-wise ops
     if cfg.family == 'gpt1' or cfg.attention == 'sparse':                # no fused attention: the softmax is kept
         block += B*cfg.n_head*T*T*(4 if e == 4 else 4 + e)
     copies = 0 if e == 4 else 2*matmul_params(cfg)                       # 16-bit weight copies kept for backward
-    head = btd*(4 + e) + 12*B*T*V                                        # final LayerNorm; log-probabilities and their gradients
+    # final LayerNorm; log-probabilities and their gradients
+    head = btd*(4 + e) + 12*B*T*V
     if checkpointing:
-        acts = L*btd*4 + max(head, block + 8*btd) + copies // max(L, 1)   # block inputs; then the larger of head or one recomputed block
+        # block inputs; then the larger of head or one recomputed block
+        acts = L*btd*4 + max(head, block + 8*btd) + copies // max(L, 1)
     else:
         acts = L*block + head + copies
     hidden = matmul_params(cfg) - cfg.vocab_size*d if muon else 0  # the blocks' matrices
     mem = dict(weights=4*P, gradients=4*P, optimizer=8*P - 4*hidden, activations=acts)
     return {**mem, 'total': sum(mem.values())}
 
-# %% ../nbs/05_model.ipynb #6b9948f4
+# %% ../nbs/05_model.ipynb #59ad8f5e
 def set_checkpointing(model:PreTrainedModel, on:bool):
     "Turn activation checkpointing on or off (transformers 5 renamed the methods from gradient_ to activation_)."
     prefix = 'activation' if hasattr(model, 'activation_checkpointing_enable') else 'gradient'
@@ -471,6 +353,7 @@ def set_checkpointing(model:PreTrainedModel, on:bool):
 
 def _tensor_bytes(ts) -> int: return sum(t.numel()*t.element_size() for t in ts)
 
+# %% ../nbs/05_model.ipynb #0d662b43
 @contextlib.contextmanager
 def _quiet_stderr():
     "Silence file descriptor 2 (the profiler's C++ layer prints a line when it starts and stops)."
@@ -481,8 +364,9 @@ def _quiet_stderr():
     try: yield
     finally: os.dup2(saved, 2); os.close(saved); os.close(null)
 
+# %% ../nbs/05_model.ipynb #07cb0d58
 def _profiled_peak(fn) -> int:
-    "The highest bytes held by CPU tensors while `fn` runs, above those held before it, from the profiler's allocation log."
+    "The most bytes CPU tensors held while `fn` ran, above those held before it, from the profiler's allocation log."
     from torch.profiler import profile, ProfilerActivity
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with _quiet_stderr(): prof.start()
@@ -495,6 +379,7 @@ def _profiled_peak(fn) -> int:
     for _, n in events: live += n; peak = max(peak, live)
     return peak
 
+# %% ../nbs/05_model.ipynb #58e549d0
 def measure_training_peak(
     model:PreTrainedModel,   # A causal language model (its weights are changed by the two steps)
     batch_size:int,          # Sequences per micro-batch
@@ -502,12 +387,13 @@ def measure_training_peak(
     precision:str='bf16',    # 'fp32', or 'bf16'/'fp16'/'auto' autocast
     checkpointing:bool=False, # Activation checkpointing
 ) -> int:
-    "Peak bytes held by tensors during an AdamW training step of `model` on random tokens (CUDA: the CUDA counter; CPU: the profiler's)."
+    "Peak bytes held by tensors in an AdamW step of `model` on random tokens (CUDA: its counter; CPU: the profiler's)."
     dev = next(model.parameters()).device
     T = n_ctx or context_length(model)
     x = torch.randint(0, model.config.vocab_size, (batch_size, T), device=dev)
     if checkpointing:
-        if not model.supports_gradient_checkpointing: raise UserError(f"{type(model).__name__} does not support activation checkpointing")
+        if not model.supports_gradient_checkpointing:
+            raise UserError(f"{type(model).__name__} does not support activation checkpointing")
         set_checkpointing(model, True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dtype = autocast_dtype(dev, precision)
@@ -522,7 +408,8 @@ def measure_training_peak(
             torch.cuda.synchronize(dev); torch.cuda.reset_peak_memory_stats(dev)
             step(); torch.cuda.synchronize(dev)
             return torch.cuda.max_memory_allocated(dev)
-        held = _tensor_bytes(model.parameters()) + _tensor_bytes(t for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+        held = _tensor_bytes(model.parameters()) + _tensor_bytes(t for s in opt.state.values() for t in s.values()
+                                                                 if torch.is_tensor(t))
         return held + _profiled_peak(step)
     finally:
         if checkpointing: set_checkpointing(model, False)
@@ -539,9 +426,12 @@ def kv_cache_bytes(
 
 # %% ../nbs/05_model.ipynb #08ce632b
 DEVICES = {  # name: sustained FLOP/s for training, memory in bytes, and the compute-optimal tokens per parameter
-    'laptop-cpu':   dict(flops=1.1e11,       memory=16e9, tokens_per_param=3, note='2 CPU cores, bf16 autocast, compiled, measured'),
-    'consumer-gpu': dict(flops=0.4 * 165e12, memory=24e9, tokens_per_param=20, note='RTX 4090, 40% of 165 TFLOP/s bf16'),
-    'h100':         dict(flops=0.4 * 989e12, memory=80e9, tokens_per_param=20, note='H100 SXM, 40% of 989 TFLOP/s bf16'),
+    'laptop-cpu':   dict(flops=1.1e11,       memory=16e9, tokens_per_param=3,
+                         note='2 CPU cores, bf16 autocast, compiled, measured'),
+    'consumer-gpu': dict(flops=0.4 * 165e12, memory=24e9, tokens_per_param=20,
+                         note='RTX 4090, 40% of 165 TFLOP/s bf16'),
+    'h100':         dict(flops=0.4 * 989e12, memory=80e9, tokens_per_param=20,
+                         note='H100 SXM, 40% of 989 TFLOP/s bf16'),
 }
 
 def training_time(
@@ -553,7 +443,7 @@ def training_time(
     "Seconds to train `cfg` on `tokens` tokens at `flops_per_s`."
     return tokens * flops_per_token(cfg, n_ctx) / flops_per_s
 
-# %% ../nbs/05_model.ipynb #c46b37c6
+# %% ../nbs/05_model.ipynb #95856706
 def model_config(
     x:str|ModelConfig|PreTrainedModel|PretrainedConfig, # A preset name, our shape, a built model or its config
 ) -> ModelConfig:
@@ -561,16 +451,19 @@ def model_config(
     if isinstance(x, str): return get_preset(x)
     if isinstance(x, ModelConfig): return x
     c = getattr(x, 'config', x)
-    if c.model_type not in ('gpt2', 'openai-gpt', 'gpt_neo', 'qwen3'): raise UserError(f"model type {c.model_type!r} is not one of ours (gpt2, openai-gpt, gpt_neo, qwen3)")
+    if c.model_type not in ('gpt2', 'openai-gpt', 'gpt_neo', 'qwen3'):
+        raise UserError(f"model type {c.model_type!r} is not one of ours (gpt2, openai-gpt, gpt_neo, qwen3)")
     common = dict(n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_embd=c.hidden_size,
                   n_positions=c.max_position_embeddings, vocab_size=c.vocab_size)
     if c.model_type == 'qwen3':
-        return ModelConfig(family='qwen3', dropout=c.attention_dropout, ffn=c.intermediate_size, tie_embeddings=c.tie_word_embeddings,
+        return ModelConfig(family='qwen3', dropout=c.attention_dropout, ffn=c.intermediate_size,
+                           tie_embeddings=c.tie_word_embeddings,
                            rope_theta=c.rope_parameters['rope_theta'], **common)
     if c.model_type == 'gpt2': return ModelConfig(family='gpt2', dropout=c.resid_pdrop, **common)
     if c.model_type == 'openai-gpt': return ModelConfig(family='gpt1', dropout=c.resid_pdrop, **common)
     return ModelConfig(family='gpt3', attention='sparse', window=c.window_size, dropout=c.resid_dropout, **common)
 
+# %% ../nbs/05_model.ipynb #45ce4a27
 def model_summary(
     x:str|ModelConfig|PreTrainedModel|PretrainedConfig, # A preset name, our shape, a built model or its config
     batch_size:int=16,     # Micro-batch for the memory estimate
@@ -579,10 +472,24 @@ def model_summary(
     "Size, compute and memory of a model, as one flat dict of numbers."
     cfg = model_config(x)
     p = count_params(cfg)
-    return dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, n_positions=cfg.n_positions, vocab_size=cfg.vocab_size,
+    return dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, n_positions=cfg.n_positions,
+                vocab_size=cfg.vocab_size,
                 params=p['total'], non_embedding_params=p['non_embedding'], flops_per_token=flops_per_token(cfg),
                 train_memory=training_memory(cfg, batch_size, precision=precision)['total'], batch_size=batch_size,
                 kv_cache_per_sequence=kv_cache_bytes(cfg))
+
+# %% ../nbs/05_model.ipynb #a2c2a353
+def trainable_presets(
+    vocab_size:int,              # Vocabulary of our tokenizer
+    memory:float,                # Device memory in bytes
+    presets:list[str]|None=None, # Candidates (default: all presets but GPT-1)
+) -> dict[str, ModelConfig]:
+    "The presets, at our vocabulary, whose training at batch 1 with checkpointing fits in 90% of `memory`."
+    cands = {n: dataclasses.replace(get_preset(n), vocab_size=vocab_size)
+             for n in (presets or [p for p in PRESETS if p != 'gpt1'])}
+    fits = {n: c for n, c in cands.items() if training_memory(c, 1, checkpointing=True)['total'] <= 0.9 * memory}
+    if not fits: raise UserError(f"none of {', '.join(cands)} trains in {memory/1e9:.0f} GB")
+    return fits
 
 # %% ../nbs/05_model.ipynb #0fbb0f19
 def recommend_model(
@@ -592,7 +499,8 @@ def recommend_model(
     flops:float|None=None,      # Compute budget in FLOPs (instead of `hours`)
     memory:float|None=None,     # Device memory in bytes (default: the device's)
     vocab_size:int=2048,        # Vocabulary of our tokenizer
-    tokens_per_param:float|None=None, # Compute-optimal tokens per parameter (default: the device's; Hoffmann et al. 2022: 20)
+    # Compute-optimal tokens per parameter (default: the device's; Hoffmann et al. 2022: 20)
+    tokens_per_param:float|None=None,
     max_epochs:float=4,         # Passes over the data worth making (Muennighoff et al. 2023)
     presets:list[str]|None=None, # Candidates (default: all presets but GPT-1)
 ) -> dict:
@@ -606,9 +514,7 @@ def recommend_model(
     n_compute = math.sqrt(C / (6 * tokens_per_param))
     n_data = max_epochs * data_tokens / tokens_per_param
     target = min(n_compute, n_data)
-    cands = {n: dataclasses.replace(get_preset(n), vocab_size=vocab_size) for n in (presets or [p for p in PRESETS if p != 'gpt1'])}
-    fits = {n: c for n, c in cands.items() if training_memory(c, 1, checkpointing=True)['total'] <= 0.9 * memory}
-    if not fits: raise UserError(f"none of {', '.join(cands)} trains in {memory/1e9:.0f} GB")
+    fits = trainable_presets(vocab_size, memory, presets)
     name = min(fits, key=lambda n: abs(math.log(count_params(fits[n])['total'] / target)))
     cfg = fits[name]
     N = count_params(cfg)['total']

@@ -34,23 +34,28 @@ def example_nlls(
     batch_size:int=8,      # Examples per forward pass; the result does not depend on it
     precision:str='fp32',  # "fp32", or autocast to "bf16"/"fp16"/"auto"
 ) -> np.ndarray:
-    "The summed NLL in nats of the labelled tokens of each example, in the order given (label t is scored by the logits at t - 1)."
+    ("The summed NLL in nats of the labelled tokens of each example, in the order given (label t is scored by the "
+     "logits at t - 1).")
     dev, out = next(model.parameters()).device, np.zeros(len(examples))
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]['input_ids']))  # similar lengths together: little padding
+    # similar lengths together: little padding
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]['input_ids']))
     model.eval()
     for k in range(0, len(order), batch_size):
         idx = order[k:k + batch_size]
         batch = {key: v.to(dev) for key, v in pad_collate([examples[i] for i in idx], pad_id).items()}
         labels = batch.pop('labels')
         with autocast(dev, precision): logits = model(**batch, use_cache=False).logits
-        # one NLL a position (0 where the label is ignored), summed in float64: equal token scores give exactly equal sums
+        # one NLL a position (0 where the label is ignored), summed in float64: equal token scores give exactly equal
+        # sums
         out[idx] = lm_loss(logits, labels, reduction='none').view(len(idx), -1).double().sum(1).cpu().numpy()
     return out
 
 # %% ../nbs/07a_replies.ipynb #13b2065d
 class NotAPrefix(UserError):
-    "A chat format whose prompt is not the start of the conversation it asks to continue: its replies' tokens cannot be told apart."
+    ("A chat format whose prompt is not the start of the conversation it asks to continue: its replies' tokens cannot "
+     "be told apart.")
 
+# %% ../nbs/07a_replies.ipynb #4c85226d
 def reply_example(
     fmt:ChatFormat,             # How the model reads conversations
     context:list[dict],         # The turns before the reply (may be empty)
@@ -58,23 +63,27 @@ def reply_example(
     max_len:int,                # Most tokens the example has (the model's context)
     prompt:list[int]|None=None, # `fmt.prompt(context)`, if already computed
 ) -> dict:
-    "`input_ids` of the context and the reply, `labels` -100 except on the reply's tokens (with its end of turn); cut from the left to `max_len`."
+    ("`input_ids` of the context and the reply, `labels` -100 except on the reply's tokens (with its end of turn); cut "
+     "from the left to `max_len`.")
     prompt = fmt.prompt(context) if prompt is None else prompt
     full = fmt.conversation([*context, dict(role='assistant', text=reply)])
     if full[:len(prompt)] != prompt:
-        raise NotAPrefix(f"the {fmt.kind} chat format's prompt is not the start of the conversation with the reply, so the reply's tokens "
+        raise NotAPrefix(f"the {fmt.kind} chat format's prompt is not the start of the conversation with the reply, "
+                         f"so the reply's tokens "
                          f"cannot be told apart: the prompt ends {fmt.hf.decode(prompt[-6:])!r}, the conversation has "
                          f"{fmt.hf.decode(full[max(0, len(prompt) - 6):len(prompt)])!r} there")
     labels = [IGNORE_INDEX] * len(prompt) + full[len(prompt):]
     return dict(input_ids=full[-max_len:], labels=labels[-max_len:])
 
+# %% ../nbs/07a_replies.ipynb #79116e47
 def fit_context(
     fmt:ChatFormat,      # How the model reads conversations
     context:list[dict],  # The turns before the reply
     reply_tokens:int,    # Tokens of the longest reply that must fit after them
     max_len:int,         # Most tokens an example has
 ) -> tuple[list[dict], list[int]]:
-    "The last turns of `context` whose prompt leaves room for `reply_tokens` in `max_len` (at least the last turn), and that prompt."
+    ("The last turns of `context` whose prompt leaves room for `reply_tokens` in `max_len` (at least the last turn), "
+     "and that prompt.")
     context, prompt = list(context), fmt.prompt(context)
     while len(context) > 1 and len(prompt) + reply_tokens > max_len:
         context = context[1:]
@@ -84,19 +93,23 @@ def fit_context(
 # %% ../nbs/07a_replies.ipynb #c2bbbacd
 def _norm(text:str) -> str: return text.strip().lower()
 
+# %% ../nbs/07a_replies.ipynb #65e5b1d9
 def selection_items(
     convs:list[dict],    # Conversations (with "turns")
     n:int,               # Most items: one from each of the first conversations with an answered user turn
     candidates:int=10,   # Candidates of an item: the true reply and `candidates - 1` replies of other conversations
     seed:int=0,          # Seed of the reply picked in each conversation and of the replies drawn
 ) -> list[dict]:
-    "Items of response selection: `id`, `context` (the turns before an assistant reply to a user turn), `reply`, `candidates` (the reply first)."
+    ("Items of response selection: `id`, `context` (the turns before an assistant reply to a user turn), `reply`, "
+     "`candidates` (the reply first).")
     rng, items = random.Random(seed), []
-    pool = [(ci, turn_text(t)) for ci, c in enumerate(convs) for t in c['turns'] if t['role'] == 'assistant' and turn_text(t).strip()]
+    pool = [(ci, turn_text(t)) for ci, c in enumerate(convs) for t in c['turns']
+            if t['role'] == 'assistant' and turn_text(t).strip()]
     for ci, c in enumerate(convs):
         if len(items) == n: break
         turns = c['turns']
-        answers = [i for i in range(1, len(turns)) if turns[i]['role'] == 'assistant' and turns[i-1]['role'] == 'user' and turn_text(turns[i]).strip()]
+        answers = [i for i in range(1, len(turns))
+                   if turns[i]['role'] == 'assistant' and turns[i-1]['role'] == 'user' and turn_text(turns[i]).strip()]
         if not answers: continue
         i = rng.choice(answers)
         reply, others = turn_text(turns[i]), []
@@ -105,29 +118,34 @@ def selection_items(
             if len(others) == candidates - 1: break
             cj, text = pool[rng.randrange(len(pool))]
             if cj != ci and _norm(text) not in seen: others.append(text); seen.add(_norm(text))
-        if len(others) == candidates - 1: items.append(dict(id=c.get('id', str(ci)), context=turns[:i], reply=reply, candidates=[reply, *others]))
+        if len(others) == candidates - 1:
+            items.append(dict(id=c.get('id', str(ci)), context=turns[:i], reply=reply, candidates=[reply, *others]))
     return items
 
 # %% ../nbs/07a_replies.ipynb #61e46403
 def no_context(
     fmt:ChatFormat, # How the model reads conversations
 ) -> list[dict]:
-    "The turns of a reply with no context: none, or one empty user turn for a chat template that cannot render an empty conversation."
+    ("The turns of a reply with no context: none, or one empty user turn for a chat template that cannot render an "
+     "empty conversation.")
     try: fmt.prompt([]); return []
     except ValueError: return [dict(role='user', text='')]  # transformers refuses to apply a template to no messages
 
+# %% ../nbs/07a_replies.ipynb #85a66d98
 def alone_example(
     fmt:ChatFormat,  # How the model reads conversations
     reply:str,       # The assistant's reply
     max_len:int,     # Most tokens the example has
 ) -> dict:
-    "The example of `reply` with no context: after `no_context`'s turns, and in our format without the token that opens a conversation."
+    ("The example of `reply` with no context: after `no_context`'s turns, and in our format without the token that "
+     "opens a conversation.")
     empty = no_context(fmt)
     e = reply_example(fmt, empty, reply, max_len)
     start = fmt.conversation([]) if fmt.ours else []  # our models saw that token only before a user's turn (see above)
     if start and e['input_ids'][:len(start)] == start: e = {k: v[len(start):] for k, v in e.items()}
     return e
 
+# %% ../nbs/07a_replies.ipynb #f065acf0
 def model_scorer(
     model,                 # A causal language model
     pad_id:int=0,          # Its padding token
@@ -137,6 +155,7 @@ def model_scorer(
     "A scorer: examples -> the summed NLL of each one's labelled tokens under `model` (`example_nlls`)."
     return lambda examples: example_nlls(model, examples, pad_id, batch_size, precision)
 
+# %% ../nbs/07a_replies.ipynb #0538b5f5
 def candidate_scores(
     items:list[dict],  # Dicts with `context` (turns) and `candidates` (reply texts)
     fmt:ChatFormat,    # How the scorer reads conversations
@@ -144,7 +163,8 @@ def candidate_scores(
     max_len:int,       # Most tokens an example has (the model's context)
     pmi:bool=True,     # Also score each distinct candidate with no context, for `pmi`
 ) -> dict[str, list]:
-    "For each item, an array over its candidates of `tokens` (scored), `loglik` (mean log-likelihood a token) and `pmi` (summed; None if not `pmi`)."
+    ("For each item, an array over its candidates of `tokens` (scored), `loglik` (mean log-likelihood a token) and "
+     "`pmi` (summed; None if not `pmi`).")
     alone = {r: alone_example(fmt, r, max_len) for it in items for r in it['candidates']}  # each distinct text once
     length = {r: sum(y != IGNORE_INDEX for y in e['labels']) for r, e in alone.items()}
     examples, sizes = [], []
@@ -180,7 +200,8 @@ def response_selection(
     max_len:int,       # Most tokens an example has (the model's context)
     pmi:bool=True,     # Also rank by PMI (needs each candidate scored with no context)
 ) -> dict|None:
-    "hits@1 of the true reply among each item's candidates ranked by `loglik` and by `pmi`, beside `chance`; None without items."
+    ("hits@1 of the true reply among each item's candidates ranked by `loglik` and by `pmi`, beside `chance`; None "
+     "without items.")
     if not items: return None
     s = candidate_scores(items, fmt, score, max_len, pmi)
     chance = float(sum(Fraction(1, len(it['candidates'])) for it in items) / len(items))
@@ -197,7 +218,8 @@ def generated_replies(
     seed:int=0,              # Reply i draws with seed + i
     max_len:int|None=None,   # Most tokens of prompt and reply (default: the model's context length)
 ) -> list[str]:
-    "One reply to each context, drawn with `cfg`; the prompt is cut from the left to leave room for `cfg.max_new_tokens`."
+    ("One reply to each context, drawn with `cfg`; the prompt is cut from the left to leave room for "
+     "`cfg.max_new_tokens`.")
     C, dev, out = max_len or context_length(model), next(model.parameters()).device, []
     room = max(1, min(cfg.max_new_tokens, C - 1))
     cfg, stop = dataclasses.replace(cfg, max_new_tokens=room), fmt.special | set(fmt.stop)
@@ -215,13 +237,16 @@ def words(
     "Lowercased words and punctuation marks: `re.findall(r'\\w+|[^\\w\\s]', text.lower())`."
     return re.findall(r"\w+|[^\w\s]", text.lower())
 
+# %% ../nbs/07a_replies.ipynb #547fa4e4
 def _ngrams(ws:list[str], n:int) -> list[tuple]: return list(zip(*(ws[i:] for i in range(n))))
 
+# %% ../nbs/07a_replies.ipynb #058d32a9
 def reply_stats(
     replies:list[str], # Generated replies
     top:int=5,         # How many of the most frequent replies to list
 ) -> dict:
-    "`replies`, `distinct_1`, `distinct_2` (None without n-grams), `repeat_4gram`, `mean_words`, `empty` (shares), `top`: [{reply, share}]."
+    ("`replies`, `distinct_1`, `distinct_2` (None without n-grams), `repeat_4gram`, `mean_words`, `empty` (shares), "
+     "`top`: [{reply, share}].")
     if not replies: raise UserError("no replies to measure")
     ws, n = [words(r) for r in replies], len(replies)
     def distinct(k):
@@ -229,8 +254,9 @@ def reply_stats(
         return len(set(grams)) / len(grams) if grams else None
     repeats = sum(any(c > 1 for c in Counter(_ngrams(w, 4)).values()) for w in ws)
     counts = Counter(r.strip() for r in replies)
-    return dict(replies=n, distinct_1=distinct(1), distinct_2=distinct(2), repeat_4gram=repeats / n, mean_words=sum(map(len, ws)) / n,
-                empty=sum(not r.strip() for r in replies) / n, top=[dict(reply=r, share=c / n) for r, c in counts.most_common(top)])
+    return dict(replies=n, distinct_1=distinct(1), distinct_2=distinct(2), repeat_4gram=repeats / n,
+                mean_words=sum(map(len, ws)) / n, empty=sum(not r.strip() for r in replies) / n,
+                top=[dict(reply=r, share=c / n) for r, c in counts.most_common(top)])
 
 # %% ../nbs/07a_replies.ipynb #7455d005
 def generated_metrics(
@@ -243,12 +269,14 @@ def generated_metrics(
     max_len:int|None=None, # Most tokens of prompt and reply (default: the model's context length)
     n_examples:int=3,      # Rows of context, reply and true reply to keep
 ) -> dict|None:
-    "`reply_stats` of one reply to each item's context, `pmi_per_token` (their mean), `sampling` (`cfg`) and `examples`; None without items."
+    ("`reply_stats` of one reply to each item's context, `pmi_per_token` (their mean), `sampling` (`cfg`) and "
+     "`examples`; None without items.")
     if not items: return None
     C = max_len or context_length(model)
     replies = generated_replies(model, fmt, [it['context'] for it in items], cfg, seed, C)
     s = candidate_scores([dict(context=it['context'], candidates=[r]) for it, r in zip(items, replies)], fmt, score, C)
     examples = [dict(context_last_user_turn=turn_text(it['context'][-1]), reply=r, true_reply=it['reply'])
                 for it, r in zip(items[:n_examples], replies)]
-    return dict(**reply_stats(replies), pmi_per_token=float(np.mean([p[0] / t[0] for p, t in zip(s['pmi'], s['tokens'])])),
+    pmi_per_token = float(np.mean([p[0] / t[0] for p, t in zip(s['pmi'], s['tokens'])]))
+    return dict(**reply_stats(replies), pmi_per_token=pmi_per_token,
                 sampling=dataclasses.asdict(cfg), examples=examples)

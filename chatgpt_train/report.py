@@ -12,8 +12,9 @@ from .core import UserError, atomic_path, load_json, load_pipeline, maker, read_
 # %% auto #0
 __all__ = ['PIPELINE_FILE', 'REPORT_INPUTS', 'REPLY_DATA', 'read_input', 'md_table', 'write_report', 'summary_lines']
 
-# %% ../nbs/09a_report.ipynb #bd41ec5b
-PIPELINE_FILE = 'pipeline.json'  # in the run folder: what each step of `chatgpt-train run` ran with and when it finished
+# %% ../nbs/09a_report.ipynb #ba302c25
+# in the run folder: what each step of `chatgpt-train run` ran with and when it finished
+PIPELINE_FILE = 'pipeline.json'
 
 REPORT_INPUTS = {  # a file of the run: the keys the report reads from it
     'collect/report.json':   ('source', 'read', 'kept', 'quarantined', 'stats'),
@@ -31,6 +32,7 @@ REPORT_INPUTS = {  # a file of the run: the keys the report reads from it
     PIPELINE_FILE:           (),
 }
 
+# %% ../nbs/09a_report.ipynb #4d7c9daf
 def read_input(
     root:Path, # The run folder
     rel:str,   # A file of `REPORT_INPUTS`
@@ -71,19 +73,26 @@ def _data_section(root:Path) -> str:
     out = ['## Data']
     if col is None: return '\n\n'.join(out + [_not_run(root, 'collect/report.json')])
     s = col['stats']
-    out.append(f"**Collected** from `{col['source']}`: {col['read']:,} records read, {col['kept']:,} kept, {col['quarantined']:,} "
-               f"quarantined (see `collect/quarantine.jsonl`): {s['conversations']:,} conversations, {s['turns']:,} turns, "
+    out.append(f"**Collected** from `{col['source']}`: {col['read']:,} records read, {col['kept']:,} kept, "
+               f"{col['quarantined']:,} "
+               f"quarantined (see `collect/quarantine.jsonl`): {s['conversations']:,} conversations, {s['turns']:,} "
+               "turns, "
                f"{s['characters']:,} characters; {s['single_turn']:,} conversations are a single turn.")
-    out.append(md_table([dict(measure=f'{k.replace("_", " ")}', mean=v['mean'], median=v['median'], p99=v['p99'], max=v['max'])
+    out.append(md_table([dict(measure=f'{k.replace("_", " ")}', mean=v['mean'], median=v['median'], p99=v['p99'],
+                              max=v['max'])
                          for k, v in s.items() if isinstance(v, dict) and 'mean' in v]))
     if cl is None: return '\n\n'.join(out + [_not_run(root, 'clean/report.json')])
     sp = cl['split']
-    out.append(f"**Cleaned**: {cl['out']:,} of {cl['in']:,} conversations kept ({cl['turns_out']:,} turns), split by conversation "
-               f"into {sp['train']:,} for training and {sp['val']:,} held out. Every removed record is in `clean/removed.jsonl` with "
+    out.append(f"**Cleaned**: {cl['out']:,} of {cl['in']:,} conversations kept ({cl['turns_out']:,} turns), split by "
+               "conversation "
+               f"into {sp['train']:,} for training and {sp['val']:,} held out. Every removed record is in "
+               "`clean/removed.jsonl` with "
                f"its reason. The steps, in order:")
     why = lambda d: ', '.join(f'{k} {v:,}' for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:3])
-    out.append(md_table([dict(step=st['step'], **{'conversations in': st['in'], 'out': st['out'], 'turns removed': st['turns_removed'],
-                                                 'turns changed': st['turns_changed'], 'why': why({**st['reasons'], **st['turn_reasons']}),
+    out.append(md_table([dict(step=st['step'],
+                              **{'conversations in': st['in'], 'out': st['out'], 'turns removed': st['turns_removed'],
+                                                 'turns changed': st['turns_changed'],
+                                 'why': why({**st['reasons'], **st['turn_reasons']}),
                                                  'seconds': float(st['seconds'])})
                          for st in cl['steps'] if st.get('enabled', True)]))
     return '\n\n'.join(out)
@@ -93,26 +102,50 @@ def _tokenizer_section(root:Path) -> str:
     tk, meta = read_input(root, 'tokenizer/report.json'), read_input(root, 'encode/meta.json')
     out = ['## Tokenizer and tokens']
     if tk is None: return '\n\n'.join(out + [_not_run(root, 'tokenizer/report.json')])
-    out.append(f"A byte-level BPE of **{tk['vocab_size']:,} tokens** (256 bytes, {len(tk['special_tokens'])} special tokens, "
-               f"{tk['merges']:,} merges), trained on {tk['train_turns']:,} turns ({tk['train_chars'] / 1e6:.1f} M characters) in "
-               f"{tk['train_seconds']:.1f} s. On the {tk['measured_on']} split a token is {tk['bytes_per_token']:.2f} bytes of text "
+    out.append(f"A byte-level BPE of **{tk['vocab_size']:,} tokens** (256 bytes, {len(tk['special_tokens'])} special "
+               "tokens, "
+               f"{tk['merges']:,} merges), trained on {tk['train_turns']:,} turns ({tk['train_chars'] / 1e6:.1f} M "
+               "characters) in "
+               f"{tk['train_seconds']:.1f} s. On the {tk['measured_on']} split a token is {tk['bytes_per_token']:.2f} "
+               "bytes of text "
                f"({tk['chars_per_token']:.2f} characters).")
     if meta is not None:
         out.append(md_table([dict(split=k, conversations=meta['conversations'][k], tokens=meta['tokens'][k],
-                                  **{'text tokens': meta['text_tokens'][k], 'bytes per token': meta['bytes_per_token'][k]})
+                                  **{'text tokens': meta['text_tokens'][k],
+                                     'bytes per token': meta['bytes_per_token'][k]})
                              for k in ('train', 'val')]))
         out.append(f"Stored as `{meta['dtype']}` in `encode/train.bin` and `encode/val.bin`.")
     return '\n\n'.join(out)
 
-# %% ../nbs/09a_report.ipynb #41df7f1f
+# %% ../nbs/09a_report.ipynb #33a7334a
+def _model_rows(s:dict, tr:list[dict]) -> list[dict]:
+    "The model table: size, compute and memory from `model_summary`; pretraining from its metrics rows `tr`."
+    rows = [dict(quantity='parameters',
+                 value=f"{s['params'] / 1e6:.2f} M ({s['non_embedding_params'] / 1e6:.2f} M outside the embeddings)"),
+            dict(quantity='training FLOPs per token',
+                 value=f"{s['flops_per_token'] / 1e6:.1f} M (6 per weight per token, plus attention)"),
+            dict(quantity='training memory, estimated',
+                 value=f"{s['train_memory'] / 2**20:,.0f} MiB at batch {s['batch_size']}")]
+    if tr:
+        last = tr[-1]
+        rows += [dict(quantity='pretraining',
+                      value=f"{last['step']:,} steps, {last['tokens']:,} tokens, {last['elapsed'] / 60:.1f} min, "
+                            f"about {last['tokens'] / max(last['elapsed'], 1e-9):,.0f} tokens/s"),
+                 dict(quantity='pretraining compute', value=f"{last['tokens'] * s['flops_per_token']:.3g} FLOPs")]
+    return rows
+
+# %% ../nbs/09a_report.ipynb #1098edad
 def _model_section(root:Path) -> str:
     out = ['## Model']
     a, ft = read_input(root, 'base/args.json'), read_input(root, 'sft/args.json')
-    if ft and ft['args'].get('from_', 'base') != 'base' and not (root/'base'/'config.json').exists():  # `run --from`: nothing pretrained here
+    # `run --from`: nothing pretrained here
+    if ft and ft['args'].get('from_', 'base') != 'base' and not (root/'base'/'config.json').exists():
         rev = f" at revision `{ft['hub']['revision']}`" if 'hub' in ft else ''
         return '\n\n'.join(out + [f"No pretraining in this run: it fine-tunes **{ft['args']['from_']}**{rev} "
-                                   f"({'LoRA' if ft['args'].get('lora') else 'every weight'}), scored as `base` before fine-tuning."])
-    if a is None or not (root/'base'/'config.json').exists(): return '\n\n'.join(out + [_not_run(root, 'base/config.json')])
+                                   f"({'LoRA' if ft['args'].get('lora') else 'every weight'}), scored as `base` before "
+                                   "fine-tuning."])
+    if a is None or not (root/'base'/'config.json').exists():
+        return '\n\n'.join(out + [_not_run(root, 'base/config.json')])
     from transformers import AutoConfig
     from chatgpt_train.model import model_summary
     a = a['args']
@@ -121,27 +154,20 @@ def _model_section(root:Path) -> str:
     tr = [r for r in read_metrics(root/'base') if 'loss' in r]
     out.append(f"Preset **{a['preset']}**: {s['n_layer']} layers, {s['n_head']} heads, width {s['n_embd']}, context "
                f"{s['n_positions']}, vocabulary {s['vocab_size']:,}.")
-    rows = [dict(quantity='parameters', value=f"{s['params'] / 1e6:.2f} M ({s['non_embedding_params'] / 1e6:.2f} M outside the embeddings)"),
-            dict(quantity='training FLOPs per token', value=f"{s['flops_per_token'] / 1e6:.1f} M (6 per weight per token, plus attention)"),
-            dict(quantity='training memory, estimated', value=f"{s['train_memory'] / 2**20:,.0f} MiB at batch {s['batch_size']}")]
-    if tr:
-        last = tr[-1]
-        rows += [dict(quantity='pretraining', value=f"{last['step']:,} steps, {last['tokens']:,} tokens, {last['elapsed'] / 60:.1f} min, "
-                                                    f"about {last['tokens'] / max(last['elapsed'], 1e-9):,.0f} tokens/s"),
-                 dict(quantity='pretraining compute', value=f"{last['tokens'] * s['flops_per_token']:.3g} FLOPs")]
-    out.append(md_table(rows))
+    out.append(md_table(_model_rows(s, tr)))
     return '\n\n'.join(out)
 
 # %% ../nbs/09a_report.ipynb #854b60e5
 def _curves_section(root:Path) -> str:
-    from chatgpt_train.train import plot_metrics
+    from chatgpt_train.metrics import plot_metrics
     out = ['## Training curves']
     for stage, title in (('base', 'Pretraining'), ('sft', 'Fine-tuning')):
         recs = read_metrics(root/stage)
         if not recs: continue
         png = root/'plots'/f'{stage}.png'
         plot_metrics(recs, png)
-        out.append(f"{title} (from `{stage}/metrics.jsonl`): loss on the training batches and on held-out ones, and the learning "
+        out.append(f"{title} (from `{stage}/metrics.jsonl`): loss on the training batches and on held-out ones, and "
+                   "the learning "
                    f"rate.\n\n![{title.lower()} curves](plots/{png.name})")
     if len(out) == 1: out.append(_not_run(root, 'base/metrics.jsonl'))
     return '\n\n'.join(out)
@@ -151,49 +177,62 @@ def _eval_section(root:Path) -> str:
     base, sft, aligned, ft = (read_input(root, f'eval/{k}.json') for k in ('base', 'sft', 'aligned', 'finetune'))
     if base is None: return '\n\n'.join(['## Evaluation', _not_run(root, 'eval/base.json')])
     asst = lambda r: (r.get('assistant') or {}).get('perplexity')
-    rows = [dict(model=f"{k} model", perplexity=r['held_out']['perplexity'], **{'bits per byte': r['held_out']['bits_per_byte'],
-                 'assistant-turn perplexity': asst(r)}) for k, r in (('base', base), ('sft', sft), ('aligned', aligned)) if r]
-    rows += [dict(model=f'{k} baseline', perplexity=v['perplexity'], **{'bits per byte': v['bits_per_byte'], 'assistant-turn perplexity': None})
+    rows = [dict(model=f"{k} model", perplexity=r['held_out']['perplexity'],
+                 **{'bits per byte': r['held_out']['bits_per_byte'],
+                 'assistant-turn perplexity': asst(r)}) for k,
+            r in (('base', base), ('sft', sft), ('aligned', aligned)) if r]
+    rows += [dict(model=f'{k} baseline', perplexity=v['perplexity'],
+                  **{'bits per byte': v['bits_per_byte'], 'assistant-turn perplexity': None})
              for k, v in sorted(base['baselines'].items(), key=lambda kv: kv[1]['perplexity'])]
     d = base['data']
-    out = ['## Evaluation', f"On the first {d['conversations']:,} of the {d['split_conversations']:,} held-out conversations "
-           f"({d['tokens']:,} tokens, {d['text_bytes']:,} bytes of text), beside baselines estimated from the training tokens. Lower "
+    out = ['## Evaluation',
+           f"On the first {d['conversations']:,} of the {d['split_conversations']:,} held-out conversations "
+           f"({d['tokens']:,} tokens, {d['text_bytes']:,} bytes of text), beside baselines estimated from the training "
+           "tokens. Lower "
            f"is better; bits per byte compare across tokenizers, perplexity only within one.", md_table(rows)]
     if ft and ft['before'] and ft['assistant']:  # the fine-tune stage's own before/after measurement
-        out.append(f"On held-out conversations of the fine-tuning data (`{ft['data']['source']}`, {ft['data']['val_conversations']:,} "
-                   f"conversations), the assistant-turn perplexity went from {ft['before']['perplexity']:.2f} before fine-tuning to "
+        out.append(f"On held-out conversations of the fine-tuning data (`{ft['data']['source']}`, "
+                   f"{ft['data']['val_conversations']:,} "
+                   f"conversations), the assistant-turn perplexity went from {ft['before']['perplexity']:.2f} before "
+                   "fine-tuning to "
                    f"{ft['assistant']['perplexity']:.2f} after.")
     return '\n\n'.join(out)
 
-# %% ../nbs/09a_report.ipynb #17d2e4ca
+# %% ../nbs/09a_report.ipynb #74bded9e
 def _replies_row(data:str, model:str, d:dict) -> dict:
     s, g = d['selection'] or {}, d['generated'] or {}
     top = (g.get('top') or [None])[0]
     return {'data': data, 'model': model, 'items': s.get('items'), 'loglik': s.get('loglik'), 'PMI': s.get('pmi'),
             'bigram': s.get('bigram_loglik'), 'distinct-1': g.get('distinct_1'), 'distinct-2': g.get('distinct_2'),
             'repeated 4-gram': g.get('repeat_4gram'), 'words': g.get('mean_words'), 'empty': g.get('empty'),
-            'PMI a token': g.get('pmi_per_token'), 'most frequent reply': f"{top['reply']} ({top['share']:.0%})" if top else None}
+            'PMI a token': g.get('pmi_per_token'),
+            'most frequent reply': f"{top['reply']} ({top['share']:.0%})" if top else None}
 
-REPLY_DATA = {'chitchat': 'held-out chats', 'sft_data': 'fine-tuning data'}  # the data sets of an evaluation's `replies`
+# %% ../nbs/09a_report.ipynb #8b6756cf
+# the data sets of an evaluation's `replies`
+REPLY_DATA = {'chitchat': 'held-out chats', 'sft_data': 'fine-tuning data'}
 
 def _replies_section(root:Path) -> str:
     ev = {k: r['replies'] for k in ('base', 'sft', 'aligned') if (r := read_input(root, f'eval/{k}.json'))}
     found = [(label, k, rep[data]) for data, label in REPLY_DATA.items() for k, rep in ev.items() if rep.get(data)]
     before = ((read_input(root, 'eval/finetune.json') or {}).get('selection') or {}).get('before')
-    if before and any(label == REPLY_DATA['sft_data'] for label, _, _ in found):  # the pretrained model on the fine-tuning data
+    # the pretrained model on the fine-tuning data
+    if before and any(label == REPLY_DATA['sft_data'] for label, _, _ in found):
         at = next(i for i, (label, _, _) in enumerate(found) if label == REPLY_DATA['sft_data'])
         found.insert(at, (REPLY_DATA['sft_data'], 'base (before fine-tuning)', dict(selection=before, generated=None)))
     notes = [f"*{k}: no reply metrics: {rep['note']}*" for k, rep in ev.items() if rep.get('note')]
-    if not found and not notes: return ''  # no evaluation yet (the evaluation section says so), or the metrics were skipped
+    # no evaluation yet (the evaluation section says so), or the metrics were skipped
+    if not found and not notes: return ''
     sel = next((d['selection'] for _, _, d in found if d['selection']), None)
     n = f"hits@1 of {sel['candidates']} (chance {sel['chance']:.2f})" if sel else 'hits@1'
-    return '\n\n'.join(['## Replies', f"**Replies: response selection {n} and generated-reply statistics.** Each held-out "
-        "conversation is cut at one reply to a user turn; the model ranks the true reply among replies of other conversations, by its "
-        "likelihood (loglik), by PMI (how much the conversation raised the reply's probability, which a generic reply does not earn) "
-        "and, as a baseline, by the run's bigram table. Then it writes its own greedy reply to each: distinct-1 and distinct-2 are "
-        "the shares of distinct words and word pairs (low: the same few things to everyone), repeated 4-gram the share of replies "
-        "that loop, empty the share of replies with no text, and PMI a token whether the reply depends on the conversation.",
-        md_table([_replies_row(*f) for f in found]), *notes])
+    intro = (f"**Replies: response selection {n} and generated-reply statistics.** Each held-out conversation is cut "
+             "at one reply to a user turn; the model ranks the true reply among replies of other conversations, by "
+             "its likelihood (loglik), by PMI (how much the conversation raised the reply's probability, which a "
+             "generic reply does not earn) and, as a baseline, by the run's bigram table. Then it writes its own "
+             "greedy reply to each: distinct-1 and distinct-2 are the shares of distinct words and word pairs (low: "
+             "the same few things to everyone), repeated 4-gram the share of replies that loop, empty the share of "
+             "replies with no text, and PMI a token whether the reply depends on the conversation.")
+    return '\n\n'.join(['## Replies', intro, md_table([_replies_row(*f) for f in found]), *notes])
 
 # %% ../nbs/09a_report.ipynb #30901bc6
 def _align_section(root:Path) -> str:
@@ -202,29 +241,36 @@ def _align_section(root:Path) -> str:
     b, f, d, m = a['before'], a['after'], a['data'], a['method']
     pct = lambda x: '' if x is None else f"{x:.0%}"
     rows = [dict(model=k, **{'preference accuracy': v['preferences']['accuracy'], 'margin': v['preferences']['margin'],
-                            'likelihood prefers chosen': v['preferences']['likelihood_preference'], 'flagged safety replies': pct(v['flagged'])})
+                            'likelihood prefers chosen': v['preferences']['likelihood_preference'],
+                             'flagged safety replies': pct(v['flagged'])})
             for k, v in (('before (the model aligned)', b), ('after (aligned)', f))]
-    return '\n\n'.join(['## Alignment', f"DPO (beta {m['beta']:g}, {'LoRA' if m['lora'] else 'every weight'}) on {d['train_pairs']:,} "
-        f"preference pairs from `{d['source']}` ({d['self_play']:,} of all pairs self-play: a person's reply over the model's own), "
-        f"{d['val_pairs']:,} held out. Preference accuracy is the share of held-out pairs whose implicit reward prefers the chosen "
-        "reply (0 before: the reward is 0 until the model moves); the likelihood column is the same question asked of the "
-        "model's per-token probability.", md_table(rows),
-        md_table([{'safety prompt (held out)': s['prompt'], 'before': s['before'], 'after': s['after']} for s in a['safety_replies']])])
+    intro = (f"DPO (beta {m['beta']:g}, {'LoRA' if m['lora'] else 'every weight'}) on {d['train_pairs']:,} preference "
+             f"pairs from `{d['source']}` ({d['self_play']:,} of all pairs self-play: a person's reply over the "
+             f"model's own), {d['val_pairs']:,} held out. Preference accuracy is the share of held-out pairs whose "
+             "implicit reward prefers the chosen reply (0 before: the reward is 0 until the model moves); the "
+             "likelihood column is the same question asked of the model's per-token probability.")
+    return '\n\n'.join(['## Alignment', intro, md_table(rows),
+        md_table([{'safety prompt (held out)': s['prompt'], 'before': s['before'], 'after': s['after']}
+                  for s in a['safety_replies']])])
 
 # %% ../nbs/09a_report.ipynb #a90dd1bd
 def _samples_section(root:Path) -> str:
     base, sft, ft = (read_input(root, f'eval/{k}.json') for k in ('base', 'sft', 'finetune'))
-    out = ['## Sample chats', "Replies to fixed messages, greedy unless marked sampled, each a fresh one-message conversation. "
+    out = ['## Sample chats',
+           "Replies to fixed messages, greedy unless marked sampled, each a fresh one-message conversation. "
            f"Talk to the model yourself with `chatgpt-train chat --run {root}`."]
     if base is not None and base.get('samples'):
         after = {s['prompt']: s for s in (sft or {}).get('samples') or [] if 'greedy' in s}
         out.append("On messages like those of the pretraining data:")
-        out.append(md_table([{'message': s['prompt'], 'before fine-tuning': s['greedy'], **({'after': after[s['prompt']]['greedy'],
-                              'after (sampled)': after[s['prompt']]['sampled']} if s['prompt'] in after else {'sampled': s['sampled']})}
+        out.append(md_table([{'message': s['prompt'], 'before fine-tuning': s['greedy'],
+                              **({'after': after[s['prompt']]['greedy'],
+                              'after (sampled)': after[s['prompt']]['sampled']} if s['prompt'] in after
+                                 else {'sampled': s['sampled']})}
                              for s in base['samples']]))
     if ft and ft.get('samples'):  # the fine-tune stage's side-by-side replies, on messages its data suits
         out.append(f"On messages like those of the fine-tuning data (`{ft['data']['source']}`):")
-        out.append(md_table([{'message': s['prompt'], 'before fine-tuning': s['base'], 'after': s['sft'], 'after (sampled)': s['sft_sampled']}
+        out.append(md_table([{'message': s['prompt'], 'before fine-tuning': s['base'], 'after': s['sft'],
+                              'after (sampled)': s['sft_sampled']}
                              for s in ft['samples']]))
     if len(out) == 2: return '\n\n'.join(out[:1] + ['*No samples yet: they come with the evaluate stage.*'])
     return '\n\n'.join(out)
@@ -233,7 +279,8 @@ def _samples_section(root:Path) -> str:
 def _time_section(root:Path) -> str:
     stamps = load_pipeline(root/PIPELINE_FILE)  # the one reader: a damaged file reads as none
     if not stamps: return ''
-    rows = [dict(step=k, seconds=round(v['seconds']), resumed='yes' if v.get('resumed') else '') for k, v in stamps.items()]
+    rows = [dict(step=k, seconds=round(v['seconds']), resumed='yes' if v.get('resumed') else '') for k,
+            v in stamps.items()]
     rows.append(dict(step='total', seconds=round(sum(v['seconds'] for v in stamps.values())), resumed=''))
     return '## Time\n\nWhat each step of `chatgpt-train run` took (the last time it ran):\n\n' + md_table(rows)
 
@@ -245,10 +292,13 @@ def write_report(
     from chatgpt_train import __version__
     root = run_path(run)
     if not root.is_dir(): raise UserError(f"{root} is not a run folder: run `chatgpt-train run --run {run}` first")
-    head = (f"# Run report: {root.name}\n\n> From raw conversations to a chat model with `chatgpt_train` {__version__}: the numbers of "
-            f"every stage of `{root}`, written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} from the files the stages left.")
+    head = (f"# Run report: {root.name}\n\n> From raw conversations to a chat model with `chatgpt_train` "
+            f"{__version__}: the numbers of "
+            f"every stage of `{root}`, written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} from the files the "
+            "stages left.")
     parts = [head, _data_section(root), _tokenizer_section(root), _model_section(root), _curves_section(root),
-             _eval_section(root), _replies_section(root), _align_section(root), _samples_section(root), _time_section(root)]
+             _eval_section(root), _replies_section(root), _align_section(root), _samples_section(root),
+             _time_section(root)]
     path = root/'report.md'
     with atomic_path(path) as t: t.write_text('\n\n'.join(p for p in parts if p) + '\n', encoding='utf-8')
     return path
@@ -268,7 +318,8 @@ def summary_lines(
     lines = [f"  {'step':<{w}}{'status':<9}{'minutes':>8}"]
     for name, state in states.items():
         s = stamps.get(name, {})
-        lines.append(f"  {name:<{w}}{state:<9}{s.get('seconds', 0) / 60:>8.1f}" + ('' if state != 'skipped' else '  (up to date)'))
+        lines.append(f"  {name:<{w}}{state:<9}{s.get('seconds', 0) / 60:>8.1f}" + ('' if state != 'skipped'
+                                                                                   else '  (up to date)'))
     ev = {k: v for k in ('base', 'sft', 'aligned') if (v := read_input(root, f'eval/{k}.json'))}
     if ev:
         first = next(iter(ev.values()))

@@ -6,10 +6,9 @@
 from __future__ import annotations
 import asyncio, contextlib, dataclasses, ipaddress, json, logging, math, os, secrets, threading, time, traceback, uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable
 from urllib.parse import urlsplit
 
 import h11, uvicorn
@@ -22,7 +21,9 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from fastcore.basics import patch
 
+from .api_request import ApiError, ChatRequest, ServeLimits, parse_chat_request, read_json_body
 from .core import MODEL_DIRS, UserError, get_logger, is_hub_id
 from .content import DEFAULT_DROP, SEVERE, profanity_classifier
 from .chat import REFUSAL, ChatSession, MessageTooLong, block_categories
@@ -30,196 +31,9 @@ from .generate import SamplingConfig
 from .model import load_model
 
 # %% auto #0
-__all__ = ['ROLES', 'FIELDS', 'UNSUPPORTED', 'LOCAL_NAMES', 'FRAME_POLICY', 'PAGE_HEADERS', 'ApiError', 'ServeLimits',
-           'ChatRequest', 'parse_chat_request', 'StopText', 'ServerStats', 'Reply', 'completion_body', 'chunk_body',
-           'sse', 'host_allowed', 'Guard', 'guarded_protocol', 'LogBudget', 'server_config', 'make_app', 'run_serve']
-
-# %% ../nbs/09b_serve.ipynb #f60e90b1
-class ApiError(Exception):
-    "A request the server refuses: an HTTP status and an OpenAI-style error body naming the field at fault."
-    def __init__(self,
-                 status:int,                          # HTTP status, e.g. 400
-                 message:str,                         # What is wrong and what to do, for a person
-                 param:str|None=None,                 # The request field at fault, e.g. "messages[2].role"
-                 code:str|None=None,                  # A machine-readable reason, e.g. "context_length_exceeded"
-                 type:str='invalid_request_error',    # OpenAI's error type
-                ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-
-    def body(self) -> dict:
-        "The error as the API's JSON body."
-        return dict(error=dict(message=self.message, type=self.type, param=self.param, code=self.code))
-
-    def response(self) -> JSONResponse:
-        "The error as an HTTP response."
-        return JSONResponse(self.body(), status_code=self.status)
-
-# %% ../nbs/09b_serve.ipynb #5ea7aa77
-ROLES = {'system': 'system', 'developer': 'system', 'user': 'user', 'assistant': 'assistant'}  # API role: the role we render
-# the fields we read; any other is refused
-FIELDS = ('messages', 'model', 'stream', 'stream_options', 'max_tokens', 'max_completion_tokens', 'temperature',
-          'top_p', 'stop', 'seed', 'n', 'user', 'frequency_penalty', 'presence_penalty')
-# fields that would change the reply, taken only when they ask for nothing
-UNSUPPORTED = ('tools', 'functions', 'tool_choice', 'function_call', 'logprobs', 'top_logprobs', 'logit_bias', 'response_format',
-               'audio', 'modalities', 'prediction', 'store')
-
-@dataclass(frozen=True)
-class ServeLimits:
-    "What one request (and one connection) may ask of the server."
-    max_tokens:int=512          # Most tokens a reply may ask for
-    default_tokens:int=128      # Tokens a reply gets when the request does not say
-    max_messages:int=256        # Most messages a request may send
-    max_body:int=1_000_000      # Largest request body, in bytes
-    max_stop:int=4              # Most stop strings (OpenAI's limit)
-    timeout:float=120.          # Seconds a request may take, waiting for a worker included
-    max_stop_chars:int=256      # Longest stop string: matching costs up to its length squared a piece of text
-    read_timeout:float=10.      # Seconds a client may take to send a request's head, and again its body
-    max_connections:int=256     # Open connections; past it, the one waiting longest for its request is closed
-
-@dataclass
-class ChatRequest:
-    "A checked chat completion request."
-    messages:list[dict]         # {role, content}: system (first only), user and assistant roles, the last the user's
-    model:str|None=None         # The model asked for
-    stream:bool=False           # Reply as server-sent events
-    include_usage:bool=False    # With `stream`, a last chunk with the token counts
-    max_tokens:int|None=None    # Longest reply (None: the server's default)
-    temperature:float|None=None # None: the server's sampling default
-    top_p:float|None=None       # None: the server's sampling default
-    stop:tuple[str, ...]=()     # Strings that end the reply
-    seed:int|None=None          # Seed of the sampler (None: a fresh one)
-
-# %% ../nbs/09b_serve.ipynb #e9446546
-def _bad(param:str|None, message:str) -> ApiError:
-    return ApiError(400, message, param=param)
-
-def _is_int(x) -> bool: return isinstance(x, int) and not isinstance(x, bool)
-# a 400-digit int is no float
-def _is_number(x) -> bool: return _is_int(x) or (isinstance(x, float) and math.isfinite(x))
-
-def _shown(x) -> str:
-    "`x` for an error message, short whatever its size or depth: a request's values are never printed whole."
-    if isinstance(x, str): return json.dumps(x[:40])
-    if _is_int(x) and abs(x) >= 10**20: return f'an integer of {len(str(x))} digits'
-    if isinstance(x, (dict, list)): return 'an object' if isinstance(x, dict) else 'a list'
-    return json.dumps(x)
-
-def _number(data:dict, name:str, low:float, high:float, low_open:bool=False):
-    "`data[name]` if it is a number in [low, high] (or (low, high]), None if absent or null."
-    x = data.get(name)
-    if x is None: return None
-    if not _is_number(x): raise _bad(name, f"{name} must be a number, not {_shown(x)}")
-    if x < low or x > high or (low_open and x == low):
-        raise _bad(name, f"{name} must be in {'(' if low_open else '['}{low}, {high}], not {_shown(x)}")
-    return float(x)
-
-def _content(m:dict, where:str) -> str:
-    "A message's text: a string, or a list of text parts joined."
-    c = m.get('content')
-    if isinstance(c, str): return c
-    if isinstance(c, list):
-        for j, part in enumerate(c):
-            if not (isinstance(part, dict) and part.get('type') == 'text' and isinstance(part.get('text'), str)):
-                raise _bad(f'{where}.content[{j}]', f"{where}.content[{j}] must be a text part {{\"type\": \"text\", \"text\": \"...\"}}: this model reads text only")
-        return ''.join(part['text'] for part in c)
-    if c is None: raise _bad(f'{where}.content', f"{where} has no content")
-    raise _bad(f'{where}.content', f"{where}.content must be a string or a list of text parts, not {_shown(c)}")
-
-def _messages(data:dict, limits:ServeLimits) -> list[dict]:
-    ms = data.get('messages')
-    if ms is None: raise _bad('messages', "messages is required: a list of {\"role\": ..., \"content\": ...}")
-    if not isinstance(ms, list): raise _bad('messages', f"messages must be a list, not {_shown(ms)}")
-    if not ms: raise _bad('messages', "messages is empty: send at least one user message")
-    if len(ms) > limits.max_messages: raise _bad('messages', f"messages has {len(ms)} messages; this server takes at most {limits.max_messages}")
-    out = []
-    for i, m in enumerate(ms):
-        where = f'messages[{i}]'
-        if not isinstance(m, dict):
-            raise _bad(where, f"{where} must be an object with role and content, not {_shown(m)}")
-        role = m.get('role')
-        if not isinstance(role, str): raise _bad(f'{where}.role', f"{where}.role must be a string, one of {', '.join(ROLES)}")
-        if role not in ROLES:
-            raise _bad(f'{where}.role', f"{where}.role {role[:40]!r} is not one this server takes: "
-                                        f"use {', '.join(ROLES)}")
-        # SDKs echo back empty fields of a reply (`refusal: null`); a name or tool calls would be lost
-        for key, v in m.items():
-            if key not in ('role', 'content') and v not in (None, '', [], {}):
-                raise _bad(f'{where}.{key}'[:80], f"{where}.{key[:40]} is not supported by this server: "
-                                                  "a message is a role and its content")
-        if ROLES[role] == 'system' and out and out[-1]['role'] != 'system':
-            raise _bad(where, f"{where} is a {role} message after the conversation has begun: "
-                              "this model's chat format has one system prompt, before the first turn; put it first")
-        out.append(dict(role=ROLES[role], content=_content(m, where)))
-    if out[-1]['role'] != 'user': raise _bad(f'messages[{len(ms)-1}].role', "the last message must be the user's: the model answers it")
-    return out
-
-# %% ../nbs/09b_serve.ipynb #47ef5521
-def _fields(data:dict):
-    "Refuse the fields we do not read, and those we cannot honour unless they ask for nothing."
-    for name, v in data.items():
-        if name in UNSUPPORTED:
-            if v not in (None, False, [], {}, {'type': 'text'}):
-                raise _bad(name, f"{name} is not supported by this server: it serves plain chat replies")
-        elif name not in FIELDS:
-            raise _bad(name[:80], f"{name[:40]} is not a field this server takes; leave it out "
-                                  f"(it reads {', '.join(FIELDS)})")
-    for name in ('frequency_penalty', 'presence_penalty'):
-        if _number(data, name, -2, 2) not in (None, 0):
-            raise _bad(name, f"{name} must be 0 here: this server's repetition penalty is set when it starts "
-                             "(--repetition-penalty)")
-    if (n := data.get('n')) is not None and not (_is_int(n) and n == 1):
-        raise _bad('n', f"n must be 1: this server gives one reply a request, not {_shown(n)}")
-    if (user := data.get('user')) is not None and not isinstance(user, str):
-        raise _bad('user', f"user must be a string, not {_shown(user)}")
-
-def _max_tokens(data:dict, limits:ServeLimits) -> int|None:
-    "The reply's token limit: `max_completion_tokens`, else the older `max_tokens`; each checked when it is sent."
-    given = {}
-    for key in ('max_tokens', 'max_completion_tokens'):
-        if (n := data.get(key)) is None: continue
-        if not _is_int(n): raise _bad(key, f"{key} must be an integer, not {_shown(n)}")
-        if n < 1: raise _bad(key, f"{key} must be at least 1, not {_shown(n)}")
-        if n > limits.max_tokens:
-            raise _bad(key, f"{key} is {_shown(n)}; this server gives at most {limits.max_tokens} tokens a reply")
-        given[key] = n
-    return given.get('max_completion_tokens', given.get('max_tokens'))
-
-def _stop(data:dict, limits:ServeLimits) -> tuple[str, ...]:
-    "The stop strings: a string or a list of them, few and short (a long one costs each piece its length squared)."
-    stop = data.get('stop')
-    stop = [stop] if isinstance(stop, str) else [] if stop is None else stop
-    if not isinstance(stop, list): raise _bad('stop', "stop must be a non-empty string or a list of them")
-    if len(stop) > limits.max_stop: raise _bad('stop', f"stop has {len(stop)} strings; at most {limits.max_stop}")
-    if not all(isinstance(s, str) and s for s in stop):
-        raise _bad('stop', "stop must be a non-empty string or a list of them")
-    if (n := max(map(len, stop), default=0)) > limits.max_stop_chars:
-        raise _bad('stop', f"a stop string has {n:,} characters; this server takes at most {limits.max_stop_chars}")
-    return tuple(stop)
-
-def parse_chat_request(
-    data:Any,            # The request's decoded JSON body
-    limits:ServeLimits,  # What a request may ask
-) -> ChatRequest:
-    "The checked request, or an `ApiError` naming the first field that is wrong."
-    if not isinstance(data, dict): raise _bad(None, f"the body must be a JSON object, not {_shown(data)}")
-    _fields(data)
-    model = data.get('model')
-    if model is not None and not isinstance(model, str):
-        raise _bad('model', f"model must be a string, not {_shown(model)}")
-    stream = data.get('stream', False)
-    if not isinstance(stream, bool) and stream is not None:
-        raise _bad('stream', f"stream must be true or false, not {_shown(stream)}")
-    opts = data.get('stream_options') or {}
-    if not (isinstance(opts, dict) and set(opts) <= {'include_usage'}
-            and isinstance(opts.get('include_usage', False), bool)):
-        raise _bad('stream_options', "stream_options must be an object like {\"include_usage\": true}")
-    seed = data.get('seed')
-    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**63):
-        raise _bad('seed', f"seed must be a non-negative integer, not {_shown(seed)}")
-    return ChatRequest(messages=_messages(data, limits), model=model, stream=bool(stream), include_usage=bool(opts.get('include_usage')),
-                       max_tokens=_max_tokens(data, limits), temperature=_number(data, 'temperature', 0, 2),
-                       top_p=_number(data, 'top_p', 0, 1, low_open=True), stop=_stop(data, limits), seed=seed)
+__all__ = ['LOCAL_NAMES', 'FRAME_POLICY', 'PAGE_HEADERS', 'StopText', 'ServerStats', 'Reply', 'completion_body', 'chunk_body',
+           'sse', 'host_allowed', 'Guard', 'guarded_protocol', 'LogBudget', 'server_config', 'ChatApi', 'make_app',
+           'run_serve']
 
 # %% ../nbs/09b_serve.ipynb #2894ac3b
 class StopText:
@@ -244,18 +58,20 @@ class StopText:
         text, self.pending = ('' if self.hit else self.pending), ''
         return text
 
-# %% ../nbs/09b_serve.ipynb #975a1846
+# %% ../nbs/09b_serve.ipynb #d625c552
 class ServerStats:
     "Counts of the server's generations, kept by worker threads and the event loop together."
-    def __init__(self): self.lock, self.counts = threading.Lock(), dict(waiting=0, active=0, served=0, stopped=0, failed=0, tokens=0)
+    def __init__(self):
+        self.lock, self.counts = threading.Lock(), dict(waiting=0, active=0, served=0, stopped=0, failed=0, tokens=0)
     def add(self, **deltas):
         with self.lock:
             for k, v in deltas.items(): self.counts[k] += v
     def snapshot(self) -> dict:
         with self.lock: return dict(self.counts)
 
+# %% ../nbs/09b_serve.ipynb #30989e9b
 class Reply:
-    "A reply generated by `session` in a worker thread and read from the event loop with `async for`; `stop()` ends it early."
+    "A reply generated by `session` in a worker thread, read on the event loop with `async for`; `stop()` ends it."
     def __init__(self,
                  session:ChatSession,     # The conversation, its history set, answering `message`
                  message:str,             # The user's last message
@@ -266,60 +82,81 @@ class Reply:
                 ):
         self.session, self.deadline, self.stats, self.stop_text = session, deadline, stats, stop_text or StopText()
         self.cancel, self.queue, loop = threading.Event(), asyncio.Queue(), asyncio.get_running_loop()
+        self.message = message
         def put(item):
-            with contextlib.suppress(RuntimeError): loop.call_soon_threadsafe(self.queue.put_nowait, item)  # the loop may be gone at shutdown
-        def work():
-            stats.add(waiting=-1, active=1)
-            outcome = 'stopped'
-            try:
-                if not self.cancel.is_set():  # not given up on while it waited for this worker
-                    with contextlib.closing(session.stream(message, self.cancel)) as pieces:
-                        for piece in pieces:
-                            if self.cancel.is_set(): break
-                            if text := self.stop_text.feed(piece): put(('piece', text))
-                            if self.stop_text.hit: break
-                    if not (self.cancel.is_set() or self.stop_text.hit):
-                        if text := self.stop_text.flush(): put(('piece', text))
-                        outcome = 'served'
-                put(('end', None))
-            except Exception as e:
-                outcome = 'failed'
-                put(('error', e))
-            finally: stats.add(active=-1, **{outcome: 1}, tokens=(session.usage or {}).get('completion_tokens', 0))
+            # the loop may be gone at shutdown
+            with contextlib.suppress(RuntimeError): loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        self._put = put
         stats.add(waiting=1)
-        self.done, self.watcher, self.client_left = loop.run_in_executor(pool, work), None, False
+        self.done, self.watcher, self.client_left = loop.run_in_executor(pool, self._work), None, False
 
-    def watch(self, request:Request):
-        "Stop generating as soon as the client of `request` disconnects."
-        async def wait():  # the body has been read, so the next message from the server is the disconnect
-            while (await request.receive())['type'] != 'http.disconnect': pass
-            self.client_left = True
-            self.cancel.set()
-        self.watcher = asyncio.ensure_future(wait())
+# %% ../nbs/09b_serve.ipynb #5429ca88
+@patch
+def _work(self:Reply):
+    "Generate in a worker thread, handing each piece to the event loop; count how it ended."
+    self.stats.add(waiting=-1, active=1)
+    outcome = 'stopped'
+    try:
+        if not self.cancel.is_set():  # not given up on while it waited for this worker
+            with contextlib.closing(self.session.stream(self.message, self.cancel)) as pieces:
+                for piece in pieces:
+                    if self.cancel.is_set(): break
+                    if text := self.stop_text.feed(piece): self._put(('piece', text))
+                    if self.stop_text.hit: break
+            if not (self.cancel.is_set() or self.stop_text.hit):
+                if text := self.stop_text.flush(): self._put(('piece', text))
+                outcome = 'served'
+        self._put(('end', None))
+    except Exception as e:
+        outcome = 'failed'
+        self._put(('error', e))
+    finally:
+        tokens = (self.session.usage or {}).get('completion_tokens', 0)
+        self.stats.add(active=-1, **{outcome: 1}, tokens=tokens)
 
-    async def __aiter__(self) -> AsyncIterator[str]:
-        try:
-            while True:
-                left = self.deadline - time.monotonic()
-                try: kind, value = await asyncio.wait_for(self.queue.get(), max(left, 0))
-                except TimeoutError: raise ApiError(504, "the reply took longer than this server's timeout; ask for fewer tokens (max_tokens) or try again", code='timeout', type='timeout') from None
-                if kind == 'end': return
-                if kind == 'error': raise value
-                yield value
-        finally:  # the end, an error, or the handler cancelled
-            self.cancel.set()
-            if self.watcher: self.watcher.cancel()
-
-    async def stop(self):
-        "Stop generating and wait for the worker to let go of the session (its `usage` is then final)."
+# %% ../nbs/09b_serve.ipynb #4a1451e5
+@patch
+def watch(self:Reply, request:Request):
+    "Stop generating as soon as the client of `request` disconnects."
+    async def wait():  # the body has been read, so the next message from the server is the disconnect
+        while (await request.receive())['type'] != 'http.disconnect': pass
+        self.client_left = True
         self.cancel.set()
-        await asyncio.shield(self.done)
+    self.watcher = asyncio.ensure_future(wait())
+
+@patch
+async def __aiter__(self:Reply) -> AsyncIterator[str]:
+    try:
+        while True:
+            left = self.deadline - time.monotonic()
+            try: kind, value = await asyncio.wait_for(self.queue.get(), max(left, 0))
+            except TimeoutError:
+                raise ApiError(504, "the reply took longer than this server's timeout; ask for fewer tokens "
+                                    "(max_tokens) or try again", code='timeout', type='timeout') from None
+            if kind == 'end': return
+            if kind == 'error': raise value
+            yield value
+    finally:  # the end, an error, or the handler cancelled
+        self.cancel.set()
+        if self.watcher: self.watcher.cancel()
+
+@patch
+async def stop(self:Reply):
+    "Stop generating and wait for the worker to let go of the session (its `usage` is then final)."
+    self.cancel.set()
+    await asyncio.shield(self.done)
+
+@patch(as_prop=True)
+def finish_reason(self:Reply) -> str:
+    "Why the reply ended: `stop` at a stop string, else the session's reason (`stop`, `length`, `content_filter`)."
+    return 'stop' if self.stop_text.hit else self.session.finish_reason
 
 # %% ../nbs/09b_serve.ipynb #7560d9fa
 def completion_body(id:str, model:str, content:str, finish_reason:str, usage:dict) -> dict:
     "A whole reply, as a `chat.completion` object."
     return dict(id=id, object='chat.completion', created=int(time.time()), model=model,
-                choices=[dict(index=0, message=dict(role='assistant', content=content), finish_reason=finish_reason, logprobs=None)],
+                choices=[dict(index=0, message=dict(role='assistant', content=content), finish_reason=finish_reason,
+                              logprobs=None)],
                 usage=usage)
 
 def chunk_body(id:str, model:str, delta:dict|None=None, finish_reason:str|None=None, usage:dict|None=None) -> dict:
@@ -354,6 +191,7 @@ def host_allowed(
     try: return ipaddress.ip_address(name) is not None  # an address typed as such names no site that could rebind it
     except ValueError: return False
 
+# %% ../nbs/09b_serve.ipynb #2684f1e0
 def _secured(headers:list) -> list:
     "Response headers with `nosniff` and no framing, keeping what a page's own Content-Security-Policy says."
     mine = (b'content-security-policy', b'x-content-type-options', b'x-frame-options')
@@ -389,24 +227,26 @@ class Guard:
             if not same:
                 raise ApiError(403, f"a page of another site ({origin[:80]}) may not use this API", code='cross_origin')
 
-    async def __call__(self, scope, receive, send):
-        if scope['type'] != 'http': return await self.app(scope, receive, send)
-        started = False
-        async def secured(message):
-            nonlocal started
-            if message['type'] == 'http.response.start':
-                started, message = True, {**message, 'headers': _secured(list(message.get('headers') or []))}
-            await send(message)
-        try:
-            self.check(scope)
-            await self.app(scope, receive, secured)
-        except ApiError as e: await e.response()(scope, receive, secured)
-        except Exception as e:  # after the response has started there is nothing left to send: the log line is all
-            self.log.error('%s %s failed: %s', scope['method'], scope['path'][:80], _fault(e))
-            if not started:
-                await ApiError(500, f"the server failed on this request ({type(e).__name__}); "
-                                    "it is logged, and the server goes on",
-                               type='server_error').response()(scope, receive, secured)
+# %% ../nbs/09b_serve.ipynb #065db4bf
+@patch
+async def __call__(self:Guard, scope, receive, send):
+    if scope['type'] != 'http': return await self.app(scope, receive, send)
+    started = False
+    async def secured(message):
+        nonlocal started
+        if message['type'] == 'http.response.start':
+            started, message = True, {**message, 'headers': _secured(list(message.get('headers') or []))}
+        await send(message)
+    try:
+        self.check(scope)
+        await self.app(scope, receive, secured)
+    except ApiError as e: await e.response()(scope, receive, secured)
+    except Exception as e:  # after the response has started there is nothing left to send: the log line is all
+        self.log.error('%s %s failed: %s', scope['method'], scope['path'][:80], _fault(e))
+        if not started:
+            await ApiError(500, f"the server failed on this request ({type(e).__name__}); "
+                                "it is logged, and the server goes on",
+                           type='server_error').response()(scope, receive, secured)
 
 # %% ../nbs/09b_serve.ipynb #a99dc9f1
 def guarded_protocol(
@@ -438,6 +278,7 @@ def guarded_protocol(
             super().connection_lost(exc)
     return Guarded
 
+# %% ../nbs/09b_serve.ipynb #4e2252da
 class LogBudget(logging.Filter):
     "Let a logger write at most `n` records a minute, each on one line (a traceback: its last), and say when it stops."
     def __init__(self, n:int=20): super().__init__(); self.n, self.start, self.count = n, -math.inf, 0
@@ -452,6 +293,7 @@ class LogBudget(logging.Filter):
             record.args, record.exc_info, record.exc_text = (), None, None
         return self.count <= self.n + 1
 
+# %% ../nbs/09b_serve.ipynb #0500cfd6
 def _backlog(connections:int) -> int:
     "Connections the kernel may hold for us to accept; asyncio accepts as many at once before the cap can close any."
     return max(16, connections // 4)
@@ -472,37 +314,19 @@ def server_config(
         if not any(isinstance(f, LogBudget) for f in logger.filters): logger.addFilter(LogBudget())
     return config
 
-# %% ../nbs/09b_serve.ipynb #53233544
-async def _read_json(request:Request, limits:ServeLimits):
-    "The request's JSON body, sent as such, read up to `limits.max_body` bytes within `limits.read_timeout` seconds."
-    kind = request.headers.get('content-type', '').split(';')[0].strip().lower()
-    # a page of another site can send text/plain or a form without asking first: not JSON
-    if kind != 'application/json':
-        raise ApiError(415, f"send the body as Content-Type: application/json, not {kind[:60] or 'none'}",
-                       code='unsupported_media_type')
-    too_big = ApiError(413, f"the request body is larger than this server's limit of {limits.max_body:,} bytes", code='body_too_large')
-    size = request.headers.get('content-length') or '0'
-    if not size.isdigit():
-        raise ApiError(400, f"the Content-Length header {size[:40]!r} is not a number of bytes", code='invalid_header')
-    if len(size) > 12 or int(size) > limits.max_body: raise too_big
-    body = bytearray()
-    try:
-        async with asyncio.timeout(limits.read_timeout):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limits.max_body: raise too_big
-    except TimeoutError:
-        raise ApiError(408, f"the body did not arrive within {limits.read_timeout:g} seconds", code='timeout') from None
-    try: return json.loads(body)
-    # bad syntax or UTF-8, an integer of over 4,300 digits, nesting deeper than the stack
-    except (ValueError, RecursionError) as e:
-        raise ApiError(400, f"the body is not valid JSON: {str(e)[:200]}", code='invalid_json') from None
-
-def _session(lm, req:ChatRequest, sampling:SamplingConfig, limits:ServeLimits, **chat) -> tuple[ChatSession, str, list[int]]:
+# %% ../nbs/09b_serve.ipynb #f062e868
+def _session(
+    lm,                      # The served model (`model.load_model`)
+    req:ChatRequest,         # The checked request
+    sampling:SamplingConfig, # The server's sampling defaults
+    limits:ServeLimits,      # Its limits
+    **chat,                  # `ChatSession`'s safety settings
+) -> tuple[ChatSession, str, list[int]]:
     "A session holding the request's conversation, the message it answers, and the prompt it will read."
     cfg = dataclasses.replace(sampling, max_new_tokens=req.max_tokens or min(limits.default_tokens, limits.max_tokens),
                               **{k: getattr(req, k) for k in ('temperature', 'top_p') if getattr(req, k) is not None})
-    system = '\n\n'.join(m['content'] for m in req.messages if m['role'] == 'system') or None  # they all come first
+    # the system messages all come first
+    system = '\n\n'.join(m['content'] for m in req.messages if m['role'] == 'system') or None
     session = ChatSession(lm.model, lm.fmt, system=system, sampling=cfg, seed=req.seed, **chat)
     turns = [m for m in req.messages if m['role'] != 'system']
     session.history = [dict(role=m['role'], content=session.clean(m['content'])) for m in turns[:-1]]
@@ -513,6 +337,113 @@ def _session(lm, req:ChatRequest, sampling:SamplingConfig, limits:ServeLimits, *
         raise ApiError(400, str(e), param='messages', code='invalid_messages') from None
     return session, turns[-1]['content'], ids
 
+# %% ../nbs/09b_serve.ipynb #db88fece
+class ChatApi:
+    "The server's routes around one model: the chat completions API, the models list, health, and the chat page."
+    def __init__(self,
+        lm,                      # The model to serve: a `LoadedModel` (`model.load_model`)
+        name:str,                # Its id in the API
+        limits:ServeLimits,      # What a request may ask
+        api_key:str|None,        # Every /v1/ request must carry `Authorization: Bearer KEY` (None: no key)
+        workers:int,             # Generations that run at once; more requests wait for a free worker
+        sampling:SamplingConfig, # Sampling defaults (a request may set temperature and top_p)
+        chat:dict,               # `ChatSession`'s safety settings: safety, refusal, block
+        log:logging.Logger,      # Where to report
+    ):
+        self.lm, self.name, self.limits, self.api_key, self.workers = lm, name, limits, api_key, workers
+        self.sampling, self.chat, self.log = sampling, chat, log
+        self.stats, self.pool = ServerStats(), ThreadPoolExecutor(workers, thread_name_prefix='generate')
+        self.started, self.page = int(time.time()), files('chatgpt_train')/'static'
+
+    def check_key(self, request:Request):
+        "Refuse a request without the server's key, if it has one (compared in constant time)."
+        if self.api_key is None: return
+        given = request.headers.get('authorization', '')
+        if not (given.startswith('Bearer ') and secrets.compare_digest(given[7:].encode(), self.api_key.encode())):
+            raise ApiError(401, "a valid API key is required: send the header 'Authorization: Bearer KEY'",
+                           code='invalid_api_key')
+
+# %% ../nbs/09b_serve.ipynb #67c62dfc
+@patch
+async def models(self:ChatApi, request:Request) -> Response:
+    "GET /v1/models: the one model served."
+    self.check_key(request)
+    return JSONResponse(dict(object='list', data=[dict(id=self.name, object='model', created=self.started,
+                                                       owned_by='chatgpt-train')]))
+
+@patch
+async def health(self:ChatApi, request:Request) -> Response:
+    "GET /health: whether the server answers, and how busy it is."
+    return JSONResponse(dict(status='ok', model=self.name, workers=self.workers, **self.stats.snapshot()))
+
+@patch
+async def index(self:ChatApi, request:Request) -> Response:
+    "GET /: the chat page."
+    return FileResponse(self.page/'index.html', headers=PAGE_HEADERS)
+
+# the page runs only its own files (`Guard` adds the rest)
+PAGE_HEADERS = {'content-security-policy': "default-src 'self'"}
+
+# %% ../nbs/09b_serve.ipynb #772ed4de
+@patch
+async def completions(self:ChatApi, request:Request) -> Response:
+    "POST /v1/chat/completions: the reply to a conversation, whole or streamed."
+    self.check_key(request)
+    deadline = time.monotonic() + self.limits.timeout
+    req = parse_chat_request(await read_json_body(request, self.limits), self.limits)
+    if req.model not in (None, self.name):
+        raise ApiError(404, f"the model {req.model!r} is not served here; this server has {self.name!r}",
+                       param='model', code='model_not_found')
+    session, message, ids = await asyncio.to_thread(_session, self.lm, req, self.sampling, self.limits, **self.chat)
+    id, headers = f'chatcmpl-{uuid.uuid4().hex[:24]}', {'x-dropped-messages': str(session.dropped)}
+    reply = Reply(session, message, self.pool, deadline, self.stats, StopText(req.stop))
+    reply.watch(request)
+    if not req.stream: return await self._whole(reply, id, headers)
+    return StreamingResponse(self._events(reply, req, id), media_type='text/event-stream',
+                             headers={**headers, 'cache-control': 'no-cache'})
+
+# %% ../nbs/09b_serve.ipynb #9a1c03d1
+@patch
+async def _whole(self:ChatApi, reply:Reply, id:str, headers:dict) -> Response:
+    "The reply as one `chat.completion` object, once it is all generated."
+    text = ''.join([piece async for piece in reply])
+    await reply.stop()
+    if reply.client_left:  # the response would go nowhere
+        self.log.info('%s: the client disconnected; generation stopped', id)
+        return Response(status_code=499)
+    session = reply.session
+    text = session.refusal if session.flagged else text
+    return JSONResponse(completion_body(id, self.name, text, reply.finish_reason, session.usage), headers=headers)
+
+# %% ../nbs/09b_serve.ipynb #75e5388c
+@patch
+async def _events(self:ChatApi, reply:Reply, req:ChatRequest, id:str) -> AsyncIterator[str]:
+    "The reply as server-sent events: the role, each piece, why it ended, the usage if asked, and `[DONE]`."
+    name, session = self.name, reply.session
+    try:
+        yield sse(chunk_body(id, name, dict(role='assistant', content='')))
+        async for text in reply: yield sse(chunk_body(id, name, dict(content=text)))
+        await reply.stop()
+        if reply.client_left:
+            self.log.info('%s: the client disconnected; generation stopped', id)
+            return
+        yield sse(chunk_body(id, name, finish_reason=reply.finish_reason))
+        if req.include_usage: yield sse(chunk_body(id, name, usage=session.usage))
+    except ApiError as e:  # the status has been sent: the error goes in the stream, as OpenAI's API does
+        yield sse(e.body())
+    except Exception as e:
+        self.log.error('%s: failed while streaming: %s', id, _fault(e))
+        yield sse(ApiError(500, f"the server failed while generating ({type(e).__name__}); it is logged",
+                           type='server_error').body())
+    yield sse('[DONE]')
+
+# %% ../nbs/09b_serve.ipynb #71e1b592
+async def _api_error(request:Request, e:ApiError) -> Response: return e.response()
+async def _http_error(request:Request, e:HTTPException) -> Response:
+    return ApiError(e.status_code, f"{request.method} {request.url.path[:80]}: {e.detail}",
+                    code=str(e.status_code)).response()
+
+# %% ../nbs/09b_serve.ipynb #6dc573db
 def make_app(
     lm,                                 # The model to serve: a `LoadedModel` (`model.load_model`)
     name:str,                           # Its id in the API
@@ -526,88 +457,24 @@ def make_app(
     hosts:Iterable[str]|None=LOCAL_NAMES, # Host names it answers to (None: any; see `host_allowed`)
 ) -> Starlette:
     "A Starlette application serving `lm`: the chat completions API, the models list, health, and the chat page."
-    log, stats, pool = get_logger('serve'), ServerStats(), ThreadPoolExecutor(workers, thread_name_prefix='generate')
-    sampling, chat = sampling or SamplingConfig(), dict(safety=safety, refusal=refusal, block=block)
-    started, page = int(time.time()), files('chatgpt_train')/'static'
+    api = ChatApi(lm, name, limits, api_key, workers, sampling or SamplingConfig(),
+                  dict(safety=safety, refusal=refusal, block=block), get_logger('serve'))
     if safety: profanity_classifier()  # its model loads on first use (a second or so): now, not in the first reply
-
-    def check_key(request:Request):
-        if api_key is None: return
-        given = request.headers.get('authorization', '')
-        if not (given.startswith('Bearer ') and secrets.compare_digest(given[7:].encode(), api_key.encode())):
-            raise ApiError(401, "a valid API key is required: send the header 'Authorization: Bearer KEY'", code='invalid_api_key')
-
-    async def completions(request:Request) -> Response:
-        check_key(request)
-        deadline = time.monotonic() + limits.timeout
-        req = parse_chat_request(await _read_json(request, limits), limits)
-        if req.model not in (None, name): raise ApiError(404, f"the model {req.model!r} is not served here; this server has {name!r}", param='model', code='model_not_found')
-        session, message, ids = await asyncio.to_thread(_session, lm, req, sampling, limits, **chat)
-        id, headers = f'chatcmpl-{uuid.uuid4().hex[:24]}', {'x-dropped-messages': str(session.dropped)}
-        reply = Reply(session, message, pool, deadline, stats, StopText(req.stop))
-        reply.watch(request)
-
-        def finish_reason():
-            return 'stop' if reply.stop_text.hit else session.finish_reason
-
-        if not req.stream:
-            text = ''.join([piece async for piece in reply])
-            await reply.stop()
-            if reply.client_left:  # the response would go nowhere
-                log.info('%s: the client disconnected; generation stopped', id)
-                return Response(status_code=499)
-            text = session.refusal if session.flagged else text
-            return JSONResponse(completion_body(id, name, text, finish_reason(), session.usage), headers=headers)
-
-        async def events():
-            try:
-                yield sse(chunk_body(id, name, dict(role='assistant', content='')))
-                async for text in reply: yield sse(chunk_body(id, name, dict(content=text)))
-                await reply.stop()
-                if reply.client_left:
-                    log.info('%s: the client disconnected; generation stopped', id)
-                    return
-                yield sse(chunk_body(id, name, finish_reason=finish_reason()))
-                if req.include_usage: yield sse(chunk_body(id, name, usage=session.usage))
-            except ApiError as e:  # the status has been sent: the error goes in the stream, as OpenAI's API does
-                yield sse(e.body())
-            except Exception as e:
-                log.error('%s: failed while streaming: %s', id, _fault(e))
-                yield sse(ApiError(500, f"the server failed while generating ({type(e).__name__}); it is logged", type='server_error').body())
-            yield sse('[DONE]')
-        return StreamingResponse(events(), media_type='text/event-stream', headers={**headers, 'cache-control': 'no-cache'})
-
-    async def models(request:Request) -> Response:
-        check_key(request)
-        return JSONResponse(dict(object='list', data=[dict(id=name, object='model', created=started, owned_by='chatgpt-train')]))
-
-    async def health(request:Request) -> Response:
-        return JSONResponse(dict(status='ok', model=name, workers=workers, **stats.snapshot()))
-
-    async def index(request:Request) -> Response:
-        return FileResponse(page/'index.html', headers=PAGE_HEADERS)
-
-    async def api_error(request:Request, e:ApiError) -> Response: return e.response()
-    async def http_error(request:Request, e:HTTPException) -> Response:
-        return ApiError(e.status_code, f"{request.method} {request.url.path[:80]}: {e.detail}",
-                        code=str(e.status_code)).response()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        api.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = Starlette(routes=[Route('/v1/chat/completions', completions, methods=['POST']), Route('/v1/models', models),
-                            Route('/health', health), Route('/', index), Mount('/static', StaticFiles(directory=str(page)))],
-                    middleware=[Middleware(Guard, names=hosts, log=log)],
-                    exception_handlers={ApiError: api_error, HTTPException: http_error}, lifespan=lifespan)
-    app.state.stats = stats
+    app = Starlette(routes=[Route('/v1/chat/completions', api.completions, methods=['POST']),
+                            Route('/v1/models', api.models), Route('/health', api.health), Route('/', api.index),
+                            Mount('/static', StaticFiles(directory=str(api.page)))],
+                    middleware=[Middleware(Guard, names=hosts, log=api.log)],
+                    exception_handlers={ApiError: _api_error, HTTPException: _http_error}, lifespan=lifespan)
+    app.state.stats = api.stats
     return app
 
-# the page runs only its own files (`Guard` adds the rest)
-PAGE_HEADERS = {'content-security-policy': "default-src 'self'"}
-
-# %% ../nbs/09b_serve.ipynb #ba87b6b8
+# %% ../nbs/09b_serve.ipynb #a921d136
 def _loopback(host:str) -> bool:
     "Whether `host` is an address of this machine only."
     if host == 'localhost': return True
@@ -627,14 +494,40 @@ def _room_for(connections:int):
         raise UserError(f"--max-connections {connections} needs {need} open files and this process may open {soft}: "
                         f"lower it, or raise the limit (ulimit -n {need})")
 
+# %% ../nbs/09b_serve.ipynb #7de9eddc
+def _check_limits(
+    flags:dict,      # Each counting flag's name and value
+    seconds:dict,    # Each flag in seconds, name and value
+):
+    "Refuse a count that is not positive (a port not below 65536) and a time that is not a positive number of seconds."
+    for flag, v in flags.items():
+        if not (0 < v if flag != 'port' else 0 < v < 65536):
+            below = ' and below 65536' if flag == 'port' else ''
+            raise UserError(f"--{flag.replace('_', '-')} must be positive{below}, not {v}")
+    for flag, v in seconds.items():
+        if not (math.isfinite(v) and v > 0):
+            raise UserError(f"--{flag.replace('_', '-')} must be a positive number of seconds, not {v}")
+
+def _host_names(
+    host:str,                # The address the server listens on
+    allowed_hosts:str|None,  # Extra names, comma-separated; *: any
+) -> tuple|None:
+    "The Host names the server answers to (None: any)."
+    if (allowed_hosts or '').strip() == '*': return None
+    return (*LOCAL_NAMES, host.lower(), *(h.strip().lower() for h in (allowed_hosts or '').split(',') if h.strip()))
+
+# %% ../nbs/09b_serve.ipynb #8a8cdf48
 def run_serve(
     run:str|None=None,           # A run folder: serve its newest model (aligned/, else sft/, else base/)
     model:str|None=None,         # base, sft, aligned, a model folder or a hub id (with --run: one of its models)
-    host:str='127.0.0.1',        # Address to listen on; 127.0.0.1 is this machine only, 0.0.0.0 every network (then set --api-key)
+    # Address to listen on; 127.0.0.1 is this machine only, 0.0.0.0 every network (then set --api-key)
+    host:str='127.0.0.1',
     port:int=8000,               # Port to listen on
-    api_key:str|None=None,       # Require `Authorization: Bearer KEY` on every /v1/ request (default: $CHATGPT_TRAIN_API_KEY, else none)
+    # Require `Authorization: Bearer KEY` on every /v1/ request (default: $CHATGPT_TRAIN_API_KEY, else none)
+    api_key:str|None=None,
     allowed_hosts:str|None=None, # Extra Host names, comma-separated, beyond localhost, 127.0.0.1, ::1, --host; *: any
-    workers:int=1,               # Replies generated at once; more requests wait their turn (see the benchmark before raising it)
+    # Replies generated at once; more requests wait their turn (see the benchmark before raising it)
+    workers:int=1,
     max_tokens:int=ServeLimits.max_tokens, # Most tokens a request may ask for
     default_tokens:int=ServeLimits.default_tokens, # Tokens a reply gets when the request does not say
     max_messages:int=ServeLimits.max_messages, # Most messages in a request
@@ -649,27 +542,26 @@ def run_serve(
     device:str='auto',           # auto, cpu, cuda, cuda:1 or mps
 ):
     "Serve a model over HTTP: OpenAI's chat completions API with streaming, and a chat page at /."
-    if run is None and model is None: raise UserError("give a run folder (--run DIR) or a model (--model DIR or a hub id)")
-    for flag, v in dict(port=port, workers=workers, max_tokens=max_tokens, default_tokens=default_tokens,
-                        max_messages=max_messages, max_body=max_body, max_connections=max_connections).items():
-        if not (0 < v if flag != 'port' else 0 < v < 65536): raise UserError(f"--{flag.replace('_', '-')} must be positive{' and below 65536' if flag == 'port' else ''}, not {v}")
-    for flag, v in dict(timeout=timeout, read_timeout=read_timeout).items():
-        if not (math.isfinite(v) and v > 0):
-            raise UserError(f"--{flag.replace('_', '-')} must be a positive number of seconds, not {v}")
+    if run is None and model is None:
+        raise UserError("give a run folder (--run DIR) or a model (--model DIR or a hub id)")
+    _check_limits(dict(port=port, workers=workers, max_tokens=max_tokens, default_tokens=default_tokens,
+                       max_messages=max_messages, max_body=max_body, max_connections=max_connections),
+                  dict(timeout=timeout, read_timeout=read_timeout))
     blocked = block_categories(block)
     _room_for(max_connections)
-    hosts = None if (allowed_hosts or '').strip() == '*' else (
-        *LOCAL_NAMES, host.lower(), *(h.strip().lower() for h in (allowed_hosts or '').split(',') if h.strip()))
+    hosts = _host_names(host, allowed_hosts)
     api_key = api_key or os.environ.get('CHATGPT_TRAIN_API_KEY') or None
     log = get_logger('serve')
     lm = load_model(run, model, device)
-    name = model.split('@')[0] if model and (model in MODEL_DIRS or is_hub_id(model)) else lm.folder.name  # the id clients ask for
+    # the id clients ask for
+    name = model.split('@')[0] if model and (model in MODEL_DIRS or is_hub_id(model)) else lm.folder.name
     limits = ServeLimits(max_tokens, min(default_tokens, max_tokens), max_messages, max_body, timeout=timeout,
                          read_timeout=read_timeout, max_connections=max_connections)
     app = make_app(lm, name, limits, api_key, workers, SamplingConfig(repetition_penalty=repetition_penalty), safety,
                    refusal, blocked, hosts)
     if not _loopback(host) and api_key is None:
-        log.warning('listening on %s without an API key: anyone who can reach this address can use the model; set --api-key', host)
-    log.info('serving %s as %r at http://%s:%d/ (chat page) and http://%s:%d/v1 (API)%s', lm.folder, name, host, port, host, port,
-             ', API key required' if api_key else '')
+        log.warning('listening on %s without an API key: anyone who can reach this address can use the model; '
+                    'set --api-key', host)
+    log.info('serving %s as %r at http://%s:%d/ (chat page) and http://%s:%d/v1 (API)%s',
+             lm.folder, name, host, port, host, port, ', API key required' if api_key else '')
     uvicorn.Server(server_config(app, host, port, limits)).run()

@@ -11,21 +11,23 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from fastcore.basics import patch
 import regex
 import tiktoken
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import chatgpt_train
-from .core import UserError, get_logger, iter_conversations, require, run_file, save_args, save_json, writing_stage
+from .core import (UserError, get_logger, iter_conversations, require, run_file, save_args, save_json,
+                                writing_stage)
 
 # %% auto #0
 __all__ = ['NLTK_DATA', 'GPT2_SPLIT', 'SPECIAL_TOKENS', 'ROLES', 'CHAT_TEMPLATE', 'CHECK_TURNS', 'write_punkt_tab',
            'use_packaged_punkt', 'word_counts', 'oov_rate', 'plot_zipf', 'pair_counts', 'merge_pair', 'SimpleBPE',
            'train_bpe', 'bytes_to_unicode', 'token_bytes', 'turn_text', 'check_role', 'render_chat', 'save_tokenizer',
            'tiktoken_encoding', 'ChatTokenizer', 'load_tokenizer', 'tokenization_stats', 'token_byte_lengths',
-           'run_tokenizer']
+           'check_tokenizer', 'tokenizer_report', 'run_tokenizer']
 
-# %% ../nbs/03_tokenizer.ipynb #3c133859
+# %% ../nbs/03_tokenizer.ipynb #e4a08d9e
 NLTK_DATA = Path(chatgpt_train.__file__).parent/'data'/'nltk_data'  # punkt_tab files shipped with the package
 
 def write_punkt_tab(
@@ -48,6 +50,7 @@ def write_punkt_tab(
         (d/name).write_text('\n'.join(lines) + '\n', encoding='utf-8')
     return d
 
+# %% ../nbs/03_tokenizer.ipynb #17cbeff6
 def use_packaged_punkt() -> Path:
     "Put the shipped punkt_tab data first on NLTK's search path, so `word_tokenize` and `sent_tokenize` work offline."
     import nltk
@@ -88,7 +91,7 @@ def plot_zipf(
     ax.set_xlabel('rank'); ax.set_ylabel('count'); ax.legend()
     return ax
 
-# %% ../nbs/03_tokenizer.ipynb #d9a9e948
+# %% ../nbs/03_tokenizer.ipynb #680f889a
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # GPT-2's chunk pattern
 
 def pair_counts(
@@ -100,6 +103,7 @@ def pair_counts(
         for pair in zip(ids, ids[1:]): counts[pair] += n
     return counts
 
+# %% ../nbs/03_tokenizer.ipynb #829aab04
 def merge_pair(
     ids:tuple,  # Token ids
     pair:tuple, # The pair to replace
@@ -112,7 +116,7 @@ def merge_pair(
         else: out.append(ids[i]); i += 1
     return tuple(out)
 
-# %% ../nbs/03_tokenizer.ipynb #5b46777c
+# %% ../nbs/03_tokenizer.ipynb #a963368e
 class SimpleBPE:
     "A byte-level BPE tokenizer in plain Python: `train` learns merges, `encode`/`decode` use them."
     def __init__(self):
@@ -134,23 +138,27 @@ class SimpleBPE:
             self.vocab[idx] = self.vocab[pair[0]] + self.vocab[pair[1]]
         return self
 
-    def _encode_chunk(self, ids:tuple) -> tuple:
-        while len(ids) > 1:
-            # of the pairs present, the one learned first; it may have enabled the later ones, never the reverse
-            pair = min(zip(ids, ids[1:]), key=lambda p: self.merges.get(p, float('inf')))
-            if pair not in self.merges: break
-            ids = merge_pair(ids, pair, self.merges[pair])
-        return ids
+# %% ../nbs/03_tokenizer.ipynb #bf2300c2
+@patch
+def _encode_chunk(self:SimpleBPE, ids:tuple) -> tuple:
+    while len(ids) > 1:
+        # of the pairs present, the one learned first; it may have enabled the later ones, never the reverse
+        pair = min(zip(ids, ids[1:]), key=lambda p: self.merges.get(p, float('inf')))
+        if pair not in self.merges: break
+        ids = merge_pair(ids, pair, self.merges[pair])
+    return ids
 
-    def encode(self, text:str) -> list[int]:
-        "Token ids of `text`."
-        return [i for c in regex.findall(GPT2_SPLIT, text) for i in self._encode_chunk(tuple(c.encode('utf-8')))]
+@patch
+def encode(self:SimpleBPE, text:str) -> list[int]:
+    "Token ids of `text`."
+    return [i for c in regex.findall(GPT2_SPLIT, text) for i in self._encode_chunk(tuple(c.encode('utf-8')))]
 
-    def decode(self, ids:list[int]) -> str:
-        "The text of `ids` (invalid UTF-8, from a partial sequence, becomes U+FFFD)."
-        return b''.join(self.vocab[i] for i in ids).decode('utf-8', errors='replace')
+@patch
+def decode(self:SimpleBPE, ids:list[int]) -> str:
+    "The text of `ids` (invalid UTF-8, from a partial sequence, becomes U+FFFD)."
+    return b''.join(self.vocab[i] for i in ids).decode('utf-8', errors='replace')
 
-# %% ../nbs/03_tokenizer.ipynb #d6a2df3c
+# %% ../nbs/03_tokenizer.ipynb #521543f8
 SPECIAL_TOKENS = {  # name: token; the ids follow this order, 0 to 4
     'eot': '<|endoftext|>',        # starts every conversation (document separator); also padding
     'system': '<|system|>',        # opens a system turn
@@ -160,6 +168,7 @@ SPECIAL_TOKENS = {  # name: token; the ids follow this order, 0 to 4
 }
 ROLES = ('system', 'user', 'assistant')
 
+# %% ../nbs/03_tokenizer.ipynb #c55b3074
 def train_bpe(
     texts:Iterable[str],  # Training texts (turns)
     vocab_size:int=2048,  # Vocabulary size, special tokens and the 256 bytes included
@@ -189,7 +198,7 @@ def token_bytes(
     inverse = {c: b for b, c in bytes_to_unicode().items()}
     return bytes(inverse[c] for c in token)
 
-# %% ../nbs/03_tokenizer.ipynb #9c33e31a
+# %% ../nbs/03_tokenizer.ipynb #c3cd2b8d
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -202,6 +211,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
+# %% ../nbs/03_tokenizer.ipynb #782551d8
 def turn_text(
     turn:dict, # A turn: our {"role", "text"} or Hugging Face's {"role", "content"}
 ) -> str:
@@ -215,6 +225,7 @@ def check_role(
     if role not in ROLES: raise ValueError(f"unknown role {role!r}: expected system, user or assistant")
     return role
 
+# %% ../nbs/03_tokenizer.ipynb #202b2445
 def render_chat(
     turns:list[dict],                 # The turns, in order
     add_generation_prompt:bool=False, # End with `<|assistant|>` to ask for a reply
@@ -254,7 +265,7 @@ def tiktoken_encoding(
     if missing: raise ValueError(f"not a byte-level BPE: {len(missing)} single bytes have no token")
     return tiktoken.Encoding(name, pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens=special)
 
-# %% ../nbs/03_tokenizer.ipynb #59ce3582
+# %% ../nbs/03_tokenizer.ipynb #5b5bfab7
 class ChatTokenizer:
     "Our trained tokenizer: fast tiktoken encoding, chat rendering to ids, and the `transformers` tokenizer on demand."
     def __init__(self,
@@ -264,7 +275,8 @@ class ChatTokenizer:
         self.tok = Tokenizer.from_file(str(self.folder/'tokenizer.json'))
         self.enc = tiktoken_encoding(self.tok)
         self.special = {name: self.tok.token_to_id(t) for name, t in SPECIAL_TOKENS.items()}  # name -> id
-        if None in self.special.values(): raise ValueError(f"{self.folder} lacks our special tokens {list(SPECIAL_TOKENS.values())}")
+        if None in self.special.values():
+            raise ValueError(f"{self.folder} lacks our special tokens {list(SPECIAL_TOKENS.values())}")
         self.eot_id, self.end_id, self.pad_id = self.special['eot'], self.special['end'], self.special['eot']
         self.vocab_size = self.tok.get_vocab_size()
 
@@ -276,40 +288,51 @@ class ChatTokenizer:
 
     def __len__(self): return self.vocab_size
 
-    def encode(self, text:str) -> list[int]:
-        "Token ids of `text`, special-token strings included as plain text."
-        return self.enc.encode_ordinary(text)
+# %% ../nbs/03_tokenizer.ipynb #e7d9e9b5
+@patch
+def encode(self:ChatTokenizer, text:str) -> list[int]:
+    "Token ids of `text`, special-token strings included as plain text."
+    return self.enc.encode_ordinary(text)
 
-    def encode_batch(self, texts:list[str]) -> list[list[int]]:
-        "Token ids of each text."
-        # a plain loop: tiktoken's thread pool was slower than this on 2 shared cores (see benchmarks/bench_tokenize.py)
-        return [self.enc.encode_ordinary(t) for t in texts]
+@patch
+def encode_batch(self:ChatTokenizer, texts:list[str]) -> list[list[int]]:
+    "Token ids of each text."
+    # a plain loop: tiktoken's thread pool was slower than this on 2 shared cores (see benchmarks/bench_tokenize.py)
+    return [self.enc.encode_ordinary(t) for t in texts]
 
-    def decode(self, ids:Iterable[int]) -> str:
-        "The text of `ids`, special tokens written out."
-        return self.enc.decode(list(ids))
+@patch
+def decode(self:ChatTokenizer, ids:Iterable[int]) -> str:
+    "The text of `ids`, special tokens written out."
+    return self.enc.decode(list(ids))
 
-    def encode_turns(self, turns:list[dict]) -> list[list[int]]:
-        "The ids of each turn as the template renders it: role token, text, `<|end|>`."
-        texts = self.encode_batch([turn_text(t) for t in turns])
-        return [[self.special[check_role(t['role'])], *ids, self.end_id] for t, ids in zip(turns, texts)]
+# %% ../nbs/03_tokenizer.ipynb #3cd0f358
+@patch
+def encode_turns(self:ChatTokenizer, turns:list[dict]) -> list[list[int]]:
+    "The ids of each turn as the template renders it: role token, text, `<|end|>`."
+    texts = self.encode_batch([turn_text(t) for t in turns])
+    return [[self.special[check_role(t['role'])], *ids, self.end_id] for t, ids in zip(turns, texts)]
 
-    def encode_chat(self, turns:list[dict], add_generation_prompt:bool=False) -> list[int]:
-        "The ids of `render_chat(turns)`, what `apply_chat_template` gives, without parsing special tokens out of the text."
-        ids = [self.eot_id] + [i for seg in self.encode_turns(turns) for i in seg]
-        return ids + [self.special['assistant']] if add_generation_prompt else ids
+@patch
+def encode_chat(self:ChatTokenizer, turns:list[dict], add_generation_prompt:bool=False) -> list[int]:
+    "The ids of `render_chat(turns)`, what `apply_chat_template` gives, without parsing special tokens out of the text."
+    ids = [self.eot_id] + [i for seg in self.encode_turns(turns) for i in seg]
+    return ids + [self.special['assistant']] if add_generation_prompt else ids
 
+# %% ../nbs/03_tokenizer.ipynb #d25dea3a
 def load_tokenizer(
     path:str|Path, # A tokenizer folder (`runs/NAME/tokenizer`), or a run folder that has one
 ) -> ChatTokenizer:
     "Load our tokenizer from its folder, or from a run folder's `tokenizer/`."
     path = Path(path)
-    folder = require(path) if (path/'tokenizer.json').exists() else run_file(path.parent if path.name == 'tokenizer' else path, 'tokenizer/tokenizer.json').parent
-    try: return ChatTokenizer(folder)  # `require` refused an unfinished folder; a damaged file fails here, in `tokenizers` or in us
+    if (path/'tokenizer.json').exists(): folder = require(path)
+    else: folder = run_file(path.parent if path.name == 'tokenizer' else path, 'tokenizer/tokenizer.json').parent
+    # `require` refused an unfinished folder; a damaged file fails here, in `tokenizers` or in us
+    try: return ChatTokenizer(folder)
     except UserError: raise
     except Exception as e:
         why = ' '.join(f"{type(e).__name__}: {e}".split())[:200]
-        raise UserError(f"{folder/'tokenizer.json'} is not a tokenizer this project can read ({why}); rerun `chatgpt-train tokenizer --run {folder.parent}`") from None
+        raise UserError(f"{folder/'tokenizer.json'} is not a tokenizer this project can read ({why}); rerun "
+                        f"`chatgpt-train tokenizer --run {folder.parent}`") from None
 
 # %% ../nbs/03_tokenizer.ipynb #cf18b774
 def tokenization_stats(
@@ -331,46 +354,79 @@ def token_byte_lengths(
     return out
 
 # %% ../nbs/03_tokenizer.ipynb #117a7901
-CHECK_TURNS = 10_000  # val turns the stage checks and measures the tokenizer on: plenty for the figures, and memory that stays flat
+# val turns the stage checks and measures the tokenizer on: plenty for the figures, and memory that stays flat
+CHECK_TURNS = 10_000
 
+def _turn_texts(run:str, split:str, **kw) -> Iterable[str]:
+    "The text of every turn of `split`'s conversations, streamed from `clean/conversations.jsonl`."
+    return (turn_text(t) for c in iter_conversations(run, split, **kw) for t in c['turns'])
+
+def check_tokenizer(
+    folder:Path,      # A folder written by `save_tokenizer`
+    texts:list[str],  # Texts to check on
+) -> tuple[ChatTokenizer, list[list[int]]]:
+    "The tokenizer of `folder` and its ids of `texts`, checked against Hugging Face's and by decoding them back."
+    ct = load_tokenizer(folder)
+    ids = ct.encode_batch(texts)
+    ref = Tokenizer.from_file(str(folder/'tokenizer.json'))
+    ref.encode_special_tokens = True  # read "<|end|>" in a message as text, as tiktoken's encode_ordinary does
+    if ids[:2000] != [e.ids for e in ref.encode_batch(texts[:2000], add_special_tokens=False)]:
+        raise RuntimeError('tiktoken and the Hugging Face tokenizer disagree: a bug in tiktoken_encoding')
+    bad = sum(ct.decode(i) != t for i, t in zip(ids, texts))
+    if bad: raise RuntimeError(f'{bad} texts do not survive decode(encode(text)): a bug in the tokenizer settings')
+    return ct, ids
+
+# %% ../nbs/03_tokenizer.ipynb #f4d6b0c4
+def tokenizer_report(
+    ct:ChatTokenizer,      # The trained tokenizer
+    vocab_size:int,        # The vocabulary size asked for
+    size:Counter,          # `turns` and `chars` read in training
+    secs:float,            # Training time
+    measured_on:str,       # The split of `texts`: val, or train where val is empty
+    texts:list[str],       # The texts measured on
+    ids:list[list[int]],   # Their ids
+) -> dict:
+    "What `report.json` records about a trained tokenizer."
+    return dict(vocab_size=len(ct), requested_vocab_size=vocab_size, merges=len(ct) - 256 - len(SPECIAL_TOKENS),
+                special_tokens={t: ct.special[n] for n, t in SPECIAL_TOKENS.items()}, train_turns=size['turns'],
+                train_chars=size['chars'], train_seconds=round(secs, 2), measured_on=measured_on,
+                **{k: round(v, 4) for k, v in tokenization_stats(texts, ids).items()})
+
+# %% ../nbs/03_tokenizer.ipynb #3702b806
 def run_tokenizer(
     run:str,             # The run folder: reads clean/conversations.jsonl, writes tokenizer/
     vocab_size:int=2048, # Vocabulary size, the 5 special tokens and 256 bytes included
 ) -> Path:
-    "Train the byte-level BPE tokenizer on the train split, streamed, and save it, with its chat template, to `tokenizer/`."
-    turns = lambda split, **kw: (turn_text(t) for c in iter_conversations(run, split, **kw) for t in c['turns'])
-    texts = turns('train', required=True)
+    ("Train the byte-level BPE tokenizer on the train split, streamed, and save it, with its chat template, "
+     "to `tokenizer/`.")
+    texts = _turn_texts(run, 'train', required=True)
     first = next(texts, None)  # a missing or empty train split is an error before anything is written
-    if first is None: raise UserError(f"{run_file(run, 'clean/conversations.jsonl')}: the train split has no turns; rerun `chatgpt-train clean --run {run}`")
+    if first is None:
+        raise UserError(f"{run_file(run, 'clean/conversations.jsonl')}: the train split has no turns; rerun "
+                        f"`chatgpt-train clean --run {run}`")
     size = Counter()
     def train():
         for text in chain([first], texts):
             size.update(turns=1, chars=len(text))
             yield text
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise UserError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} (256 bytes, {len(SPECIAL_TOKENS)} special tokens and one merge), not {vocab_size}")
+        raise UserError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} (256 bytes, "
+                        f"{len(SPECIAL_TOKENS)} special tokens and one merge), not {vocab_size}")
     with writing_stage(run, 'tokenizer') as out:
         log = get_logger('tokenizer', out)
         t0 = time.time()
         tok = train_bpe(train(), vocab_size)
         secs = time.time() - t0
-        log.info('trained %d tokens on %d turns (%.1f MB) in %.1f s', tok.get_vocab_size(), size['turns'], size['chars']/1e6, secs)
-        if tok.get_vocab_size() < vocab_size: log.warning('the training text has no pairs left to merge after %d tokens (asked for %d)', tok.get_vocab_size(), vocab_size)
+        log.info('trained %d tokens on %d turns (%.1f MB) in %.1f s', tok.get_vocab_size(), size['turns'],
+                 size['chars']/1e6, secs)
+        if tok.get_vocab_size() < vocab_size:
+            log.warning('the training text has no pairs left to merge after %d tokens (asked for %d)',
+                        tok.get_vocab_size(), vocab_size)
         save_tokenizer(tok, out)
-        ct = load_tokenizer(out)
-        val = list(islice(turns('val'), CHECK_TURNS))
-        check = val or list(islice(turns('train'), 1000))
-        ids = ct.encode_batch(check)
-        ref = Tokenizer.from_file(str(out/'tokenizer.json'))
-        ref.encode_special_tokens = True  # read "<|end|>" in a message as text, as tiktoken's encode_ordinary does
-        if ids[:2000] != [e.ids for e in ref.encode_batch(check[:2000], add_special_tokens=False)]:
-            raise RuntimeError('tiktoken and the Hugging Face tokenizer disagree: a bug in tiktoken_encoding')
-        bad = sum(ct.decode(i) != t for i, t in zip(ids, check))
-        if bad: raise RuntimeError(f'{bad} texts do not survive decode(encode(text)): a bug in the tokenizer settings')
-        report = dict(vocab_size=len(ct), requested_vocab_size=vocab_size, merges=len(ct) - 256 - len(SPECIAL_TOKENS),
-                      special_tokens={t: ct.special[n] for n, t in SPECIAL_TOKENS.items()}, train_turns=size['turns'],
-                      train_chars=size['chars'], train_seconds=round(secs, 2), measured_on='val' if val else 'train',
-                      **{k: round(v, 4) for k, v in tokenization_stats(check, ids).items()})
+        val = list(islice(_turn_texts(run, 'val'), CHECK_TURNS))
+        check = val or list(islice(_turn_texts(run, 'train'), 1000))
+        ct, ids = check_tokenizer(out, check)
+        report = tokenizer_report(ct, vocab_size, size, secs, 'val' if val else 'train', check, ids)
         save_json(report, out/'report.json')
         save_args(out, 'tokenizer', dict(run=str(run), vocab_size=vocab_size))
         log.info('%.2f bytes per token on %s; wrote %s', report['bytes_per_token'], report['measured_on'], out)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import chatgpt_train.finetune as ft
+import chatgpt_train.tune as tune
 from chatgpt_train.align import DPOLoss, pair_collate, pair_example
 from chatgpt_train.chat_format import IGNORE_INDEX, load_chat_format
 from chatgpt_train.cli import main
@@ -81,13 +81,13 @@ def test_resume_after_interrupt_is_exact(tuned, tmp_path, monkeypatch):
     whole, parts = tmp_path/'whole', tmp_path/'parts'
     for d in (whole, parts): shutil.copytree(tuned, d)
     assert main(['align', '--run', str(whole), *args]) == 0
-    real_next = ft.ChatBatches.__next__
+    real_next = tune.ChatBatches.__next__
     def interrupted(self):
         if self.step == 4: raise KeyboardInterrupt
         return real_next(self)
-    monkeypatch.setattr(ft.ChatBatches, '__next__', interrupted)
+    monkeypatch.setattr(tune.ChatBatches, '__next__', interrupted)
     assert main(['align', '--run', str(parts), *args]) == 130
-    monkeypatch.setattr(ft.ChatBatches, '__next__', real_next)
+    monkeypatch.setattr(tune.ChatBatches, '__next__', real_next)
     assert main(['align', '--run', str(parts), '--resume']) == 0
     a, b = load_file(whole/'aligned'/'model.safetensors'), load_file(parts/'aligned'/'model.safetensors')
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from chatgpt_train import content
-from chatgpt_train.clean import CleanConfig, clean_conversations, fix_unicode, split_of
+from chatgpt_train.clean import CleanConfig, clean_conversations
+from chatgpt_train.repair import fix_unicode
+from chatgpt_train.split import split_of
 from chatgpt_train.content import content_flags, load_content_labels, filter_scores
 from chatgpt_train.cli import main
 from chatgpt_train.core import UserError, load_conversations, load_json, read_jsonl
@@ -232,7 +234,7 @@ def test_near_duplicates_and_split():
     pair = [conv(t, base, 'nice'), conv(v, base + ' together', 'nice')]
     kept, report = clean_conversations(pair, CleanConfig(val_fraction=0.5))
     assert report['split']['near_dups_across_split'] == 0 and report['split']['near_dups_across_split_found'] == 0
-    from chatgpt_train.clean import split_conversations
+    from chatgpt_train.split import split_conversations
     out, s = split_conversations(pair, 0.5)
     assert (s['near_dups_across_split_found'], s['moved_to_train'], [c['split'] for c in out]) == (1, 1, ['train', 'train'])
 

@@ -13,9 +13,9 @@ import pandas as pd
 
 from chatgpt_train.cli import main
 from chatgpt_train.core import get_logger
-from chatgpt_train.core import load_conversations
-from chatgpt_train.collect import (RAW_CHARS, conversations_dataset, hf_items, row_to_conversation,
-                                   run_collect)
+from chatgpt_train.conversation import RAW_CHARS, load_conversations
+from chatgpt_train.collect import conversations_dataset, row_to_conversation, run_collect
+from chatgpt_train.readers import hf_items
 
 get_logger('collect')  # bind the log's stderr handler now, so progress lines never land in a test's captured stderr
 

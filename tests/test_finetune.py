@@ -10,6 +10,7 @@ from chatgpt_train.cli import main
 from chatgpt_train.core import load_json, write_jsonl
 from chatgpt_train.model import make_model
 import chatgpt_train.finetune as ft
+import chatgpt_train.tune as tune
 from toy_run import SFT_FAST as FAST, chat_run, chats
 
 
@@ -149,14 +150,14 @@ def test_resume_after_interrupt_is_exact(toy, tmp_path, monkeypatch, lora):
     for d in (whole, parts): shutil.copytree(toy, d)
     assert main(['finetune', '--run', str(whole), *args]) == 0
 
-    real_next = ft.ChatBatches.__next__
+    real_next = tune.ChatBatches.__next__
     def interrupted(self):
         if self.step == 4: raise KeyboardInterrupt
         return real_next(self)
-    monkeypatch.setattr(ft.ChatBatches, '__next__', interrupted)
+    monkeypatch.setattr(tune.ChatBatches, '__next__', interrupted)
     assert main(['finetune', '--run', str(parts), *args]) == 130
     assert torch.load(parts/'sft'/'checkpoints'/'last.pt', weights_only=True)['step'] == 4
-    monkeypatch.setattr(ft.ChatBatches, '__next__', real_next)
+    monkeypatch.setattr(tune.ChatBatches, '__next__', real_next)
     assert main(['finetune', '--run', str(parts), '--resume']) == 0
     a, b = load_file(whole/'sft'/'model.safetensors'), load_file(parts/'sft'/'model.safetensors')
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, \
     Qwen3Config, Qwen3ForCausalLM
 
-import chatgpt_train.finetune as ft
+import chatgpt_train.tune as tune
 from chatgpt_train.chat_format import IGNORE_INDEX, load_chat_format
 from chatgpt_train.cli import main
 from chatgpt_train.core import load_json, write_jsonl
@@ -110,7 +110,7 @@ def test_lora_merges_into_a_folder_with_the_same_template(base_run, tmp_path, fa
 
 
 def test_a_model_that_will_not_fit_is_refused_before_training(base_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ft, 'free_memory', lambda device: 1 << 20)  # 1 MiB free
+    monkeypatch.setattr(tune, 'free_memory', lambda device: 1 << 20)  # 1 MiB free
     run = tmp_path/'run'
     assert main(['finetune', '--run', str(run), '--from', str(foreign_folder(tmp_path/'src', 'llama', 'chatml')),
                  '--data', str(base_run.parent/'tock.jsonl'), *FAST, '--max-steps', '2']) == 2

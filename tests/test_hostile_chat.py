@@ -12,7 +12,8 @@ from chatgpt_train.chat import ChatSession, chat_loop
 from chatgpt_train.core import UserError
 from chatgpt_train.generate import SamplingConfig, next_token, random_chat_model
 from chatgpt_train.model import load_model
-from chatgpt_train.serve import ServeLimits, _session, parse_chat_request
+from chatgpt_train.api_request import ServeLimits, parse_chat_request
+from chatgpt_train.serve import _session
 from toy_run import BIN, ENV
 
 SPECIAL = ['<|endoftext|>', '<|assistant|>', '<|system|>', '<|user|>', '<|end|>']

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import chatgpt_train.model as model_mod
+import chatgpt_train.model_folder as model_folder
 from chatgpt_train.chat_format import load_chat_format
 from chatgpt_train.core import UserError
-from chatgpt_train.model import hf_quiet, load_causal_lm, load_model, make_model
+from chatgpt_train.model import load_model, make_model
+from chatgpt_train.model_folder import hf_quiet, load_causal_lm
 from chatgpt_train.tokenizer import save_tokenizer, train_bpe
 from toy_run import BIN, ENV
 
@@ -133,7 +134,7 @@ def test_a_config_far_bigger_than_its_weight_files(folder):
 
 
 def test_a_model_bigger_than_free_memory(folder, monkeypatch):
-    monkeypatch.setattr(model_mod, 'free_ram', lambda: 1 << 20)  # 1 MiB free
+    monkeypatch.setattr(model_folder, 'free_ram', lambda: 1 << 20)  # 1 MiB free
     refused(lambda: load_causal_lm(folder), 'needs 1.7 MB of memory to load', '1.0 MB')
 
 

@@ -8,7 +8,8 @@ import pytest
 
 import chatgpt_train.chat
 from chatgpt_train.model import load_model
-from chatgpt_train.serve import ServeLimits, make_app, server_config
+from chatgpt_train.api_request import ServeLimits
+from chatgpt_train.serve import make_app, server_config
 from toy_run import BIN, ENV, answers_health, free_port, never_ending_model
 
 HI = [dict(role='user', content='Hello! How are you?')]

@@ -14,7 +14,8 @@ from chatgpt_train.chat_format import IGNORE_INDEX, ChatFormat, load_chat_format
 from chatgpt_train.core import UserError, load_json
 from chatgpt_train.evaluate import EVAL_KEYS, run_evaluate
 from chatgpt_train.generate import random_chat_model, sample_settings
-from chatgpt_train.model import hf_quiet, make_model
+from chatgpt_train.model import make_model
+from chatgpt_train.model_folder import hf_quiet
 from chatgpt_train.replies import (NotAPrefix, alone_example, candidate_scores, example_nlls, fit_context, generated_metrics, hits_at_1, model_scorer,
                                    no_context, reply_example, reply_stats, response_selection, selection_items, words)
 

@@ -96,7 +96,7 @@ def test_interrupted_clean_leaves_no_workers(collected, tmp_path):
 
 
 def test_datatrove_local_executor_matches_the_command(collected, tmp_path):
-    from chatgpt_train.distributed import clean_executors
+    from chatgpt_train.clean_datatrove import clean_executors
     cmd, dt = tmp_path/'cmd', tmp_path/'dt'
     for r in (cmd, dt): shutil.copytree(collected/'collect', r/'collect')
     assert main(['clean', '--run', str(cmd), '--workers', '2']) == 0

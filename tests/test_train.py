@@ -9,9 +9,9 @@ import torch
 from chatgpt_train.cli import main
 from chatgpt_train.core import UserError, load_json
 from chatgpt_train.core import load_tokens
-from chatgpt_train.encode import BlockSampler
 from chatgpt_train.model import make_model
-from chatgpt_train.train import NextTokenBlocks, TrainConfig, Trainer, lm_loss
+from chatgpt_train.encode import BlockSampler
+from chatgpt_train.train import TrainConfig, Trainer, lm_loss
 from toy_run import BIN, ENV, FAST, checkpoint_step, cli, metrics, weights
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # the in-process tests train tiny models too
@@ -75,18 +75,19 @@ def test_torchrun_matches_one_process(toy, tmp_path):
 def test_accumulation_matches_a_bigger_batch(toy, tmp_path):
     "Two micro-batches of 2 rows accumulated make the update of one batch of 4."
     def train(bs, folder):
-        sampler = BlockSampler(load_tokens(toy, 'train'), 31, 4, seed=0)
+        blocks = BlockSampler(load_tokens(toy, 'train'), 32, 4, seed=0)
         torch.manual_seed(0)
         model = make_model('micro', 300)
         if bs == 2:  # the same 4 rows, as two halves
             class Halves:
-                def __init__(self, s): self.s, self.rest = NextTokenBlocks(s), None
+                def __init__(self, s): self.s, self.rest = s, None
                 def __iter__(self): return self
                 def __next__(self):
                     if self.rest is not None: b, self.rest = self.rest, None; return b
-                    x, y = next(self.s); self.rest = (x[2:], y[2:]); return x[:2], y[:2]
-            batches = Halves(sampler)
-        else: batches = NextTokenBlocks(sampler)
+                    b = next(self.s); self.rest = {k: v[2:] for k, v in b.items()}
+                    return {k: v[:2] for k, v in b.items()}
+            batches = Halves(blocks)
+        else: batches = blocks
         cfg = TrainConfig(max_steps=3, batch_size=bs, tokens_per_step=128, precision='fp32', eval_every=100, save_every=100)
         Trainer(model, batches, cfg, folder).fit()
         return model.state_dict()
@@ -107,8 +108,7 @@ def test_out_of_memory_suggests_a_smaller_batch(run, tmp_path):
     model = make_model('micro', 300)
     def boom(*a, **kw): raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     model.forward = boom
-    sampler = BlockSampler(load_tokens(run, 'train'), 31, 8)
-    t = Trainer(model, NextTokenBlocks(sampler), TrainConfig(max_steps=2, batch_size=8), tmp_path/'base')
+    t = Trainer(model, BlockSampler(load_tokens(run, 'train'), 32, 8), TrainConfig(max_steps=2, batch_size=8), tmp_path/'base')
     with pytest.raises(UserError, match=r'out of memory .* micro-batches of 8 x 32 tokens: try --batch-size 4'): t.fit()
 
 
@@ -122,14 +122,13 @@ def test_time_budget(run):
 
 def test_a_slower_machine_shortens_the_run_and_the_rate_never_jumps(run, tmp_path):
     "Under a time budget, steps that suddenly take three times as long end the run sooner; the learning rate follows time smoothly."
-    class Slowing(NextTokenBlocks):
+    class Slowing(BlockSampler):
         def __next__(self):
-            if self.sampler.step > 40: time.sleep(0.03)  # from step 40 on the machine is busy
+            if self.step > 40: time.sleep(0.03)  # from step 40 on the machine is busy
             return super().__next__()
-    sampler = BlockSampler(load_tokens(run, 'train'), 31, 4, seed=0)
     torch.manual_seed(0)
     cfg = TrainConfig(minutes=0.1, batch_size=4, lr=3e-3, muon_lr=1e-2, precision='fp32', log_every=1, eval_every=10**6, save_every=10**6)
-    t = Trainer(make_model('micro', 300), Slowing(sampler), cfg, tmp_path/'base')
+    t = Trainer(make_model('micro', 300), Slowing(load_tokens(run, 'train'), 32, 4, seed=0), cfg, tmp_path/'base')
     t.fit()
     lrs = [r['lr'] for r in t.history if 'lr' in r]
     after_warmup = np.array(lrs[t.plan.warmup:])
