@@ -22,7 +22,8 @@ from pathlib import Path
 import ftfy
 
 from chatgpt_train.clean import CleanConfig, clean_conversations
-from chatgpt_train.core import read_jsonl, stage_dir
+from chatgpt_train.runs import stage_dir
+from chatgpt_train.jsonio import read_jsonl
 
 
 def load(run):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chatgpt_train.core import load_conversations
+from chatgpt_train.conversation import load_conversations
 from chatgpt_train.model import load_model
 from chatgpt_train.replies import alone_example, candidate_scores, hits_at_1, model_scorer, reply_example, selection_items
 

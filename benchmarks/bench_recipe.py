@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chatgpt_train.core import get_logger, load_conversations, load_meta, load_tokens, save_json
+from chatgpt_train.core import get_logger
+from chatgpt_train.jsonio import save_json
+from chatgpt_train.conversation import load_conversations
+from chatgpt_train.encode import load_meta, load_tokens
 from chatgpt_train.encode import pad_collate, run_encode
 from chatgpt_train.evaluate import BigramLM, lm_metrics, token_nlls
 from chatgpt_train.model import count_params, get_preset, make_model

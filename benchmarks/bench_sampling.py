@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chatgpt_train.core import load_conversations
+from chatgpt_train.conversation import load_conversations
 from chatgpt_train.generate import GREEDY, SamplingConfig
 from chatgpt_train.model import context_length, load_model
 from chatgpt_train.replies import generated_metrics, model_scorer, selection_items

@@ -14,7 +14,8 @@ Results are printed and written to benchmarks/results/bench_tokenize.json.
 import argparse, json, os, random, shutil, tempfile, time
 from pathlib import Path
 
-from chatgpt_train.core import read_jsonl, stage_dir, write_jsonl
+from chatgpt_train.runs import stage_dir
+from chatgpt_train.jsonio import read_jsonl, write_jsonl
 
 
 def chitchat_run(folder:Path, seed:int=0, val_frac:float=0.05) -> Path:

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chatgpt_train.core import save_json
-from chatgpt_train.core import load_tokens
+from chatgpt_train.jsonio import save_json
+from chatgpt_train.encode import load_tokens
 from chatgpt_train.model import flops_per_token, get_preset, make_model, model_config
 from chatgpt_train.encode import BlockSampler
 from chatgpt_train.train import TrainConfig, Trainer

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (UserError, config_options, get_logger, load_conversations, load_json, run_path,
-                                save_json, set_seed, stage_dir, write_jsonl, writing_stage)
+from .core import config_options, get_logger, set_seed, UserError
+from .runs import run_path, stage_dir, writing_stage
+from .jsonio import load_json, save_json, write_jsonl
+from .conversation import load_conversations
 from .chat_format import IGNORE_INDEX, ChatFormat
 from .content import SEVERE, content_flags
 from .encode import pad_collate

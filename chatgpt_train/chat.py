@@ -11,7 +11,7 @@ from fastcore.basics import patch
 
 import torch
 
-from .core import UserError, config_options, get_logger
+from .core import config_options, get_logger, UserError
 from .content import CATEGORIES, DEFAULT_DROP, SEVERE, content_flags
 from .chat_format import ChatFormat
 from .model import context_length, load_model

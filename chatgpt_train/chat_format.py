@@ -9,7 +9,8 @@ from pathlib import Path
 
 from fastcore.basics import patch
 
-from .core import UserError, redo_hint
+from .core import UserError
+from .runs import redo_hint
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, ChatTokenizer, check_role, turn_text
 
 # %% auto #0

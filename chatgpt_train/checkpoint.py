@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .core import UserError, atomic_path, load_args
+from .core import UserError
+from .jsonio import atomic_path, load_args
 
 # %% auto #0
 __all__ = ['RESUME_KEYS', 'CHECKPOINT_KEYS', 'rng_state', 'set_rng_state', 'all_finite', 'full_state_dicts', 'write_checkpoint',

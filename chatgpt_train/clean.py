@@ -11,8 +11,10 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
-from .core import (SeenIds, UserError, config_options, get_logger, jsonl_writer, read_jsonl, run_file,
-                                save_args, save_json, write_jsonl, writing_stage)
+from .core import config_options, get_logger, UserError
+from .runs import run_file, writing_stage
+from .jsonio import jsonl_writer, read_jsonl, save_args, save_json, write_jsonl
+from .conversation import SeenIds
 from .conversation import MAX_DEPTH, conversation_problem, too_deep
 from .content import (CATEGORIES, CONTENT_THRESHOLD, SEVERE, content_flags, profanity_classifier,
                                    stands_alone)
@@ -417,7 +419,7 @@ def checked_chunks(
         ch = _check(ch, cfg, lg, state)
         yield ch, lg.finish(ch, time.perf_counter() - t0), removed
 
-# %% ../nbs/02_clean.ipynb #5529887d
+# %% ../nbs/02_clean.ipynb #9d344394
 class CorpusSteps:
     ("Exact and near duplicates, then the split: the steps that remember earlier conversations, fed the record steps' "
      "chunks in order.")
@@ -431,24 +433,26 @@ class CorpusSteps:
         self.state = dict(near=near)
         self.splitter, self.stats = Splitter(cfg.val_fraction, cfg.seed, cfg.near_dup_threshold, folder), {}
 
-    def __call__(self,
-                 convs:list[dict],   # A chunk out of the record steps
-                 feats:list[tuple],  # Their `_features`
-                 removed:list,       # Where to append what these steps remove
-                ) -> list[dict]:
-        "The chunk's conversations that are no duplicate of an earlier one, each with the `split` the hash gives it."
-        self.state['features'] = {id(c): f for c, f in zip(convs, feats)}
-        for name in ('exact', 'near'):
-            if not self.on[name]: continue
-            lg, t0 = StepLog(name, convs, removed), time.perf_counter()
-            convs = CORPUS_STEPS[name](convs, self.cfg, lg, self.state)
-            self.stats[name] = add_counts(self.stats.get(name), lg.finish(convs, time.perf_counter() - t0))
-        t0, out = time.perf_counter(), []
-        for c in convs:
-            f = self.state['features'][id(c)]
-            out.append({**c, 'split': self.splitter.add(c['id'], len(c['turns']), f[1], f[3])})
-        self.seconds += time.perf_counter() - t0
-        return out
+# %% ../nbs/02_clean.ipynb #dba262f2
+@patch
+def __call__(self:CorpusSteps,
+             convs:list[dict],   # A chunk out of the record steps
+             feats:list[tuple],  # Their `_features`
+             removed:list,       # Where to append what these steps remove
+            ) -> list[dict]:
+    "The chunk's conversations that are no duplicate of an earlier one, each with the `split` the hash gives it."
+    self.state['features'] = {id(c): f for c, f in zip(convs, feats)}
+    for name in ('exact', 'near'):
+        if not self.on[name]: continue
+        lg, t0 = StepLog(name, convs, removed), time.perf_counter()
+        convs = CORPUS_STEPS[name](convs, self.cfg, lg, self.state)
+        self.stats[name] = add_counts(self.stats.get(name), lg.finish(convs, time.perf_counter() - t0))
+    t0, out = time.perf_counter(), []
+    for c in convs:
+        f = self.state['features'][id(c)]
+        out.append({**c, 'split': self.splitter.add(c['id'], len(c['turns']), f[1], f[3])})
+    self.seconds += time.perf_counter() - t0
+    return out
 
 # %% ../nbs/02_clean.ipynb #23206e5f
 @patch
@@ -505,7 +509,34 @@ def clean_report(
     _log_report(report)
     return report
 
-# %% ../nbs/02_clean.ipynb #7ac57c09
+# %% ../nbs/02_clean.ipynb #40625924
+def _pass_jobs(p:int, names:list[str], last:bool, dataset:Iterable, cfg:CleanConfig, tmp:str,
+               between:Path) -> Iterator[tuple]:
+    ("The `(extra, job)` pairs of pass `p`: the first pass reads `dataset` through the check (`extra`: the check's "
+     "counts and removed records of the chunk), a later one the conversations the pass before wrote to `between`.")
+    if p: return ((None, (names, ch, last)) for ch in _chunks(read_jsonl(between)))
+    return (((st, removed), (names, ch, last))
+            for ch, st, removed in checked_chunks(dataset, cfg, dict(folder=tmp)))
+
+# %% ../nbs/02_clean.ipynb #b36f6109
+def _run_pass(jobs:Iterator[tuple], init:tuple, last:bool, workers:int, between:Path, corpus:CorpusSteps,
+              stats:dict, counts:Counter, keep:Callable, drop:Callable):
+    ("Run one pass's `jobs` in order (in `workers` processes when there is more than one chunk), adding up `stats`; "
+     "the last pass's conversations go through `corpus` to `keep`, an earlier one's to `between` and `counts`.")
+    head = list(islice(jobs, 2))  # one chunk is not worth starting workers for
+    pool = _start_pool(workers, init) if workers > 1 and len(head) > 1 else None
+    if pool is None: start_worker(*init)
+    between_writer = jsonl_writer(between) if not last else contextlib.nullcontext()
+    with pool or contextlib.nullcontext(), between_writer as write:
+        for extra, (convs, more, st, removed) in _in_order(chain(head, jobs), pool, 2 * workers):
+            if extra: st, removed = [chain_counts(extra[0], st[0]), *st[1:]], extra[1] + removed
+            for s in st: stats[s['step']] = add_counts(stats.get(s['step']), s)
+            if last: convs = corpus(convs, more, removed)
+            else: counts.update(more)
+            for r in removed: drop(r)
+            for c in convs: (keep if last else write)(c)
+
+# %% ../nbs/02_clean.ipynb #8544045e
 def clean_stream(
     dataset:Iterable,                      # Conversations in the collect stage's schema, read once
     config:CleanConfig|None=None,          # The choices (default: `CleanConfig()`)
@@ -531,22 +562,8 @@ def clean_stream(
         corpus, between = CorpusSteps(cfg, tmp), Path(tmp)/'between.jsonl'
         for p, names in enumerate(passes):
             last = p == len(passes) - 1
-            if p: jobs = ((None, (names, ch, last)) for ch in _chunks(read_jsonl(between)))
-            else: jobs = (((st, removed), (names, ch, last))
-                          for ch, st, removed in checked_chunks(dataset, cfg, dict(folder=tmp)))
-            head = list(islice(jobs, 2))  # one chunk is not worth starting workers for
-            init = (cfg, counts if p else None)
-            pool = _start_pool(workers, init) if workers > 1 and len(head) > 1 else None
-            if pool is None: start_worker(*init)
-            between_writer = jsonl_writer(between) if not last else contextlib.nullcontext()
-            with pool or contextlib.nullcontext(), between_writer as write:
-                for extra, (convs, more, st, removed) in _in_order(chain(head, jobs), pool, 2 * workers):
-                    if extra: st, removed = [chain_counts(extra[0], st[0]), *st[1:]], extra[1] + removed
-                    for s in st: stats[s['step']] = add_counts(stats.get(s['step']), s)
-                    if last: convs = corpus(convs, more, removed)
-                    else: counts.update(more)
-                    for r in removed: drop(r)
-                    for c in convs: (keep if last else write)(c)
+            jobs = _pass_jobs(p, names, last, dataset, cfg, tmp, between)
+            _run_pass(jobs, (cfg, counts if p else None), last, workers, between, corpus, stats, counts, keep, drop)
         sides, split = corpus.finish()
     report = clean_report({**stats, **corpus.stats}, cfg, counts, split, time.perf_counter() - start, workers)
     return sides, {**report, 'moved': sorted(corpus.changed)}

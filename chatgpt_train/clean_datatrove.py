@@ -13,7 +13,9 @@ import numpy as np
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 
-from .core import UserError, jsonl_writer, load_json, read_jsonl, run_file, save_json, writing_stage
+from .core import UserError
+from .runs import run_file, writing_stage
+from .jsonio import jsonl_writer, load_json, read_jsonl, save_json
 from .clean import (KEPT, CleanConfig, CorpusSteps, add_counts, chain_counts, checked_chunks,
                                  clean_report, finish_clean_stage, record_chunk, record_step_names, start_worker)
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from .core import (INCOMPLETE, MODEL_DIRS, SPLITS, STAGES, Stage, UserError, get_logger, load_json,
-                                load_pipeline, load_tokens, model_dir, run_lock, run_path, save_json, stage, stage_dir,
-                                stage_options)
+from .core import get_logger, stage_options, UserError
+from .runs import INCOMPLETE, MODEL_DIRS, run_lock, run_path, Stage, stage, stage_dir, STAGES
+from .jsonio import load_json, load_pipeline, save_json
+from .conversation import SPLITS
 
 # %% auto #0
 __all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'ALIGN_SHARE',
@@ -241,12 +242,21 @@ def _model_config(
     folder:str,   # One of `MODEL_DIRS`
 ):
     "The config of the run's model in `folder`, read by the model stage's own reader."
-    from chatgpt_train.model_folder import read_model_config  # imported here: `--help` must not pay for transformers
+    # imported here, as in every function below that needs a stage's module: `--help` must not pay for torch
+    from chatgpt_train.model import model_dir
+    from chatgpt_train.model_folder import read_model_config
     return read_model_config(model_dir(run, folder))
+
+def _token_files(
+    run:str|Path, # The run folder
+) -> list:
+    "The run's token files, read (and so checked against meta.json and the tokenizer) by the encode stage's reader."
+    from chatgpt_train.encode import load_tokens
+    return [load_tokens(run, s) for s in SPLITS]
 
 # %% ../nbs/10_cli.ipynb #caf4c39b
 # encode: the token files against meta.json and the tokenizer
-CHECKS = {'encode': lambda run: [load_tokens(run, s) for s in SPLITS],
+CHECKS = {'encode': _token_files,
           **{s.name: (lambda run, m=s.folder: _model_config(run, m)) for s in STAGES if s.folder in MODEL_DIRS}}
 
 def fingerprint(
@@ -380,6 +390,35 @@ def _run_steps(
         states[step.name] = 'skipped' if state == 'done' else _take(step, state, run, stamps, path)
     return states
 
+# %% ../nbs/10_cli.ipynb #3416962f
+def _check_run(
+    minutes:float,  # --minutes
+    chats:int,      # --chats
+    preset:str,     # --preset
+    from_:str|None, # --from
+):
+    "Refuse settings of `run` that a later step would refuse, before the first step starts."
+    from chatgpt_train.generate import PROMPTS
+    from chatgpt_train.model import get_preset, model_dir
+    if not minutes > 0: raise UserError(f"--minutes must be positive, not {minutes}")
+    if not 0 <= chats <= len(PROMPTS): raise UserError(f"--chats must be between 0 and {len(PROMPTS)}, not {chats}")
+    get_preset(preset)
+    if from_: model_dir(None, from_, '--from')  # a hub model is downloaded now
+
+# %% ../nbs/10_cli.ipynb #2c91059a
+def _show_chat(
+    run:str|Path, # The run folder
+    chats:int,    # Messages to send
+    seed:int,     # Seed of the replies
+    device:str,   # Where the model runs
+):
+    "Print a short chat with the run's newest model, and how to talk to it."
+    from chatgpt_train.model import model_dir
+    print(f"\na chat with {model_dir(run)} (talk to it yourself: chatgpt-train chat --run {run}, "
+          f"or in a browser: chatgpt-train serve --run {run}):")
+    for msg, reply in sample_chat(run, chats, seed, device):
+        print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
+
 # %% ../nbs/10_cli.ipynb #572e5bd2
 def run_all(
     # The run folder (or a name under $CHATGPT_TRAIN_HOME): every stage writes its folder in it
@@ -415,13 +454,8 @@ def run_all(
     ("Run every stage, from the embedded corpus to a fine-tuned chat model, skipping what is done; write report.md, "
      "print a summary.")
     args = {k: v for k, v in locals().items() if k not in ('run', 'chats', 'force')}
-    from chatgpt_train.generate import PROMPTS
-    from chatgpt_train.model import get_preset
     from chatgpt_train.report import PIPELINE_FILE, summary_lines, write_report
-    if not minutes > 0: raise UserError(f"--minutes must be positive, not {minutes}")
-    if not 0 <= chats <= len(PROMPTS): raise UserError(f"--chats must be between 0 and {len(PROMPTS)}, not {chats}")
-    get_preset(preset)  # an unknown preset fails now, not after minutes of data preparation
-    if from_: model_dir(None, from_, '--from')  # and so does a model that cannot be had (a hub model is downloaded now)
+    _check_run(minutes, chats, preset, from_)
     with run_lock(run, 'the whole pipeline (chatgpt-train run)'):
         root = run_path(run)
         log, path = get_logger('run', root), root/PIPELINE_FILE
@@ -430,10 +464,6 @@ def run_all(
         report, total = write_report(run), time.time() - t_start
         print(f"{root}: done in {total / 60:.1f} min; report: {report}")
         print('\n'.join(summary_lines(run, states)))
-        if chats:
-            print(f"\na chat with {model_dir(run)} (talk to it yourself: chatgpt-train chat --run {run}, "
-                  f"or in a browser: chatgpt-train serve --run {run}):")
-            for msg, reply in sample_chat(run, chats, seed, device):
-                print(f"  you:   {msg}\n  model: " + reply.replace('\n', '\n         '))
+        if chats: _show_chat(run, chats, seed, device)
         log.info(f"done in {total:.0f} s")
         return dict(run=str(root), states=states, seconds=round(total, 1), report=str(report))

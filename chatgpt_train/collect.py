@@ -12,7 +12,10 @@ from typing import Iterable
 
 import numpy as np
 
-from .core import SeenIds, UserError, atomic_path, get_logger, save_args, save_json, writing_stage
+from .core import get_logger, UserError
+from .runs import writing_stage
+from .jsonio import atomic_path, save_args, save_json
+from .conversation import SeenIds
 from .conversation import (MAX_TURN_CHARS, BadRecord, Conversation, Item, Turn, parse_columns, raw_text,
                                         too_deep)
 from .readers import source_items

@@ -4,13 +4,18 @@
 
 # %% ../nbs/00a_conversation.ipynb #7c3b7d69
 from __future__ import annotations
-import json, re, reprlib, sys
+import array, hashlib, json, os, re, reprlib, struct, sys, tempfile
 from decimal import Decimal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypedDict
 
-from .core import UserError, maker, read_jsonl, run_file
+import numpy as np
+from fastcore.basics import patch
+
+from .core import UserError
+from .runs import maker, run_file
+from .jsonio import read_jsonl
 
 # %% auto #0
 __all__ = ['ROLES', 'MAX_TURN_CHARS', 'SURROGATE', 'MAX_DEPTH', 'ROLE_ALIASES', 'CONVERSATION_KEYS', 'USER_KEYS',
@@ -18,7 +23,7 @@ __all__ = ['ROLES', 'MAX_TURN_CHARS', 'SURROGATE', 'MAX_DEPTH', 'ROLE_ALIASES', 
            'check_text', 'known_role', 'check_conversation', 'too_deep', 'conversation_problem', 'speaker_turns',
            'check_list', 'check_dict', 'role_of', 'message_text', 'openai_turns', 'rename', 'record_turns', 'record_id',
            'record_to_conversation', 'parse_columns', 'Item', 'map_record', 'raw_text', 'iter_conversations',
-           'load_conversations']
+           'load_conversations', 'SeenIds']
 
 # %% ../nbs/00a_conversation.ipynb #5588e246
 ROLES = ('system', 'user', 'assistant')  # in a conversation's order; the tokenizer's role tokens follow it
@@ -445,11 +450,55 @@ def iter_conversations(
                         + (" with --val-fraction above 0" if split == 'val' else ''))
 
 # %% ../nbs/00a_conversation.ipynb #632b348b
-def load_conversations(
-    run:str|Path,        # The run folder (or a folder laid out like one, e.g. the fine-tune stage's `sft/data`)
-    split:str|None=None, # "train" or "val" for one split of clean/, None for all
-    stage:str='clean',   # The stage whose conversations to read: "clean" or "collect"
-    required:bool=False, # Refuse an empty result, saying how to get one
-) -> list[dict]:
-    "`iter_conversations` as a list."
-    return list(iter_conversations(run, split, stage, required))
+def load_conversations(*args, **kwargs) -> list[dict]:
+    "`iter_conversations` as a list: the same arguments, all the conversations at once."
+    return list(iter_conversations(*args, **kwargs))
+
+# %% ../nbs/00a_conversation.ipynb #a9f9934f
+class SeenIds:
+    "The ids seen so far and where each was first seen, in about 24 bytes of memory an id."
+    def __init__(self,
+                 folder:str|Path|None=None, # Where the file of ids goes (default: the system's temporary folder)
+                 buffer:int=4096,           # Newest ids kept in a dictionary before they join the sorted array
+                ):
+        self.buffer, self.recent = buffer, {}  # digest -> [entry, ...] for the newest ids
+        self.keys, self.rows = np.zeros(0, np.uint64), np.zeros(0, np.int64)  # the older digests, sorted, and their entries
+        self.store, self.offsets = tempfile.TemporaryFile(dir=folder), array.array('q')
+
+    @staticmethod
+    def _digest(b:bytes) -> int: return int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), 'little')
+
+    def where(self,
+              key:str, # An id
+             ) -> str|None:
+        "Where `key` was first seen ('' if it was added without a place), or None if it is new."
+        b = key.encode('utf-8', 'surrogatepass')
+        d = self._digest(b)
+        lo, hi = np.searchsorted(self.keys, np.uint64(d), 'left'), np.searchsorted(self.keys, np.uint64(d), 'right')
+        for e in [*self.recent.get(d, ()), *self.rows[lo:hi].tolist()]:
+            self.store.seek(self.offsets[e])
+            n, m = struct.unpack('<II', self.store.read(8))
+            if self.store.read(n) == b: return self.store.read(m).decode('utf-8', 'surrogatepass')
+        return None
+
+    def __contains__(self, key:str) -> bool: return self.where(key) is not None
+
+# %% ../nbs/00a_conversation.ipynb #8114b559
+@patch
+def add(self:SeenIds,
+        key:str,      # An id not seen before
+        place:str='', # Where it was seen
+       ):
+    "Remember `key` and `place`."
+    b, p = key.encode('utf-8', 'surrogatepass'), place.encode('utf-8', 'surrogatepass')
+    self.store.seek(0, os.SEEK_END)
+    self.offsets.append(self.store.tell())
+    self.store.write(struct.pack('<II', len(b), len(p)) + b + p)
+    self.recent.setdefault(self._digest(b), []).append(len(self.offsets) - 1)
+    if len(self.recent) >= self.buffer:  # fold the dictionary into the sorted array
+        d = np.array([k for k, es in self.recent.items() for _ in es], np.uint64)
+        e = np.array([x for es in self.recent.values() for x in es], np.int64)
+        order = np.argsort(d, kind='stable')
+        at = np.searchsorted(self.keys, d[order], 'right')
+        self.keys, self.rows = np.insert(self.keys, at, d[order]), np.insert(self.rows, at, e[order])
+        self.recent = {}

@@ -9,7 +9,7 @@ import os
 import torch
 from torch import nn
 
-from .core import UserError, get_device
+from .core import get_device, UserError
 
 # %% auto #0
 __all__ = ['init_distributed', 'end_distributed', 'barrier', 'rank_device', 'transformer_blocks', 'wrap_model', 'all_reduce',

@@ -76,7 +76,7 @@ def _bands(threshold:float, num_perm:int) -> tuple[int, int]:
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
     return lsh.b, lsh.r
 
-# %% ../nbs/02d_dedup.ipynb #703a2dec
+# %% ../nbs/02d_dedup.ipynb #a231b65f
 class NearDupIndex:
     ("MinHash LSH over shingle sets, in a few bytes a set; `match` returns an indexed key whose set has Jaccard "
      "similarity >= `threshold`.")
@@ -92,8 +92,7 @@ class NearDupIndex:
         self.threshold, self.num_perm, self.seed, self.buffer = threshold, num_perm, seed, buffer
         self.b, self.r = _bands(threshold, num_perm)
         # a band's r values and its number become one 64-bit key: bands that differ but share a key only add a
-        # candidate, which is
-        # then rejected
+        # candidate, which is then rejected
         rng = np.random.default_rng(seed)
         self.mix = rng.integers(1, 2**62, self.r, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self.salt = rng.integers(0, 2**63, self.b, dtype=np.uint64)
@@ -105,14 +104,17 @@ class NearDupIndex:
         self.store = tempfile.TemporaryFile(dir=folder)
         self.offsets = array.array('q')
 
-    def signature(self, hashes:np.ndarray) -> np.ndarray:
-        "The MinHash signature of a set's `shingle_hashes`."
-        return minhash_signature(hashes, self.num_perm, self.seed)
+# %% ../nbs/02d_dedup.ipynb #ff360ee4
+@patch
+def signature(self:NearDupIndex, hashes:np.ndarray) -> np.ndarray:
+    "The MinHash signature of a set's `shingle_hashes`."
+    return minhash_signature(hashes, self.num_perm, self.seed)
 
-    def band_keys(self, sig:np.ndarray) -> np.ndarray:
-        "One 64-bit key for each band of a signature."
-        rows = sig[:self.b * self.r].astype(np.uint64).reshape(self.b, self.r)
-        return (rows * self.mix).sum(axis=1, dtype=np.uint64) + self.salt
+@patch
+def band_keys(self:NearDupIndex, sig:np.ndarray) -> np.ndarray:
+    "One 64-bit key for each band of a signature."
+    rows = sig[:self.b * self.r].astype(np.uint64).reshape(self.b, self.r)
+    return (rows * self.mix).sum(axis=1, dtype=np.uint64) + self.salt
 
 # %% ../nbs/02d_dedup.ipynb #f97f39b5
 @patch

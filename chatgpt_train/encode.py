@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_encode.ipynb #c8a66a9d
 from __future__ import annotations
-import hashlib, time
+import hashlib, json, time
 from collections import Counter
 from itertools import chain, islice
 from pathlib import Path
@@ -13,14 +13,17 @@ from typing import Iterable
 import numpy as np
 from fastcore.basics import patch
 
-from .core import (SPLITS, UserError, atomic_path, get_logger, iter_conversations, save_args, save_json,
-                                writing_stage)
+from .core import get_logger, UserError
+from .runs import require, run_path, writing_stage
+from .jsonio import atomic_path, load_json, save_args, save_json
+from .conversation import iter_conversations, SPLITS
 from .tokenizer import ChatTokenizer, SPECIAL_TOKENS, load_tokenizer, turn_text
 from .chat_format import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['ENCODE_CHUNK', 'token_dtype', 'encode_conversations', 'encode_meta', 'write_split', 'run_encode', 'BlockSampler',
-           'pad_collate', 'first_fit', 'pack_sft', 'padding_stats']
+__all__ = ['ENCODE_CHUNK', 'META_KEYS', 'TOKEN_DTYPES', 'token_dtype', 'encode_conversations', 'encode_meta', 'write_split',
+           'run_encode', 'load_meta', 'load_tokens', 'BlockSampler', 'pad_collate', 'first_fit', 'pack_sft',
+           'padding_stats']
 
 # %% ../nbs/04_encode.ipynb #279ed147
 def token_dtype(
@@ -95,6 +98,76 @@ def run_encode(
         log.info('encoded %d train and %d val tokens in %.1f s; wrote %s', meta['tokens']['train'],
                  meta['tokens']['val'], time.time() - t0, out)
         return out
+
+# %% ../nbs/04_encode.ipynb #fdaa1166
+META_KEYS = ('vocab_size', 'dtype', 'eot_id', 'end_id', 'pad_id', 'conversations', 'tokens', 'text_bytes')
+TOKEN_DTYPES = ('uint16', 'uint32')  # what the encode stage writes: a dtype is read from this list, never evaluated
+
+def _is_count(x) -> bool: return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+def _encode_dir(path:str|Path) -> Path:
+    "The encode folder of `path`, which is a run folder or an encode folder."
+    path = Path(path)
+    return path if (path/'meta.json').exists() else run_path(path)/'encode'
+
+# %% ../nbs/04_encode.ipynb #bb8bd707
+def load_meta(
+    path:str|Path, # A run folder, or its `encode/` folder
+) -> dict:
+    "The encode stage's `meta.json`, checked to have every key later stages read."
+    folder = _encode_dir(path)
+    f = require(folder/'meta.json', f"chatgpt-train encode --run {folder.parent}")
+    meta, redo = load_json(f), f"rerun `chatgpt-train encode --run {folder.parent}`"
+    if not isinstance(meta, dict): raise UserError(f"{f} is not a JSON object; {redo}")
+    if missing := [k for k in META_KEYS if k not in meta]:
+        raise UserError(f"{f} lacks {', '.join(missing)}: it was written by another version; {redo}")
+    V = meta['vocab_size']
+    if meta['dtype'] not in TOKEN_DTYPES:
+        raise UserError(f"{f}: dtype {meta['dtype']!r} is not one of {', '.join(TOKEN_DTYPES)}; {redo}")
+    if not (_is_count(V) and 0 < V <= np.iinfo(meta['dtype']).max + 1):
+        raise UserError(f"{f}: vocab_size {V!r} is not a size that {meta['dtype']} holds; {redo}")
+    for k in ('eot_id', 'end_id', 'pad_id'):
+        if not (_is_count(meta[k]) and meta[k] < V):
+            raise UserError(f"{f}: {k} {meta[k]!r} is not a token id below vocab_size {V}; {redo}")
+    if not (isinstance(meta['tokens'], dict) and all(_is_count(meta['tokens'].get(s)) for s in SPLITS)):
+        raise UserError(f"{f}: tokens must give a count for train and val; {redo}")
+    tok = folder.parent/'tokenizer'/'tokenizer.json'  # the run's tokenizer: the token files must be its ids
+    if tok.is_file():
+        data = tok.read_bytes()
+        if meta.get('tokenizer_sha256') and hashlib.sha256(data).hexdigest() != meta['tokenizer_sha256']:
+            raise UserError(f"{folder} was encoded with another tokenizer than {tok.parent} holds now; {redo}")
+        try:
+            spec = json.loads(data)
+            n = 1 + max([*spec['model']['vocab'].values(), *(t['id'] for t in spec.get('added_tokens') or [])])
+        except Exception:
+            raise UserError(f"{tok} cannot be read as a tokenizer; "
+                            f"rerun `chatgpt-train tokenizer --run {folder.parent}`, then encode") from None
+        if n != V: raise UserError(f"{f} says vocab_size {V:,} but {tok} has {n:,} tokens; {redo}")
+    return meta
+
+# %% ../nbs/04_encode.ipynb #5359db85
+def load_tokens(
+    path:str|Path, # A run folder, or its `encode/` folder
+    split:str,     # "train" or "val"
+) -> np.ndarray:
+    "The token ids of `split`, memory-mapped read-only."
+    folder, meta = _encode_dir(path), load_meta(path)
+    redo = f"rerun `chatgpt-train encode --run {folder.parent}`"
+    f = require(folder/f'{split}.bin', f"chatgpt-train encode --run {folder.parent}")
+    size, width = f.stat().st_size, np.dtype(meta['dtype']).itemsize
+    if size % width:
+        raise UserError(f"{f} is {size:,} bytes, not a whole number of {meta['dtype']} tokens: "
+                        f"the file is cut short or damaged; {redo}")
+    if size // width != meta['tokens'][split]:
+        raise UserError(f"{f} holds {size // width:,} tokens but {folder/'meta.json'} says {meta['tokens'][split]:,}: "
+                        f"the file is damaged or stale; {redo}")
+    if size == 0: return np.zeros(0, meta['dtype'])  # an empty file cannot be memory-mapped
+    ids = np.memmap(f, dtype=meta['dtype'], mode='r')
+    # one pass over the file: an id out of range would fail mid-training
+    if (top := int(ids.max())) >= meta['vocab_size']:
+        raise UserError(f"{f} holds token id {top}, outside the vocabulary of {meta['vocab_size']}: "
+                        f"the file is damaged; {redo}")
+    return ids
 
 # %% ../nbs/04_encode.ipynb #e2df554a
 class BlockSampler:

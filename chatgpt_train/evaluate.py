@@ -11,10 +11,14 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 
-from .core import (MODEL_DIRS, Progress, UserError, autocast, config_options, get_logger,
-                                load_conversations, load_json, load_meta, load_tokens, model_dir, run_file, run_lock,
-                                save_args, save_json, stage_dir)
+from .core import autocast, config_options, get_logger, Progress, UserError
+from .runs import MODEL_DIRS, run_file, run_lock, stage_dir
+from .jsonio import load_json, save_args, save_json
+from .conversation import load_conversations
+from .encode import load_meta, load_tokens
+from .model import model_dir
 from .tokenizer import turn_text
 from .chat_format import IGNORE_INDEX, ChatFormat, load_chat_format
 from .model import LoadedModel, context_length, load_model
@@ -108,7 +112,7 @@ class UnigramLM:
         "NLL in nats of each token of `ids` after the first."
         return -np.log(self.probs[np.asarray(ids, dtype=np.int64)[1:]])
 
-# %% ../nbs/07_evaluate.ipynb #e7d28dee
+# %% ../nbs/07_evaluate.ipynb #2941daa2
 class BigramLM:
     "p(next | previous) from the training ids' pair counts, absolute discounting interpolated with the unigram."
     def __init__(self,
@@ -127,23 +131,28 @@ class BigramLM:
         # n(a): distinct tokens after a
         self.types = np.bincount(first, minlength=vocab_size)
 
-    def prob(self,
-        prev:np.ndarray, # Previous tokens
-        nxt:np.ndarray,  # The tokens that follow them
-    ) -> np.ndarray:
-        "p(nxt | prev), elementwise."
-        prev, nxt = np.asarray(prev, dtype=np.int64), np.asarray(nxt, dtype=np.int64)
-        key = prev * self.V + nxt
-        i = np.searchsorted(self.pairs, key).clip(max=max(len(self.pairs) - 1, 0))
-        c = np.where(self.pairs[i] == key, self.counts[i], 0) if len(self.pairs) else np.zeros(len(key))
-        n, p_uni = self.context_counts[prev], self.unigram.probs[nxt]
-        seen = (np.maximum(c - self.D, 0) + self.D * self.types[prev] * p_uni) / np.maximum(n, 1)
-        return np.where(n > 0, seen, p_uni)
+# %% ../nbs/07_evaluate.ipynb #72d1da54
+@patch
+def prob(
+    self:BigramLM,
+    prev:np.ndarray, # Previous tokens
+    nxt:np.ndarray,  # The tokens that follow them
+) -> np.ndarray:
+    "p(nxt | prev), elementwise."
+    prev, nxt = np.asarray(prev, dtype=np.int64), np.asarray(nxt, dtype=np.int64)
+    key = prev * self.V + nxt
+    i = np.searchsorted(self.pairs, key).clip(max=max(len(self.pairs) - 1, 0))
+    c = np.where(self.pairs[i] == key, self.counts[i], 0) if len(self.pairs) else np.zeros(len(key))
+    n, p_uni = self.context_counts[prev], self.unigram.probs[nxt]
+    seen = (np.maximum(c - self.D, 0) + self.D * self.types[prev] * p_uni) / np.maximum(n, 1)
+    return np.where(n > 0, seen, p_uni)
 
-    def nlls(self, ids:np.ndarray) -> np.ndarray:
-        "NLL in nats of each token of `ids` after the first, given the one before it."
-        ids = np.asarray(ids, dtype=np.int64)
-        return -np.log(self.prob(ids[:-1], ids[1:]))
+# %% ../nbs/07_evaluate.ipynb #7d1be47b
+@patch
+def nlls(self:BigramLM, ids:np.ndarray) -> np.ndarray:
+    "NLL in nats of each token of `ids` after the first, given the one before it."
+    ids = np.asarray(ids, dtype=np.int64)
+    return -np.log(self.prob(ids[:-1], ids[1:]))
 
 # %% ../nbs/07_evaluate.ipynb #70e6f4cd
 def masked_nll(
@@ -233,7 +242,7 @@ def held_out(
     k = len(convs) if not max_tokens else max(1, int(np.searchsorted(ends, max_tokens, side='right')))
     return convs[:k], np.asarray(val[:ends[k - 1]]), len(convs)
 
-# %% ../nbs/07_evaluate.ipynb #30924b2f
+# %% ../nbs/07_evaluate.ipynb #e979747e
 EVAL_KEYS = {
     'model':       "the model evaluated: name (base, sft or the folder's name), path, architecture, parameters, "
                    "context (tokens it was trained with)",
@@ -276,6 +285,7 @@ EVAL_KEYS = {
     'created':     "when the evaluation ran (UTC, ISO 8601)",
 }
 
+# %% ../nbs/07_evaluate.ipynb #68c1f22a
 def results_table(
     result:dict, # An evaluation, as `run_evaluate` returns it (or `load_json('eval/base.json')`)
 ):

@@ -11,8 +11,10 @@ from typing import Literal
 
 import torch
 
-from .core import (UserError, config_options, get_logger, load_conversations, load_json, read_jsonl,
-                                run_file, run_path, save_json, set_seed, stage_dir, write_jsonl, writing_stage)
+from .core import config_options, get_logger, set_seed, UserError
+from .runs import run_file, run_path, stage_dir, writing_stage
+from .jsonio import load_json, read_jsonl, save_json, write_jsonl
+from .conversation import load_conversations
 from .collect import write_items
 from .readers import source_items
 from .clean import CleanConfig, clean_conversations

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
-from fastcore.basics import patch
+from fastcore.basics import patch, patch_to
 
 from .core import UserError
 from .chat_format import ChatFormat
@@ -242,7 +242,7 @@ def _rotate(x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor) -> torch.Tensor:
     h = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
 
-# %% ../nbs/05a_generate.ipynb #c6108a69
+# %% ../nbs/05a_generate.ipynb #103417af
 class Qwen3Decoder(WrittenDecoder):
     "Next-token logits for a `Qwen3ForCausalLM`: its forward pass written out, with a preallocated key/value cache."
     def __init__(self,
@@ -268,14 +268,15 @@ class Qwen3Decoder(WrittenDecoder):
         self.k, self.v = self.embed.new_empty(shape), self.embed.new_empty(shape)
         self.pos = 0
 
-    @staticmethod
-    def supports(model) -> bool:
-        "Whether `model` is a Qwen3 whose attention this decoder reproduces (full attention, no biases, plain rotary)."
-        c = model.config
-        return (type(model).__name__ == 'Qwen3ForCausalLM' and not c.attention_bias
-                and not getattr(c, 'use_sliding_window', False)
-                and c.rope_parameters.get('rope_type', 'default') == 'default'
-                and c.num_attention_heads % c.num_key_value_heads == 0)
+# %% ../nbs/05a_generate.ipynb #3d04ccb9
+@patch_to(Qwen3Decoder, static_method=True)
+def supports(model) -> bool:
+    "Whether `model` is a Qwen3 whose attention this decoder reproduces (full attention, no biases, plain rotary)."
+    c = model.config
+    return (type(model).__name__ == 'Qwen3ForCausalLM' and not c.attention_bias
+            and not getattr(c, 'use_sliding_window', False)
+            and c.rope_parameters.get('rope_type', 'default') == 'default'
+            and c.num_attention_heads % c.num_key_value_heads == 0)
 
 # %% ../nbs/05a_generate.ipynb #2dd17fff
 @patch

@@ -9,10 +9,27 @@ from pathlib import Path
 
 from fastcore.basics import patch
 
-from .core import UserError, atomic_path, read_metrics
+from .core import UserError
+from .jsonio import atomic_path
 
 # %% auto #0
-__all__ = ['plot_metrics', 'MetricsLog']
+__all__ = ['read_metrics', 'plot_metrics', 'MetricsLog']
+
+# %% ../nbs/05f_metrics.ipynb #1d5038a0
+def read_metrics(
+    folder:str|Path, # A model folder (`base/`, `sft/`) with `metrics.jsonl`
+) -> list[dict]:
+    "The records of `folder/metrics.jsonl` (none if it is missing), without a last line cut short by a kill."
+    path = Path(folder)/'metrics.jsonl'
+    if not path.exists(): return []
+    lines = path.read_text(encoding='utf-8').splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines): break  # torn by a kill while it was written
+            raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); the file is damaged") from None
+    return out
 
 # %% ../nbs/05f_metrics.ipynb #2eff55c7
 def plot_metrics(

@@ -15,16 +15,18 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoConfig, OpenAI
                           PreTrainedModel,
                           Qwen3Config)
 
-from .core import UserError, autocast_dtype, get_device, model_dir, run_file
+from .core import autocast_dtype, get_device, get_logger, UserError
+from .runs import being_written, INCOMPLETE, maker, MODEL_DIRS, require, run_file, run_path
 from .chat_format import ChatFormat, load_chat_format
 from .model_folder import load_causal_lm
 
 # %% auto #0
-__all__ = ['PRESETS', 'CPU_TRAINING', 'PAPER_TRAINING', 'TRAINING', 'TOKENIZER_FILES', 'QWEN3_FP32', 'QWEN3_E', 'DEVICES',
-           'ModelConfig', 'depth_preset', 'get_preset', 'training_defaults', 'hf_config', 'make_model',
-           'context_length', 'LoadedModel', 'load_model', 'count_params', 'matmul_params', 'flops_per_token',
-           'training_memory', 'set_checkpointing', 'measure_training_peak', 'kv_cache_bytes', 'training_time',
-           'model_config', 'model_summary', 'trainable_presets', 'recommend_model']
+__all__ = ['PRESETS', 'CPU_TRAINING', 'PAPER_TRAINING', 'TRAINING', 'TOKENIZER_FILES', 'HUB_FILES', 'QWEN3_FP32', 'QWEN3_E',
+           'DEVICES', 'ModelConfig', 'depth_preset', 'get_preset', 'training_defaults', 'hf_config', 'make_model',
+           'context_length', 'LoadedModel', 'is_hub_id', 'hub_model', 'hub_revision', 'model_dir', 'load_model',
+           'count_params', 'matmul_params', 'flops_per_token', 'training_memory', 'set_checkpointing',
+           'measure_training_peak', 'kv_cache_bytes', 'training_time', 'model_config', 'model_summary',
+           'trainable_presets', 'recommend_model']
 
 # %% ../nbs/05_model.ipynb #5e652964
 @dataclass
@@ -242,6 +244,86 @@ class LoadedModel:
     model:PreTrainedModel   # The model, in eval mode on the device asked for
     fmt:ChatFormat          # How it reads conversations
     tokenizer_dir:Path      # The tokenizer folder used: the model folder, or the run's `tokenizer/`
+
+# %% ../nbs/05_model.ipynb #05e2d86d
+# configs, weights, tokenizers: never pickles or code
+HUB_FILES = ['*.json', '*.safetensors', '*.txt', '*.model', '*.jinja', '*.tiktoken']
+_HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[\w./-]+)?')
+
+def is_hub_id(
+    name:str|Path, # What was given as a model
+) -> bool:
+    "Whether `name` reads as a hub id (`gpt2`, `org/name`, optionally `@revision`) and is no path on this machine."
+    return (isinstance(name, str) and _HUB_ID.fullmatch(name) is not None and '..' not in name
+            and not Path(name).expanduser().exists())
+
+# %% ../nbs/05_model.ipynb #6a25d959
+def hub_model(
+    spec:str,                           # A hub id, optionally `@revision`: gpt2, HuggingFaceTB/SmolLM2-135M-Instruct@main
+    flag:str='--model',                 # The flag it came from, for the message when it cannot be had
+    cache_dir:str|Path|None=None,       # The hub cache (default: huggingface_hub's, `$HF_HUB_CACHE`)
+) -> Path:
+    "The local folder of hub model `spec`: downloaded (configs, tokenizer, safetensors) or, offline, found in the cache."
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+    repo, _, rev = spec.partition('@')
+    fail = lambda why: UserError(f"cannot download {spec}: {why}")
+    try: folder = Path(snapshot_download(repo, revision=rev or None, allow_patterns=HUB_FILES, cache_dir=cache_dir))
+    except LocalEntryNotFoundError:  # no network, and not in the cache
+        raise fail(f"no network (and no folder {spec} here); download it where there is one "
+                   f"(`hf download {repo} --local-dir DIR`) and pass {flag} DIR") from None
+    except GatedRepoError:
+        raise fail("the model is gated: accept its terms on huggingface.co and log in (`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise fail(f"no model {repo} on the hub (or it is private: log in with `hf auth login`)") from None
+    except RevisionNotFoundError: raise fail(f"{repo} has no revision {rev!r}") from None
+    except (HfHubHTTPError, OSError) as e: raise fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if not any(folder.glob('*.safetensors')):
+        raise UserError(f"{spec} has no safetensors weights, and we load no pickles (they can run code): "
+                        "pick a model that has them")
+    return folder
+
+# %% ../nbs/05_model.ipynb #365ba0ee
+def hub_revision(
+    folder:str|Path, # A model folder
+) -> str|None:
+    "The commit of a hub cache snapshot (`.../snapshots/COMMIT`), None for any other folder."
+    p = Path(folder).resolve()
+    return p.name if p.parent.name == 'snapshots' and p.parent.parent.name.startswith('models--') else None
+
+# %% ../nbs/05_model.ipynb #4e222515
+def _newest_model(
+    run:str|Path|None, # The run folder
+) -> Path:
+    "The run's newest finished model folder; a warning names each newer unfinished one and the command to finish it."
+    if run is None: raise UserError("give a model folder or a run folder")
+    found = [run_path(run)/m for m in reversed(MODEL_DIRS) if (run_path(run)/m/'config.json').is_file()]
+    done = [f for f in found if not (f/INCOMPLETE).exists() or being_written(f)]
+    if not done:
+        if found: require(found[0]/'config.json')  # raises: what stopped it, and how to finish it
+        raise UserError(f"{run_path(run)} has no model yet (none of {', '.join(f'{m}/' for m in reversed(MODEL_DIRS))}): "
+                        f"run `{maker(f'{MODEL_DIRS[0]}/').hint(run)}` first")
+    for f in found[:found.index(done[0])]:
+        get_logger().warning(f"using {done[0].name}/: {f.name}/ is unfinished; {maker(f'{f.name}/').rerun(run)}")
+    return done[0]
+
+# %% ../nbs/05_model.ipynb #9b1b9873
+def model_dir(
+    run:str|Path|None,     # The run folder (needed for a stage's model)
+    model:str|None=None,   # "base" or "sft" (see `MODEL_DIRS`), the path of a model folder, a hub id, or None for the run's newest model
+    flag:str='--model',    # The flag `model` came from, for messages
+) -> Path:
+    "The folder of `model`, checked to be a finished HF model (`config.json`, no `INCOMPLETE`); a hub id is downloaded."
+    if model in MODEL_DIRS:
+        if run is None: raise UserError(f"{flag} {model} names a model of a run: give --run too")
+        return run_file(run, f'{model}/config.json').parent
+    if model is None: return _newest_model(run)
+    folder = hub_model(model, flag) if is_hub_id(model) else Path(model).expanduser()
+    if not (folder/'config.json').is_file():
+        raise UserError(f"{folder} is not a model folder ({folder/'config.json'} not found): give "
+                        f"{', '.join(MODEL_DIRS)}, the folder of a Hugging Face model or a hub id")
+    return require(folder/'config.json').parent  # a folder its stage marked unfinished is refused, however it is named
 
 # %% ../nbs/05_model.ipynb #5c71bd77
 def load_model(

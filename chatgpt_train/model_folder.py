@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from .core import UserError, redo_hint
+from .core import UserError
+from .runs import redo_hint
 from .chat_format import refuse_custom_code
 
 # %% auto #0

@@ -9,7 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator, TypedDict
 
-from .core import UserError, read_jsonl, write_jsonl
+from .core import UserError
+from .jsonio import read_jsonl, write_jsonl
 from .conversation import (MAX_TURN_CHARS, BadRecord, Turn, check_dict, check_list, check_text, known_role,
                                         openai_turns, raw_text, record_id, type_name)
 from .files import SourceKinds, json_records, jsonl_records, read_lines, read_text

@@ -10,8 +10,10 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from .core import (UserError, config_options, get_logger, load_meta, load_tokens, run_file, save_args,
-                                set_seed, stage_dir, writing_stage)
+from .core import config_options, get_logger, set_seed, UserError
+from .runs import run_file, stage_dir, writing_stage
+from .jsonio import save_args
+from .encode import load_meta, load_tokens
 from .checkpoint import resume_args
 from .ddp import end_distributed, init_distributed, rank_device
 from .encode import BlockSampler

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .core import UserError, autocast
+from .core import autocast, UserError
 from .chat_format import IGNORE_INDEX, ChatFormat
 from .encode import pad_collate
 from .model import context_length

@@ -7,7 +7,10 @@ from __future__ import annotations
 import datetime, html
 from pathlib import Path
 
-from .core import UserError, atomic_path, load_json, load_pipeline, maker, read_metrics, run_path
+from .core import UserError
+from .runs import maker, run_path
+from .jsonio import atomic_path, load_json, load_pipeline
+from .metrics import read_metrics
 
 # %% auto #0
 __all__ = ['PIPELINE_FILE', 'REPORT_INPUTS', 'REPLY_DATA', 'read_input', 'md_table', 'write_report', 'summary_lines']

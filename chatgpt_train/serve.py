@@ -24,7 +24,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from fastcore.basics import patch
 
 from .api_request import ApiError, ChatRequest, ServeLimits, parse_chat_request, read_json_body
-from .core import MODEL_DIRS, UserError, get_logger, is_hub_id
+from .core import get_logger, UserError
+from .runs import MODEL_DIRS
+from .model import is_hub_id
 from .content import DEFAULT_DROP, SEVERE, profanity_classifier
 from .chat import REFUSAL, ChatSession, MessageTooLong, block_categories
 from .generate import SamplingConfig

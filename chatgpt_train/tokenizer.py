@@ -17,13 +17,15 @@ import tiktoken
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import chatgpt_train
-from .core import (UserError, get_logger, iter_conversations, require, run_file, save_args, save_json,
-                                writing_stage)
+from .core import get_logger, UserError
+from .runs import require, run_file, writing_stage
+from .jsonio import save_args, save_json
+from .conversation import iter_conversations, ROLES
 
 # %% auto #0
-__all__ = ['NLTK_DATA', 'GPT2_SPLIT', 'SPECIAL_TOKENS', 'ROLES', 'CHAT_TEMPLATE', 'CHECK_TURNS', 'write_punkt_tab',
-           'use_packaged_punkt', 'word_counts', 'oov_rate', 'plot_zipf', 'pair_counts', 'merge_pair', 'SimpleBPE',
-           'train_bpe', 'bytes_to_unicode', 'token_bytes', 'turn_text', 'check_role', 'render_chat', 'save_tokenizer',
+__all__ = ['NLTK_DATA', 'GPT2_SPLIT', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'CHECK_TURNS', 'write_punkt_tab', 'use_packaged_punkt',
+           'word_counts', 'oov_rate', 'plot_zipf', 'pair_counts', 'merge_pair', 'SimpleBPE', 'train_bpe',
+           'bytes_to_unicode', 'token_bytes', 'turn_text', 'check_role', 'render_chat', 'save_tokenizer',
            'tiktoken_encoding', 'ChatTokenizer', 'load_tokenizer', 'tokenization_stats', 'token_byte_lengths',
            'check_tokenizer', 'tokenizer_report', 'run_tokenizer']
 
@@ -166,7 +168,7 @@ SPECIAL_TOKENS = {  # name: token; the ids follow this order, 0 to 4
     'assistant': '<|assistant|>',  # opens an assistant turn; the generation prompt
     'end': '<|end|>',              # closes every turn; the assistant's stop token
 }
-ROLES = ('system', 'user', 'assistant')
+assert tuple(SPECIAL_TOKENS)[1:4] == ROLES  # a role's token is named after it, in the conversation format's order
 
 # %% ../nbs/03_tokenizer.ipynb #c55b3074
 def train_bpe(
@@ -392,42 +394,55 @@ def tokenizer_report(
                 train_chars=size['chars'], train_seconds=round(secs, 2), measured_on=measured_on,
                 **{k: round(v, 4) for k, v in tokenization_stats(texts, ids).items()})
 
-# %% ../nbs/03_tokenizer.ipynb #3702b806
+# %% ../nbs/03_tokenizer.ipynb #49cd183c
+def _train_turns(run:str, size:Counter) -> Iterable[str]:
+    "The train split's turn texts, streamed and counted into `size` (the first read now: an empty split fails early)."
+    texts = _turn_texts(run, 'train', required=True)
+    first = next(texts, None)  # a missing or empty train split is an error before anything is written
+    if first is None:
+        raise UserError(f"{run_file(run, 'clean/conversations.jsonl')}: the train split has no turns; rerun "
+                        f"`chatgpt-train clean --run {run}`")
+    def train():
+        for text in chain([first], texts):
+            size.update(turns=1, chars=len(text))
+            yield text
+    return train()
+
+# %% ../nbs/03_tokenizer.ipynb #eb47f8c7
+def _save_checked(run:str, out:Path, tok:Tokenizer, vocab_size:int, size:Counter, secs:float) -> dict:
+    ("Save `tok` to `out`, check it on the val turns (the train turns where there are none), and write its report and "
+     "args; the report.")
+    save_tokenizer(tok, out)
+    val = list(islice(_turn_texts(run, 'val'), CHECK_TURNS))
+    check = val or list(islice(_turn_texts(run, 'train'), 1000))
+    ct, ids = check_tokenizer(out, check)
+    report = tokenizer_report(ct, vocab_size, size, secs, 'val' if val else 'train', check, ids)
+    save_json(report, out/'report.json')
+    save_args(out, 'tokenizer', dict(run=str(run), vocab_size=vocab_size))
+    return report
+
+# %% ../nbs/03_tokenizer.ipynb #15ecf4d4
 def run_tokenizer(
     run:str,             # The run folder: reads clean/conversations.jsonl, writes tokenizer/
     vocab_size:int=2048, # Vocabulary size, the 5 special tokens and 256 bytes included
 ) -> Path:
     ("Train the byte-level BPE tokenizer on the train split, streamed, and save it, with its chat template, "
      "to `tokenizer/`.")
-    texts = _turn_texts(run, 'train', required=True)
-    first = next(texts, None)  # a missing or empty train split is an error before anything is written
-    if first is None:
-        raise UserError(f"{run_file(run, 'clean/conversations.jsonl')}: the train split has no turns; rerun "
-                        f"`chatgpt-train clean --run {run}`")
     size = Counter()
-    def train():
-        for text in chain([first], texts):
-            size.update(turns=1, chars=len(text))
-            yield text
+    texts = _train_turns(run, size)  # a missing or empty train split is an error before anything is written
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
         raise UserError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} (256 bytes, "
                         f"{len(SPECIAL_TOKENS)} special tokens and one merge), not {vocab_size}")
     with writing_stage(run, 'tokenizer') as out:
         log = get_logger('tokenizer', out)
         t0 = time.time()
-        tok = train_bpe(train(), vocab_size)
+        tok = train_bpe(texts, vocab_size)
         secs = time.time() - t0
         log.info('trained %d tokens on %d turns (%.1f MB) in %.1f s', tok.get_vocab_size(), size['turns'],
                  size['chars']/1e6, secs)
         if tok.get_vocab_size() < vocab_size:
             log.warning('the training text has no pairs left to merge after %d tokens (asked for %d)',
                         tok.get_vocab_size(), vocab_size)
-        save_tokenizer(tok, out)
-        val = list(islice(_turn_texts(run, 'val'), CHECK_TURNS))
-        check = val or list(islice(_turn_texts(run, 'train'), 1000))
-        ct, ids = check_tokenizer(out, check)
-        report = tokenizer_report(ct, vocab_size, size, secs, 'val' if val else 'train', check, ids)
-        save_json(report, out/'report.json')
-        save_args(out, 'tokenizer', dict(run=str(run), vocab_size=vocab_size))
+        report = _save_checked(run, out, tok, vocab_size, size, secs)
         log.info('%.2f bytes per token on %s; wrote %s', report['bytes_per_token'], report['measured_on'], out)
         return out

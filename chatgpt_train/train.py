@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 
-from .core import (Progress, UserError, autocast, autocast_dtype, get_logger, require,
-                                save_json)
+from .core import autocast, autocast_dtype, get_logger, Progress, UserError
+from .runs import require
+from .jsonio import save_json
 from .chat_format import IGNORE_INDEX
 from .checkpoint import (all_finite, full_state_dicts, read_checkpoint, rng_state, set_rng_state,
                                       write_checkpoint)
@@ -136,7 +137,7 @@ class NextTokenLoss:
         y = b.pop('labels')
         return lm_loss(model(**b, use_cache=False).logits, y, reduction='sum')
 
-# %% ../nbs/06_train.ipynb #d75a087c
+# %% ../nbs/06_train.ipynb #85dbf042
 class Trainer:
     "Train `model` on `train_batches` with `cfg`, writing metrics, checkpoints and a model folder to `out`."
     def __init__(self,
@@ -172,11 +173,6 @@ class Trainer:
         # the random state at the start of the step under way (a Ctrl-C checkpoint restores it)
         self.rng_at_start = None
 
-    @property
-    def max_steps(self) -> int|None: return self.plan.max_steps
-    @property
-    def history(self) -> list[dict]: return self.metrics.history
-
 # %% ../nbs/06_train.ipynb #93caa731
 @patch
 def _make_optimizers(self:Trainer):
@@ -191,6 +187,13 @@ def _make_optimizers(self:Trainer):
     fp16 = autocast_dtype(self.device, cfg.precision) == torch.float16 and self.device.type == 'cuda'
     # fp16 gradients underflow without loss scaling; bf16 does not need it
     self.scaler = torch.amp.GradScaler('cuda', enabled=fp16)
+
+# %% ../nbs/06_train.ipynb #7f0a7d5c
+@patch(as_prop=True)
+def max_steps(self:Trainer) -> int|None: return self.plan.max_steps
+
+@patch(as_prop=True)
+def history(self:Trainer) -> list[dict]: return self.metrics.history
 
 # %% ../nbs/06_train.ipynb #02409458
 @patch

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 
-from .core import (STAGES, UserError, autocast_dtype, get_logger, hub_revision, load_json, model_dir,
-                                save_args, stage, stage_dir)
+from .core import autocast_dtype, get_logger, UserError
+from .runs import stage, stage_dir, STAGES
+from .jsonio import load_json, save_args
+from .model import hub_revision, model_dir
 from .encode import pad_collate
 from .model import ModelConfig, model_config, set_checkpointing, training_memory
 from .model_folder import check_model_folder, hf_quiet

@@ -11,7 +11,7 @@ import chatgpt_train.tune as tune
 from chatgpt_train.align import DPOLoss, pair_collate, pair_example
 from chatgpt_train.chat_format import IGNORE_INDEX, load_chat_format
 from chatgpt_train.cli import main
-from chatgpt_train.core import load_json, write_jsonl
+from chatgpt_train.jsonio import load_json, write_jsonl
 from chatgpt_train.model import make_model
 from toy_run import SFT_FAST as FAST, chat_run, kill, start, wait_for
 

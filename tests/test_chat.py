@@ -11,7 +11,7 @@ from chatgpt_train.generate import (GREEDY, GPT2Decoder, SamplingConfig, generat
                                     stream_text)
 from chatgpt_train.model import load_model
 from chatgpt_train.cli import main
-from chatgpt_train.core import save_json
+from chatgpt_train.jsonio import save_json
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,9 @@ from chatgpt_train.repair import fix_unicode
 from chatgpt_train.split import split_of
 from chatgpt_train.content import content_flags, load_content_labels, filter_scores
 from chatgpt_train.cli import main
-from chatgpt_train.core import UserError, load_conversations, load_json, read_jsonl
+from chatgpt_train.core import UserError
+from chatgpt_train.jsonio import load_json, read_jsonl
+from chatgpt_train.conversation import load_conversations
 
 
 def conv(id, *texts, **kw):

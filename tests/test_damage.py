@@ -8,7 +8,7 @@ import torch
 
 from chatgpt_train.cli import main
 from chatgpt_train.collect import run_collect
-from chatgpt_train.core import load_conversations
+from chatgpt_train.conversation import load_conversations
 from toy_run import BIN, ENV, FAST, make_run
 
 

@@ -57,7 +57,7 @@ def test_every_notebook_has_a_page(site):
     assert nbs == {p.stem for p in site.glob('*.html')}
 
 def test_api_page_holds_show_doc_with_docments(site):
-    page = (site/'00_core.html').read_text()
+    page = (site/'00_runs.html').read_text()
     assert 'run_path' in page and 'A run folder, or a bare run name' in page  # the signature and a parameter's docment
     assert '#| export' not in page and '#| hide' not in page  # nbdev's directives never reach the reader
 
@@ -66,7 +66,7 @@ def test_index_and_api_page_in_a_browser(site):
     index = rendered_text(site/'index.html')
     assert 'The pipeline' in index and 'target="_blank"' not in index
     assert 'chatgpt-train collect --run runs/demo --source chitchat' in index  # a row of the pipeline table
-    api = rendered_text(site/'00_core.html')
+    api = rendered_text(site/'00_runs.html')
     # show_doc's signature with each parameter's docment, as the reader sees it (spacing comes from the code highlighter)
     assert 'defrun_path(run:str|Path,#Arunfolder,orabarerunname)->Path' in api.replace(' ', '')
 
@@ -85,3 +85,15 @@ def test_widgets_without_state_show_their_text(site):
     "The chat widget, committed without widget state, shows its transcript on the page rather than an empty box."
     page = (site/'09_chat.html').read_text()
     assert 'Hello again!' in page and 'No messages yet' not in page.split('Hello again!')[0][-2000:]
+
+
+def test_contributing_maps_every_module_and_notebook():
+    "CONTRIBUTING.md maps every module of the package and no module that is gone; the sidebar lists every notebook."
+    import re
+    text = (root/'CONTRIBUTING.md').read_text()
+    the_map = text.split('## The map', 1)[1].split('\n## ', 1)[0]
+    mapped = re.findall(r'^- `(\w+)`', the_map, re.M)
+    modules = sorted(p.stem for p in (root/'chatgpt_train').glob('*.py') if not p.stem.startswith('_'))
+    assert sorted(mapped) == modules, set(mapped) ^ set(modules)
+    sidebar = (root/'nbs'/'sidebar.yml').read_text()
+    assert all(f'- {p.name}' in sidebar for p in (root/'nbs').glob('*.ipynb')), 'a notebook is missing from nbs/sidebar.yml'

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from chatgpt_train.cli import main
-from chatgpt_train.core import write_jsonl
+from chatgpt_train.jsonio import write_jsonl
 from chatgpt_train.chat_format import encode_sft, encode_sft_windows
-from chatgpt_train.core import load_tokens
+from chatgpt_train.encode import load_tokens
 from chatgpt_train.encode import BlockSampler, pack_sft, pad_collate
 from chatgpt_train.tokenizer import load_tokenizer, render_chat
 

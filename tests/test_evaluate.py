@@ -10,8 +10,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from chatgpt_train.cli import main
-from chatgpt_train.core import load_json, write_jsonl
-from chatgpt_train.core import load_tokens
+from chatgpt_train.jsonio import load_json, write_jsonl
+from chatgpt_train.encode import load_tokens
 from chatgpt_train.evaluate import (EVAL_KEYS, PROMPTS, BigramLM, UnigramLM, lm_metrics, masked_nll, run_evaluate, token_nlls,
                                     window_spans)
 from chatgpt_train.model import make_model

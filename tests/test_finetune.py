@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from chatgpt_train.cli import main
-from chatgpt_train.core import load_json, write_jsonl
+from chatgpt_train.jsonio import load_json, write_jsonl
 from chatgpt_train.model import make_model
 import chatgpt_train.finetune as ft
 import chatgpt_train.tune as tune

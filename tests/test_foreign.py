@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2TokenizerFast,
 import chatgpt_train.tune as tune
 from chatgpt_train.chat_format import IGNORE_INDEX, load_chat_format
 from chatgpt_train.cli import main
-from chatgpt_train.core import load_json, write_jsonl
+from chatgpt_train.jsonio import load_json, write_jsonl
 from chatgpt_train.model import make_model
 from chatgpt_train.tokenizer import CHAT_TEMPLATE
 from toy_run import BIN, ENV, SFT_FAST as FAST, chats, make_run

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from chatgpt_train.clean import CleanConfig, clean_conversations, run_clean
 from chatgpt_train.collect import run_collect
-from chatgpt_train.core import UserError, get_logger
+from chatgpt_train.core import get_logger, UserError
 
 get_logger('collect'); get_logger('clean')  # bind the stderr handlers now, not inside a test's captured output
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from chatgpt_train.cli import main
-from chatgpt_train.core import write_jsonl
+from chatgpt_train.jsonio import write_jsonl
 from chatgpt_train.preferences import read_preferences
 from toy_run import SFT_FAST, chat_run
 

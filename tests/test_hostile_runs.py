@@ -8,7 +8,9 @@ import pytest
 
 from chatgpt_train import cli
 from chatgpt_train.cli import pipeline_steps, run_all, stage_parser, step_state
-from chatgpt_train.core import INCOMPLETE, model_dir, save_json
+from chatgpt_train.runs import INCOMPLETE
+from chatgpt_train.jsonio import save_json
+from chatgpt_train.model import model_dir
 from toy_run import BIN, ENV, FAST, call, kill, start, wait_for
 
 # A tiny end-to-end run without preference training: 300 chitchat records, the micro preset for 10 steps, 5 fine-tuning

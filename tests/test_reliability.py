@@ -9,7 +9,8 @@ import torch
 
 import chatgpt_train.train as train_mod
 from chatgpt_train.cli import main
-from chatgpt_train.core import INCOMPLETE, LOCK, write_jsonl
+from chatgpt_train.runs import INCOMPLETE, LOCK
+from chatgpt_train.jsonio import write_jsonl
 from toy_run import BIN, ENV, FAST, checkpoint_step, cli, kill, metrics, start, wait_for, weights
 
 KILLS = 3  # SIGKILLs survived by one pretraining run (the README's reliability section quotes it)
@@ -188,7 +189,7 @@ def test_a_stale_lock_is_cleared_and_a_live_one_refuses(run):
     r = cli('encode', '--run', str(run))
     assert r.returncode == 0 and 'took over the lock' in r.stderr and 'writing clean/ since yesterday' in r.stderr, r.stderr
     assert not (run/LOCK).exists()
-    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time\nfrom chatgpt_train.core import run_lock\n'
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time\nfrom chatgpt_train.runs import run_lock\n'
                                f'with run_lock({str(run)!r}, "a test"):\n print("held", flush=True); time.sleep(120)'],
                               env=ENV, stdout=subprocess.PIPE, text=True)
     try:

@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerFast
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from chatgpt_train.chat_format import IGNORE_INDEX, ChatFormat, load_chat_format
-from chatgpt_train.core import UserError, load_json
+from chatgpt_train.core import UserError
+from chatgpt_train.jsonio import load_json
 from chatgpt_train.evaluate import EVAL_KEYS, run_evaluate
 from chatgpt_train.generate import random_chat_model, sample_settings
 from chatgpt_train.model import make_model

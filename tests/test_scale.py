@@ -8,7 +8,7 @@ import pytest
 from chatgpt_train import clean as clean_mod
 from chatgpt_train.clean import CleanConfig, clean_conversations
 from chatgpt_train.cli import main
-from chatgpt_train.core import load_json, read_jsonl
+from chatgpt_train.jsonio import load_json, read_jsonl
 
 EXE = str(Path(sys.executable).parent/'chatgpt-train')
 

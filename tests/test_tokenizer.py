@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from chatgpt_train.cli import main
-from chatgpt_train.core import write_jsonl
+from chatgpt_train.jsonio import write_jsonl
 from chatgpt_train.tokenizer import (SPECIAL_TOKENS, SimpleBPE, load_tokenizer, render_chat, GPT2_SPLIT)
 
 MULTILINGUAL = ["héllo wörld", "👋🏽 hi! 👨‍👩‍👧 🎉", "你好，世界。今天好吗？", "مرحبا بالعالم", "नमस्ते दुनिया", "Привет, мир!",

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from chatgpt_train.cli import main
-from chatgpt_train.core import UserError, load_json
-from chatgpt_train.core import load_tokens
+from chatgpt_train.core import UserError
+from chatgpt_train.jsonio import load_json
+from chatgpt_train.encode import load_tokens
 from chatgpt_train.model import make_model
 from chatgpt_train.encode import BlockSampler
 from chatgpt_train.train import TrainConfig, Trainer, lm_loss

@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from chatgpt_train.core import stage_dir, write_jsonl
+from chatgpt_train.runs import stage_dir
+from chatgpt_train.jsonio import write_jsonl
 from chatgpt_train.encode import run_encode
 from chatgpt_train.pretrain import run_pretrain
 from chatgpt_train.tokenizer import run_tokenizer
