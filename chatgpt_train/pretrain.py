@@ -27,10 +27,11 @@ __all__ = ['PretrainConfig', 'val_batches', 'pretrain_config', 'pretrain_inputs'
 @dataclass
 class PretrainConfig:
     "Every choice of the pretrain stage: the model's preset, the rows it reads, and the loop's settings."
+    # a setting the training loop has too takes the loop's default (`TrainConfig.X`): each default is written once
     preset:str='tiny'              # Model size: a preset of the model stage (micro, tiny, mini, gpt2, ...) or dN
     max_steps:int|None=None        # Optimizer steps (default: one pass over encode/train.bin, or what --minutes allows)
     minutes:float|None=None        # Time budget in minutes: the steps are set from the speed measured at the start
-    batch_size:int=16              # Sequences per micro-batch on each process (lower it if memory runs out)
+    batch_size:int=TrainConfig.batch_size # Sequences per micro-batch on each process (lower it if memory runs out)
     block_size:int|None=None       # Tokens per sequence (default: the model's context length)
     # Tokens per optimizer step over all processes, by accumulating micro-batches (default: the preset's)
     tokens_per_step:int|None=None
@@ -40,21 +41,21 @@ class PretrainConfig:
     # After warmup: hold then decay linearly (wsd), or a cosine (default: the preset's)
     schedule:Literal['wsd','cosine']|None=None
     warmup_steps:int|None=None     # Steps of linear warmup (default: 5% of the steps)
-    weight_decay:float=0.1         # AdamW weight decay on weight matrices
-    grad_clip:float=1.0            # Clip the gradient norm to this (0: off)
+    weight_decay:float=TrainConfig.weight_decay # AdamW weight decay on weight matrices
+    grad_clip:float=TrainConfig.grad_clip # Clip the gradient norm to this (0: off)
     # Number format: auto is bf16 autocast where supported, fp16 on older GPUs
-    precision:Literal['auto','bf16','fp16','fp32']='auto'
+    precision:Literal['auto','bf16','fp16','fp32']=TrainConfig.precision
     # torch.compile the model (default: for runs of 5 minutes or 500 steps and more, where it pays)
     compile:bool|None=None
-    device:str='auto'              # auto, cpu, cuda, cuda:1 or mps
-    eval_every:int=50              # Held-out loss every this many steps
-    eval_batches:int=20            # Held-out batches per evaluation
-    save_every:int=100             # Resumable checkpoint every this many steps
-    log_every:int=10               # Metrics line every this many steps
-    seed:int=42                    # Seed for the initial weights, the data order and dropout
-    tensorboard:bool=False         # Also log to base/tensorboard (needs `pip install tensorboard`)
+    device:str=TrainConfig.device  # auto, cpu, cuda, cuda:1 or mps
+    eval_every:int=TrainConfig.eval_every # Held-out loss every this many steps
+    eval_batches:int=TrainConfig.eval_batches # Held-out batches per evaluation
+    save_every:int=TrainConfig.save_every # Resumable checkpoint every this many steps
+    log_every:int=TrainConfig.log_every # Metrics line every this many steps
+    seed:int=TrainConfig.seed      # Seed for the initial weights, the data order and dropout
+    tensorboard:bool=TrainConfig.tensorboard # Also log to base/tensorboard (needs `pip install tensorboard`)
     # Under torchrun: shard the model, gradients and optimizer over processes (FSDP) instead of DDP
-    fsdp:bool=False
+    fsdp:bool=TrainConfig.fsdp
 
 # %% ../nbs/06a_pretrain.ipynb #6cc72d06
 def val_batches(

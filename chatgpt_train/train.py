@@ -59,7 +59,7 @@ def _positive(cfg, names:tuple, zero:bool=False, why:str=''):
 
 # %% ../nbs/06_train.ipynb #d9f3d485
 def check_train_config(
-    cfg:TrainConfig, # The settings to check
+    cfg, # The settings to check: a `TrainConfig`, or anything with its fields
 ):
     "Refuse settings the loop cannot run with, naming the setting."
     _at_least(cfg, ('batch_size', 'log_every', 'eval_every', 'save_every', 'max_steps'), 1)

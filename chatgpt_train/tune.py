@@ -34,6 +34,7 @@ from .train import TrainConfig, Trainer
 @dataclass(kw_only=True)
 class TuneConfig:
     "The settings of a stage that trains a trained model further; each stage gives the fields without a default theirs."
+    # a setting the training loop has too takes the loop's default (`TrainConfig.X`): each default is written once
     from_:str                   # The model to start from: a model folder of the run, any model folder or a hub id
     data:str                    # What to train on
     lora:bool|None              # Train LoRA adapters instead of every weight (None: for models over `LORA_ABOVE`)
@@ -47,13 +48,13 @@ class TuneConfig:
     lr:float|None               # Peak learning rate of AdamW, Muon's moved with it (None: `default_lr`)
     warmup_steps:int|None=None  # Steps of linear warmup (default: 5% of the steps)
     weight_decay:float          # AdamW weight decay on weight matrices
-    grad_clip:float=1.0         # Clip the gradient norm to this (0: off)
+    grad_clip:float=TrainConfig.grad_clip # Clip the gradient norm to this (0: off)
     # Number format: auto is bf16 autocast where supported, fp16 on older GPUs
-    precision:Literal['auto','bf16','fp16','fp32']='auto'
-    device:str='auto'           # auto, cpu, cuda, cuda:1 or mps
+    precision:Literal['auto','bf16','fp16','fp32']=TrainConfig.precision
+    device:str=TrainConfig.device # auto, cpu, cuda, cuda:1 or mps
     val_fraction:float          # Share of the data held out to measure the model before and after
     eval_every:int=25           # Held-out loss every this many steps
-    save_every:int=100          # Resumable checkpoint every this many steps
+    save_every:int=TrainConfig.save_every # Resumable checkpoint every this many steps
     log_every:int=5             # Metrics line every this many steps
     seed:int                    # Seed for the split, the data order and the sampled replies
     max_new_tokens:int          # Longest sample reply, in tokens
