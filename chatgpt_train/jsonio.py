@@ -25,7 +25,8 @@ def atomic_path(
     "Yield a temporary path beside `path`; on success it replaces `path` in one atomic rename."
     path = Path(path)
     if path.is_dir(): raise UserError(f"{path} is a folder where a file should be written: move it away, then rerun")
-    if path.parent.exists() and not path.parent.is_dir(): raise UserError(f"{path.parent} is a file where a folder should be: move it away, then rerun")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{path.parent} is a file where a folder should be: move it away, then rerun")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
@@ -40,7 +41,7 @@ def atomic_path(
         tmp.unlink(missing_ok=True)
         raise
 
-# %% ../nbs/00_jsonio.ipynb #da9df6cd
+# %% ../nbs/00_jsonio.ipynb #94123977
 def _default(o):
     "Turn paths, numpy scalars and other strays into JSON."
     if isinstance(o, Path): return str(o)
@@ -53,9 +54,11 @@ def save_json(
     path:str|Path, # The file to write, atomically
 ) -> Path:
     "Write `obj` as indented JSON to `path`."
-    with atomic_path(path) as t: t.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_default) + '\n', encoding='utf-8')
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_default) + '\n'
+    with atomic_path(path) as t: t.write_text(text, encoding='utf-8')
     return Path(path)
 
+# %% ../nbs/00_jsonio.ipynb #b4631810
 def load_json(
     path:str|Path,      # A JSON file
     finished:bool=True, # Refuse it if its folder is marked unfinished (see `require`)
@@ -67,12 +70,12 @@ def load_json(
         raise UserError(f"{path} is not valid JSON ({e}): the file is damaged"
                         + (redo_hint(path.parent) or "; rerun the command that wrote it")) from None
 
-# %% ../nbs/00_jsonio.ipynb #7532d333
+# %% ../nbs/00_jsonio.ipynb #b4b5e50a
 @contextlib.contextmanager
 def jsonl_writer(
     path:str|Path, # The file to write, atomically
 ) -> Iterator[Callable[[Any], None]]:
-    "A function that writes one record to `path` as a JSON line; the file replaces `path` when the block ends without an error."
+    "A function writing one record a JSON line; the file replaces `path` when the block ends without an error."
     with atomic_path(path) as t, open(t, 'w', encoding='utf-8') as f:
         yield lambda r: f.write(json.dumps(r, ensure_ascii=False, default=_default) + '\n')
 
@@ -86,6 +89,7 @@ def write_jsonl(
         for r in records: write(r); n += 1
     return n
 
+# %% ../nbs/00_jsonio.ipynb #2adf6066
 def read_jsonl(
     path:str|Path, # A JSON Lines file written by a stage
 ) -> Iterator[dict]:
@@ -95,9 +99,11 @@ def read_jsonl(
         for i, line in enumerate(f, 1):
             if not line.strip(): continue
             try: yield json.loads(line)
-            except json.JSONDecodeError as e: raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); the file is damaged, rerun the stage that wrote it") from None
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); the file is damaged, "
+                                "rerun the stage that wrote it") from None
 
-# %% ../nbs/00_jsonio.ipynb #db6f8d9b
+# %% ../nbs/00_jsonio.ipynb #e56a1d96
 def save_args(
     folder:str|Path, # The stage's folder
     stage:str,       # The stage's name, e.g. "collect"
@@ -110,13 +116,14 @@ def save_args(
                           created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), **extra),
                      Path(folder)/'args.json')
 
+# %% ../nbs/00_jsonio.ipynb #96663f62
 def load_args(
     folder:str|Path, # A stage's folder
 ) -> dict:
     "The arguments saved by `save_args` in `folder`."
     return load_json(Path(folder)/'args.json', finished=False)['args']  # an unfinished stage's too: resuming needs them
 
-# %% ../nbs/00_jsonio.ipynb #f5f3a47f
+# %% ../nbs/00_jsonio.ipynb #37862274
 # what each step's entry must hold, and of which type
 _STAMP = dict(args=dict, finished=(int, float), seconds=(int, float))
 
@@ -132,6 +139,7 @@ def _pipeline_problem(stamps) -> str|None:
         if not isinstance(st.get('files', {}), dict): return f"step {name!r} has files that are not an object"
     return None
 
+# %% ../nbs/00_jsonio.ipynb #9dc18252
 def load_pipeline(
     path:str|Path, # A run's `pipeline.json`
 ) -> dict:
