@@ -18,8 +18,9 @@ from .model import context_length, load_model
 from .generate import SamplingConfig, stream_text
 
 # %% auto #0
-__all__ = ['REFUSAL', 'CHAT_HELP', 'ReplyFilter', 'strip_special', 'exponential_search', 'MessageTooLong', 'ChatSession',
-           'ChatWidget', 'chat_command', 'clean_line', 'chat_loop', 'block_categories', 'run_chat']
+__all__ = ['REFUSAL', 'CHAT_HELP', 'REPLY_LABEL', 'ReplyFilter', 'strip_special', 'exponential_search', 'MessageTooLong',
+           'ChatSession', 'ChatWidget', 'chat_command', 'clean_line', 'label_reply', 'chat_loop', 'block_categories',
+           'run_chat']
 
 # %% ../nbs/09_chat.ipynb #e4fc2619
 REFUSAL = "Sorry, I can't reply to that."
@@ -315,20 +316,30 @@ def clean_line(
     "`line` without control characters other than tab, and without halves of characters: text a tokenizer takes."
     return _CONTROL.sub('', line)
 
+# %% ../nbs/09_chat.ipynb #6d14e548
+REPLY_LABEL = 'model> '
+_INDENT = '\n' + ' ' * len(REPLY_LABEL)  # what follows each line break of a reply
+
+def label_reply(
+    reply:str, # A reply, which may hold line breaks
+) -> str:
+    "`reply` as the chat prints it: `model> ` before its first line, its other lines indented by as much."
+    return REPLY_LABEL + reply.replace('\n', _INDENT)
+
 # %% ../nbs/09_chat.ipynb #02a57712
 def _answer(session:ChatSession, line:str, out:TextIO, interactive:bool, jsonl:bool):
-    "Write the reply to `line` to `out`: streamed (typed input), or whole, as text or a JSON line."
+    "Write the reply to `line` to `out`: streamed (typed input), or whole, labelled (`label_reply`) or as a JSON line."
     if interactive:
-        out.write('model> '); out.flush()
+        out.write(REPLY_LABEL); out.flush()
         try:
-            for piece in session.stream(line): out.write(piece); out.flush()
+            for piece in session.stream(line): out.write(piece.replace('\n', _INDENT)); out.flush()
         except KeyboardInterrupt: pass  # Ctrl-C stops this reply, not the chat
         if session.flagged: out.write(f'\n[withdrawn by the content filter] {session.refusal}')
         out.write('\n')
     else:
         reply = session.send(line)
         row = dict(user=line, assistant=reply, flagged=session.flagged)
-        out.write((json.dumps(row, ensure_ascii=False) if jsonl else reply) + '\n')
+        out.write((json.dumps(row, ensure_ascii=False) if jsonl else label_reply(reply)) + '\n')
     out.flush()
 
 # %% ../nbs/09_chat.ipynb #d9908e77
@@ -337,7 +348,7 @@ def chat_loop(
     lines:Iterable[str],    # The user's lines: typed, or read from a pipe
     out:TextIO,             # Where replies go
     err:TextIO,             # Where command feedback and errors go
-    interactive:bool=False, # Stream replies as they are written (typed input) instead of one whole reply a line
+    interactive:bool=False, # Stream replies as they are written (typed input) instead of writing each one whole
     jsonl:bool=False,       # Write each exchange as a JSON line {"user", "assistant", "flagged"} (not interactive)
 ) -> int:
     "Answer each line (commands start with /) and return how many replies were given."
@@ -381,7 +392,7 @@ def _input_lines(interactive:bool) -> Iterable[str]:
 # %% ../nbs/09_chat.ipynb #70750bc3
 @config_options(SamplingConfig)
 def run_chat(
-    run:str|None=None,              # A run folder: chat with its newest model (sft/, else base/)
+    run:str|None=None,              # A run folder: chat with its newest model (aligned/, else sft/, else base/)
     # A model folder (config.json, weights and tokenizer files) or a hub id, instead of --run
     model:str|None=None,
     system:str|None=None,           # A system prompt

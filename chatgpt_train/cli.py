@@ -4,7 +4,8 @@
 
 # %% ../nbs/10_cli.ipynb #82c47580
 from __future__ import annotations
-import argparse, datetime, hashlib, importlib, importlib.util, inspect, json, math, shutil, sys, time, types, typing
+import argparse, dataclasses, datetime, hashlib, importlib, importlib.util, inspect, json, math, shutil, sys, time
+import types, typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin
@@ -16,9 +17,10 @@ from .conversation import SPLITS
 
 # %% auto #0
 __all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'ALIGN_SHARE',
-           'PRETRAIN_EVAL_BATCHES', 'SMALL_FILE', 'CHECKS', 'available_commands', 'finite_float', 'StageParser',
-           'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps', 'fingerprint', 'step_problem',
-           'step_state', 'sample_chat', 'run_all']
+           'PRETRAIN_EVAL_BATCHES', 'SMALL_FILE', 'CHECKS', 'PLAN_FILE', 'DATA_STEPS', 'BUDGETED', 'available_commands',
+           'finite_float', 'StageParser', 'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps',
+           'fingerprint', 'step_problem', 'step_state', 'sample_chat', 'timed_steps', 'make_run_plan', 'within',
+           'budget_step', 'plan_lines', 'kept_values', 'run_all']
 
 # %% ../nbs/10_cli.ipynb #c67544b5
 RUN_ABOUT = 'all of the above, from nothing to a chat model and RUN/report.md'
@@ -347,6 +349,81 @@ def sample_chat(
     session = ChatSession(lm.model, lm.fmt, sampling=SamplingConfig(max_new_tokens=48), seed=seed)
     return [(p, session.send(p)) for p in PROMPTS[:n]]
 
+# %% ../nbs/10_cli.ipynb #b0d9e002
+PLAN_FILE = 'plan.json'
+DATA_STEPS = ('collect', 'clean', 'tokenizer', 'encode')  # run first, on no plan: they take what they take
+
+def timed_steps(
+    args:dict, # The arguments of `run_all`
+) -> list[str]:
+    "The training steps of the run that train on time rather than on a step count."
+    on = dict(pretrain=not (args.get('from_') or args['max_steps']), finetune=not args['sft_steps'],
+              align=args.get('align', True))
+    return [n for n, yes in on.items() if yes]
+
+# %% ../nbs/10_cli.ipynb #b0d9e004
+def make_run_plan(
+    args:dict,      # The arguments of `run_all`
+    evals:int,      # Evaluations the run makes
+    seconds:float,  # Time left in the budget
+    chats:int,      # Messages of the sample chat at the end
+) -> dict:
+    "Measure this machine's speeds with a model of the run's shape, then plan the steps still to come in `seconds`."
+    from chatgpt_train.budget import measure_rates, plan_run
+    from chatgpt_train.core import get_device
+    from chatgpt_train.evaluate import EvalConfig
+    from chatgpt_train.model import get_preset, load_model, make_model
+    if args['from_']: model = load_model(None, args['from_'], args['device']).model
+    else: model = make_model(dataclasses.replace(get_preset(args['preset']), vocab_size=args['vocab_size']))
+    rates = measure_rates(model.to(get_device(args['device'])))
+    cap = dict(max_tokens=args['eval_tokens'], selection_items=EvalConfig.selection_items,
+               reply_items=EvalConfig.reply_items)
+    reserve = 2 + chats * EvalConfig.max_new_tokens / rates['decode']  # the report, and the sample chat's replies
+    return dict(args=_norm(args), seconds=round(seconds, 1), rates=rates, cap=cap,
+                **plan_run(seconds, timed_steps(args), evals, rates, cap, reserve), minutes={})
+
+# %% ../nbs/10_cli.ipynb #b0d9e007
+BUDGETED = ('minutes', 'max_tokens', 'selection_items', 'reply_items', 'self_play')  # what the plan sets
+
+def within(v:int, cap:int) -> bool:
+    "Whether size `v` is allowed by `cap` (0: no cap; a size of 0 is the whole, beyond any other cap)."
+    return cap == 0 or 0 < v <= cap
+
+def budget_step(
+    step:Step,      # A step after the data stages
+    plan:dict,      # `make_run_plan`'s plan: a training step's minutes are added to it when decided
+    left:float,     # Seconds left in the whole budget now
+    later:list,     # The names of the steps after it
+    kept:dict={},   # What of `BUDGETED` it ran with before, on the same budget and settings (`kept_values`)
+) -> float|None:
+    "Put `step`'s share of `plan` in its arguments (sizes of its work, minutes of its loop); the seconds it is given."
+    from chatgpt_train.budget import loop_minutes, STAGE_OVERHEAD, step_seconds
+    if step.stage == 'evaluate':
+        if all(k in kept and within(kept[k], plan['cap'][k]) for k in plan['eval']):
+            plan['eval'] = {k: kept[k] for k in plan['eval']}
+        step.kwargs.update(plan['eval']); return plan['eval_seconds']
+    work = {'finetune': dict(selection_items=plan['eval']['selection_items']), 'align': dict(self_play=plan['self_play'])}
+    step.kwargs.update({k: kept.get(k, v) for k, v in work.get(step.stage, {}).items()})
+    if step.name not in plan['train']: return None
+    if step.name not in plan['minutes']:
+        plan['minutes'][step.name] = kept.get('minutes') or loop_minutes(plan, step.name,
+                                                                         step_seconds(plan, step.name, left, later))
+    step.kwargs['minutes'] = plan['minutes'][step.name]
+    return round(60 * step.kwargs['minutes'] + STAGE_OVERHEAD[step.name] + plan['work'][step.name], 1)
+
+# %% ../nbs/10_cli.ipynb #b0d9e009
+def plan_lines(
+    plan:dict, # `make_run_plan`'s plan
+) -> list[str]:
+    "The plan, as the run prints it when it starts."
+    e, r = plan['eval'], plan['rates']
+    return [f"plan for the {plan['seconds'] / 60:.1f} min left (this machine scores {r['score']:,} and decodes "
+            f"{r['decode']:,} tokens/s):",
+            *(f"  {n:<17}{s / 60:5.1f} min" for n, s in plan['train'].items()),
+            f"  {'each evaluation':<17}{plan['eval_seconds'] / 60:5.1f} min: {e['max_tokens']:,} held-out tokens, "
+            f"{e['selection_items']} selection items, {e['reply_items']} generated replies",
+            f"  {'report and chat':<17}{plan['reserve'] / 60:5.1f} min"]
+
 # %% ../nbs/10_cli.ipynb #ae3d94f4
 def _clear(step:Step, root:Path):
     "Remove what an earlier run of `step` wrote."
@@ -356,38 +433,64 @@ def _clear(step:Step, root:Path):
         else: (root/w).unlink(missing_ok=True)
 
 # %% ../nbs/10_cli.ipynb #b969d313
-def _take(step:Step, state:str, run:str, stamps:dict, path:Path) -> str:
-    ("Run `step` (or resume it), recording in `pipeline.json` what it ran with and when it finished; what was done "
-     "with it.")
+def _take(step:Step, state:str, run:str, stamps:dict, path:Path, budget:float|None=None) -> str:
+    "Run `step` (or resume it); record in `pipeline.json` its arguments, when it finished, its seconds and budget."
     stamps.pop(step.name, None); save_json(stamps, path)
     if state == 'run': _clear(step, run_path(run))
     func = getattr(importlib.import_module(f'chatgpt_train.{step.module}'), step.func)
     t0 = time.time()
     func(run=str(run), **step.kwargs, **({'resume': True} if state == 'resume' else {}))
     stamps[step.name] = dict(args=_norm(step.kwargs), finished=time.time(), seconds=round(time.time() - t0, 1),
-                             resumed=state == 'resume', files=fingerprint(step, run))
+                             resumed=state == 'resume', files=fingerprint(step, run),
+                             **({} if budget is None else {'budget': budget}))
     save_json(stamps, path)
     return 'resumed' if state == 'resume' else 'ran'
 
 # %% ../nbs/10_cli.ipynb #56ca052f
+def _saved_plan(root:Path) -> dict|None:
+    "The plan an earlier `run` in this folder made (None if there is none, or it cannot be read)."
+    try: plan = load_json(root/PLAN_FILE) if (root/PLAN_FILE).is_file() else None
+    except UserError: return None
+    return plan if isinstance(plan, dict) and isinstance(plan.get('args'), dict) else None
+
+def kept_values(step:Step, stamps:dict, root:Path) -> dict:
+    "What of `BUDGETED` `step` ran (or started) with, if its other arguments are those it has now ({} otherwise)."
+    rec = (stamps.get(step.name) or {}).get('args') or _record(step, root).get('args') or {}
+    same = all(rec.get(k) == v for k, v in _norm(step.kwargs).items() if k not in BUDGETED)
+    return {k: rec[k] for k in BUDGETED if k in rec} if same else {}
+
 def _run_steps(
     args:dict,    # `run_all`'s settings
     run:str,      # The run folder
     path:Path,    # Its pipeline.json
     log,          # The run's logger
     force:bool,   # Redo every step
+    deadline:float=math.inf, # When the budget ends (`time.time()`)
+    chats:int=0,  # Messages of the sample chat at the end
 ) -> dict:
-    "Run, resume or skip each step of `pipeline_steps` in order; what was done with each."
-    stamps, states = load_pipeline(path), {}
-    for step in pipeline_steps(args):
+    "Run, resume or skip each step of `pipeline_steps` in order, each on its share of the budget; what each did."
+    stamps, states, steps, root = load_pipeline(path), {}, pipeline_steps(args), run_path(run)
+    saved = None if force else _saved_plan(root)
+    same_budget = saved is not None and saved['args'].get('minutes') == _norm(args)['minutes']
+    plan = saved if saved is not None and saved['args'] == _norm(args) else None
+    for i, step in enumerate(steps):
+        budget = None
+        if step.name not in DATA_STEPS:
+            if plan is None:
+                plan = make_run_plan(args, sum(s.stage == 'evaluate' for s in steps), deadline - time.time(), chats)
+                for line in plan_lines(plan): log.info(line)
+            kept = kept_values(step, stamps, root) if same_budget else {}
+            budget = budget_step(step, plan, deadline - time.time(), [s.name for s in steps[i+1:]], kept)
+            save_json(plan, root/PLAN_FILE)
         known = stamps.get(step.name)
         state, why = ('run', '') if force else step_state(step, run, stamps)
         if state == 'done' and stamps.get(step.name) is not known:  # found done from its folder
             save_json(stamps, path)
+        if state == 'done': deadline += stamps[step.name]['seconds']  # done in an earlier run: its time was spent then
         log.info(f"{step.name}: " + ('up to date, skipped' if state == 'done' else
                  f"{'resuming' if state == 'resume' else 'running'} {step.module}.{step.func}"
                  + (f" ({why})" if why else '')))
-        states[step.name] = 'skipped' if state == 'done' else _take(step, state, run, stamps, path)
+        states[step.name] = 'skipped' if state == 'done' else _take(step, state, run, stamps, path, budget)
     return states
 
 # %% ../nbs/10_cli.ipynb #3416962f
@@ -427,8 +530,8 @@ def run_all(
     # Fine-tune this model (a hub id or a model folder) instead of pretraining one; the data stages still run, for the
     # evaluation and the mix
     from_:str|None=None,
-    # Time for the whole run: pretraining gets 62% of it, fine-tuning at most 10% (72% with --from), alignment 5%, data
-    # and evaluation the rest
+    # Time for the whole run, every step included: evaluations are sized to fit, pretraining, fine-tuning and alignment
+    # share the rest 62:10:5
     minutes:float=15.,
     # Pretraining conversations: chitchat (embedded), chatterbot, hf:NAME, or a file or folder
     source:str='chitchat',
@@ -451,8 +554,8 @@ def run_all(
     chats:int=3,               # Messages of the sample chat printed at the end (0: none)
     force:bool=False,          # Redo every step, even those whose output is up to date
 ) -> dict:
-    ("Run every stage, from the embedded corpus to a fine-tuned chat model, skipping what is done; write report.md, "
-     "print a summary.")
+    ("Run every stage within --minutes, from --source to a fine-tuned and aligned chat model (unless --no-align), "
+     "skipping what is done; write report.md, print a summary.")
     args = {k: v for k, v in locals().items() if k not in ('run', 'chats', 'force')}
     from chatgpt_train.report import PIPELINE_FILE, summary_lines, write_report
     _check_run(minutes, chats, preset, from_)
@@ -460,7 +563,7 @@ def run_all(
         root = run_path(run)
         log, path = get_logger('run', root), root/PIPELINE_FILE
         t_start = time.time()
-        states = _run_steps(args, run, path, log, force)
+        states = _run_steps(args, run, path, log, force, t_start + 60 * minutes, chats)
         report, total = write_report(run), time.time() - t_start
         print(f"{root}: done in {total / 60:.1f} min; report: {report}")
         print('\n'.join(summary_lines(run, states)))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #1b571209
 from __future__ import annotations
-import inspect, logging, random, sys, time
+import contextlib, inspect, logging, random, sys, threading, time
 from dataclasses import is_dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'UserError', 'config_options', 'stage_options', 'set_seed', 'get_device', 'autocast_dtype', 'autocast',
-           'get_logger', 'Progress']
+           'torch_threads', 'get_logger', 'Progress']
 
 # %% ../nbs/00_core.ipynb #936c4cd1
 class UserError(Exception):
@@ -93,6 +93,32 @@ def autocast(
     import torch
     dtype = autocast_dtype(device, precision)
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+# %% ../nbs/00_core.ipynb #9175efe1
+class _ThreadUsers:
+    "The blocks running under `torch_threads`, in all threads (`n`) and in each (`here.n`), and the count of before."
+    lock, n, saved, here = threading.Lock(), 0, None, threading.local()
+
+@contextlib.contextmanager
+def torch_threads(
+    n:int|None, # torch's intra-op threads inside the block (None: leave them as they are)
+):
+    "Run the block with `n` intra-op threads; the count from before is back once every such block running is done."
+    import torch
+    if n is None: yield; return
+    u = _ThreadUsers
+    with u.lock:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)  # refuses n < 1 before anything is counted
+        if u.n == 0: u.saved = before  # the first one in keeps the count of before; later ones may see n
+        u.n, u.here.n = u.n + 1, getattr(u.here, 'n', 0) + 1
+    try: yield
+    finally:
+        with u.lock:
+            u.n, u.here.n = u.n - 1, getattr(u.here, 'n', 1) - 1
+            # the last one out puts the count back, and so does a thread with no block left: OpenMP keeps a count per
+            # thread (MKL one per process: a block still running elsewhere may lose it for MKL's matmuls, never wrong)
+            if u.n == 0 or u.here.n <= 0: torch.set_num_threads(u.saved)
 
 # %% ../nbs/00_core.ipynb #514283aa
 class _StderrHandler(logging.StreamHandler):

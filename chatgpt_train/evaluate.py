@@ -511,8 +511,8 @@ def log_evaluation(
 @config_options(EvalConfig)
 def run_evaluate(
     run:str,               # The run folder: reads clean/, tokenizer/, encode/ and the model; writes eval/NAME.json
-    model:str='base',      # base, sft, the path of any Hugging Face model folder, or a hub id
-    name:str|None=None,    # Write eval/NAME.json (default: base, sft, or the model folder's or hub model's name)
+    model:str='base',      # base, sft, aligned, the path of any Hugging Face model folder, or a hub id
+    name:str|None=None,    # Write eval/NAME.json (default: base, sft, aligned, or the folder's or hub model's name)
     **opts,                # The fields of `EvalConfig`
 ) -> dict:
     ("Perplexity and bits per byte of a model on the held-out split beside uniform, unigram and bigram baselines, "

@@ -155,7 +155,8 @@ MIX_LOSSES = ('all', 'assistant')
 @dataclass(kw_only=True)
 class FinetuneConfig(TuneConfig):
     "Every choice of the fine-tune stage: its own, and its defaults and help for `TuneConfig`'s fields that have none."
-    # The model to fine-tune: base (this run's pretrained model) or the path of a Hugging Face causal LM folder
+    # The model to fine-tune: base (this run's pretrained model), another of its models (sft, aligned), a model folder
+    # or a hub id
     from_:str='base'
     # Conversations: chatterbot (English, with its bot profile), hf:NAME, or a file or folder the collect stage reads
     data:str='chatterbot'
@@ -181,11 +182,16 @@ class FinetuneConfig(TuneConfig):
     mix:float=0.95
     # Where the loss falls on the run's own conversations: all (every turn, as pretraining did) or assistant
     mix_loss:Literal['all','assistant']='all'
+    # Response selection before and after, on up to this many held-out conversations (0: skip; `run` sizes it to its
+    # budget, as it does evaluate's)
+    selection_items:int=EvalConfig.selection_items
 
     def __post_init__(self):
         if self.mix_loss not in MIX_LOSSES:
             raise UserError(f"--mix-loss must be one of {', '.join(MIX_LOSSES)}, not {self.mix_loss!r}")
         if not 0 <= self.mix < 1: raise UserError(f"--mix must be at least 0 and less than 1, not {self.mix}")
+        if self.selection_items < 0:
+            raise UserError(f"--selection-items must be 0 (skip) or more, not {self.selection_items}")
         super().__post_init__()
 
 # %% ../nbs/08_finetune.ipynb #90f96df5
@@ -300,7 +306,7 @@ def measure_replies(
     cfg:FinetuneConfig, # Its seed and `max_new_tokens`
 ) -> dict:
     "Assistant-turn metrics and response selection on `val` as evaluate measures them, sample replies, and the seconds."
-    t0, ev = time.time(), EvalConfig()
+    t0, ev = time.time(), EvalConfig(selection_items=cfg.selection_items)
     # the same items and scores as `evaluate`'s sft_data: the pretrained model's number, in the same run as the
     # fine-tuned one's
     try:
@@ -417,8 +423,8 @@ def run_finetune(
     resume:bool=False,  # Continue from sft/checkpoints/last.pt with the saved settings
     **opts,             # The fields of `FinetuneConfig`
 ) -> dict:
-    ("Fine-tune a model on chat conversations, with the loss on the assistant's replies; "
-     "write sft/ and eval/finetune.json (before/after).")
+    ("Fine-tune a model on chat conversations (the loss on --data's assistant replies and, by default, on every turn of "
+     "the run's own conversations); write sft/ and eval/finetune.json (before/after).")
     t_start = time.time()
     with tune_run(run_finetune, run, resume, opts) as (args, cfg, dev, rank, world):
         # the inputs first: a missing model or unreadable --data leaves sft/ as it was

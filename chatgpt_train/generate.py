@@ -13,16 +13,17 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch, patch_to
 
-from .core import UserError
+from .core import UserError, torch_threads
 from .chat_format import ChatFormat
 from .model import context_length, make_model
 from .model_folder import hf_quiet
 from .tokenizer import SPECIAL_TOKENS, save_tokenizer, train_bpe
 
 # %% auto #0
-__all__ = ['GREEDY', 'GREEDY_PENALTY', 'PROMPTS', 'random_chat_model', 'SamplingConfig', 'process_logits', 'ModelOutputError',
-           'next_token', 'CacheDecoder', 'WrittenDecoder', 'GPT2Decoder', 'Qwen3Decoder', 'make_decoder',
-           'generate_tokens', 'stream_text', 'generate_text', 'sample_settings', 'sample_replies']
+__all__ = ['GREEDY', 'GREEDY_PENALTY', 'ONE_THREAD_BELOW', 'PROMPTS', 'random_chat_model', 'SamplingConfig', 'process_logits',
+           'ModelOutputError', 'next_token', 'CacheDecoder', 'WrittenDecoder', 'GPT2Decoder', 'Qwen3Decoder',
+           'make_decoder', 'decode_threads', 'generate_tokens', 'stream_text', 'generate_text', 'sample_settings',
+           'sample_replies']
 
 # %% ../nbs/05a_generate.ipynb #37933e86
 def _corpus_texts() -> list[str]:
@@ -64,6 +65,7 @@ class SamplingConfig:
     top_p:float=0.9               # Draw only from the most probable tokens whose probabilities add up to p (1: all)
     repetition_penalty:float=1.1  # Make tokens that are already in the text less likely (1: off)
     max_new_tokens:int=128        # Longest reply in tokens
+    threads:int|None=None         # CPU threads while generating (default: the count measured fastest, `decode_threads`)
 
     def __post_init__(self):
         bad = lambda what: UserError(f"sampling: {what}")
@@ -75,6 +77,7 @@ class SamplingConfig:
         if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
             raise bad(f"repetition_penalty must be a finite positive number, not {self.repetition_penalty}")
         if self.max_new_tokens < 1: raise bad(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        if self.threads is not None and self.threads < 1: raise bad(f"threads must be at least 1, not {self.threads}")
 
 # %% ../nbs/05a_generate.ipynb #81ab3d59
 GREEDY = SamplingConfig(temperature=0, top_k=0, top_p=1, repetition_penalty=1)  # what `generate` does by default
@@ -314,6 +317,20 @@ def make_decoder(
             if fast_decoder.supports(model): return fast_decoder(model, batch_size, max_len)
     return CacheDecoder(model, use_cache)
 
+# %% ../nbs/05a_generate.ipynb #ae3e6692
+# n_embd x batch below which one thread is used: above every step measured (up to gpt2 at batch 8, 6,144), where one
+# thread decoded faster than two on 2 cores (benchmarks/bench_threads.py --sweep); wider steps keep torch's count
+ONE_THREAD_BELOW = 8192
+
+def decode_threads(
+    model,          # A causal LM
+    batch_size:int, # Sequences decoded together
+) -> int|None:
+    "torch's threads fastest for decoding `model` at `batch_size` on this machine (None: leave them as they are)."
+    weight, width = next(model.parameters(), None), getattr(model.config, 'hidden_size', None)
+    if weight is None or weight.device.type != 'cpu' or width is None: return None  # a GPU, or a stand-in model
+    return 1 if width * batch_size < ONE_THREAD_BELOW else None
+
 # %% ../nbs/05a_generate.ipynb #ddd3fe2b
 @torch.inference_mode()
 def generate_tokens(
@@ -336,15 +353,17 @@ def generate_tokens(
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     seq = torch.cat([ids, ids.new_full((B, n_new), pad)], 1)  # the text so far, for the repetition penalty
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    dec = make_decoder(model, B, T + n_new, use_cache, fast)
-    logits = dec.prefill(ids)
-    for i in range(n_new):
-        tok = next_token(logits, seq[:, :T+i], cfg, generator).masked_fill(done, pad)
-        yield tok
-        done |= torch.isin(tok, stop)
-        if i == n_new - 1 or bool(done.all()): return
-        seq[:, T+i] = tok
-        logits = dec.step(tok)
+    # held between tokens too: what a caller does with a token is as small as a step
+    with torch_threads(cfg.threads if cfg.threads is not None else decode_threads(model, B)):
+        dec = make_decoder(model, B, T + n_new, use_cache, fast)
+        logits = dec.prefill(ids)
+        for i in range(n_new):
+            tok = next_token(logits, seq[:, :T+i], cfg, generator).masked_fill(done, pad)
+            yield tok
+            done |= torch.isin(tok, stop)
+            if i == n_new - 1 or bool(done.all()): return
+            seq[:, T+i] = tok
+            logits = dec.step(tok)
 
 # %% ../nbs/05a_generate.ipynb #4eb50fd2
 def _decode(tokenizer, ids:list[int]) -> str:

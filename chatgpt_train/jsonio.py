@@ -134,7 +134,8 @@ def _pipeline_problem(stamps) -> str|None:
         if not isinstance(st, dict): return f"step {name!r} is not an object"
         if bad := [k for k, t in _STAMP.items() if not isinstance(st.get(k), t) or isinstance(st.get(k), bool)]:
             return f"step {name!r} lacks {' and '.join(bad)} of the right type"
-        if not all(math.isfinite(st[k]) for k in ('finished', 'seconds')):
+        times = [st[k] for k in ('finished', 'seconds', 'budget') if k in st]  # budget: the seconds it was given
+        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times):
             return f"step {name!r} has a time that is not a number"
         if not isinstance(st.get('files', {}), dict): return f"step {name!r} has files that are not an object"
     return None

@@ -79,7 +79,8 @@ class StepPlan:
         floor:float=0.1,              # The end of the decay, as a fraction of the peak
     ):
         if max_steps is None and minutes is None: raise UserError("give max_steps or minutes")
-        self.steps_given, self.max_steps, self.warmup_steps = max_steps is not None, max_steps, warmup_steps
+        self.cap, self.max_steps, self.warmup_steps = max_steps, max_steps, warmup_steps
+        self.by_steps = max_steps is not None  # the steps end the run, not the clock (until a measurement says otherwise)
         self.schedule, self.cooldown, self.floor, self.warmup = schedule, cooldown, floor, None
         self.budget = minutes * 60 if minutes else None  # seconds
         self.step_secs = self.eval_secs = None           # seconds a step (a running average) and an evaluation take
@@ -93,7 +94,7 @@ class StepPlan:
 @patch
 def progress(self:StepPlan, step:int, elapsed:float) -> float:
     "The share of the run done after `step` steps and `elapsed` seconds: the larger of the two shares."
-    return max(step / self.max_steps if self.steps_given else 0., elapsed / self.end if self.budget else 0.)
+    return max(step / self.cap if self.cap else 0., elapsed / self.end if self.budget else 0.)
 
 @patch
 def lr(self:StepPlan, step:int, elapsed:float) -> float:
@@ -112,12 +113,14 @@ def estimate_steps(self:StepPlan,
     eval_secs:float=0.,        # Seconds an evaluation takes
     eval_every:int=50,         # Steps between evaluations
 ) -> int:
-    "Estimate the steps of a budget run (the steps asked for otherwise) and fix the warmup; return the steps."
+    "Estimate the steps of a budget run (the steps asked for, if they fit) and fix the warmup; return the steps."
     # without a measurement, a resumed plan keeps its checkpoint's steps
-    if not self.steps_given and step_secs is not None:
+    if self.budget is not None and step_secs is not None:
         self.step_secs, self.eval_secs = step_secs, eval_secs
         # steps x step time + evaluations (every eval_every steps, plus at step 0 and at the end) fill the training time
-        self.max_steps = max(1, int((self.end - 2 * eval_secs) / (step_secs + eval_secs / eval_every)))
+        fits = max(1, int((self.end - 2 * eval_secs) / (step_secs + eval_secs / eval_every)))
+        self.by_steps = self.cap is not None and self.cap <= fits
+        self.max_steps = self.cap if self.by_steps else fits  # too many asked for: the warmup is a share of what fits
     if self.max_steps is None:
         raise ValueError("a run planned on minutes needs step_secs, or the steps of the checkpoint it resumes")
     if self.warmup is None:
@@ -136,6 +139,7 @@ def observe(self:StepPlan,
     if step_secs is not None:
         self.step_secs = step_secs if self.step_secs is None else 0.7 * self.step_secs + 0.3 * step_secs
     if eval_secs is not None: self.eval_secs = eval_secs
-    if not self.steps_given and self.step_secs:
-        self.max_steps = max(step, step + int(max(0., self.end - elapsed) / self.step_secs))
+    if not self.by_steps and self.step_secs:
+        fits = max(step, step + int(max(0., self.end - elapsed) / self.step_secs))
+        self.max_steps = min(fits, self.cap or fits)
     return self.max_steps

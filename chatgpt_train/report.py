@@ -13,7 +13,8 @@ from .jsonio import atomic_path, load_json, load_pipeline
 from .metrics import read_metrics
 
 # %% auto #0
-__all__ = ['PIPELINE_FILE', 'REPORT_INPUTS', 'REPLY_DATA', 'read_input', 'md_table', 'write_report', 'summary_lines']
+__all__ = ['PIPELINE_FILE', 'REPORT_INPUTS', 'REPLY_DATA', 'NO_CHANGE', 'CHANCE_SE', 'read_input', 'md_table', 'verdicts',
+           'write_report', 'summary_lines']
 
 # %% ../nbs/09a_report.ipynb #ba302c25
 # in the run folder: what each step of `chatgpt-train run` ran with and when it finished
@@ -282,10 +283,94 @@ def _samples_section(root:Path) -> str:
 def _time_section(root:Path) -> str:
     stamps = load_pipeline(root/PIPELINE_FILE)  # the one reader: a damaged file reads as none
     if not stamps: return ''
-    rows = [dict(step=k, seconds=round(v['seconds']), resumed='yes' if v.get('resumed') else '') for k,
-            v in stamps.items()]
-    rows.append(dict(step='total', seconds=round(sum(v['seconds'] for v in stamps.values())), resumed=''))
-    return '## Time\n\nWhat each step of `chatgpt-train run` took (the last time it ran):\n\n' + md_table(rows)
+    planned = any('budget' in v for v in stamps.values())  # `budget`: the seconds `run` planned for the step
+    row = lambda k, secs, plan, resumed: dict(step=k, seconds=secs, **({'planned seconds': plan} if planned else {}),
+                                              resumed=resumed)
+    rows = [row(k, round(v['seconds']), v.get('budget') and round(v['budget']), 'yes' if v.get('resumed') else '')
+            for k, v in stamps.items()]
+    rows.append(row('total', round(sum(v['seconds'] for v in stamps.values())), None, ''))
+    return ('## Time\n\nWhat each step of `chatgpt-train run` took (the last time it ran), and the time it planned '
+            'for it:\n\n' + md_table(rows))
+
+# %% ../nbs/09a_report.ipynb #275f3b00
+def _bigram_verdict(
+    ev:dict,            # Model name: its evaluation (`eval/NAME.json`), base first
+    pretrain:dict|None, # The pretrain stage's arguments (`base/args.json`), None when the run did not pretrain
+) -> list[str]:
+    "One line if models are no better than the bigram baseline on held-out chats, with what to do; else none."
+    big = (next(iter(ev.values()), {}).get('baselines') or {}).get('bigram') or {}
+    bpb = {k: r['held_out'].get('bits_per_byte') for k, r in ev.items()}
+    worse = [k for k, b in bpb.items() if None not in (b, big.get('bits_per_byte')) and b >= big['bits_per_byte']]
+    if not worse: return []
+    what = (f"{', '.join(f'{k}/' for k in worse)} {'is' if len(worse) == 1 else 'are'} no better than the bigram "
+            f"table on held-out chats (bits per byte {', '.join(f'{bpb[k]:.3f}' for k in worse)} vs "
+            f"{big['bits_per_byte']:.3f})")
+    if 'base' not in worse:  # pretraining worked; fine-tuning on other data took the model away from these chats
+        return [f"{what}: fine-tuning moved it away from these chats: raise --sft-mix (the share of the run's own "
+                "conversations) or fine-tune fewer steps (--sft-steps)"]
+    if not pretrain: return [f"{what}: the model fine-tuned from is weak on these chats: choose a stronger --from"]
+    if pretrain.get('max_steps'):
+        return [f"{what}: pretrain longer: it stopped at --max-steps {pretrain['max_steps']:,}; raise it, or drop it "
+                "and give `chatgpt-train run` more --minutes"]
+    had = f" (it had {m:.1f} minutes)" if (m := pretrain.get('minutes')) else ''
+    return [f"{what}: give pretraining more time{had}: e.g. double --minutes of `chatgpt-train run`"]
+
+# %% ../nbs/09a_report.ipynb #9c71695c
+# Fine-tuning changed nothing measurable when the loss it is meant to lower fell by less than 1% of itself. Smaller
+# changes do not change what a model says, and are inside the noise of the held-out estimate: measured on a run's 13,611
+# held-out tokens, the mean loss had a standard error of 0.4%, and its two halves differed by 3%.
+NO_CHANGE = 0.01
+
+def _finetune_verdict(
+    ft:dict|None,   # The fine-tune stage's own measurement (`eval/finetune.json`)
+    base:dict|None, # The evaluation of base/ (`eval/base.json`)
+    sft:dict|None,  # The evaluation of sft/ (`eval/sft.json`)
+) -> list[str]:
+    "One line if fine-tuning lowered its target loss by less than `NO_CHANGE` of it, with what to do; else none."
+    pick = lambda d, k: (d or {}).get(k) or {}
+    for what, b, a in (('the assistant turns of its held-out data', pick(ft, 'before'), pick(ft, 'assistant')),
+                       ('the assistant turns of held-out chats', pick(base, 'assistant'), pick(sft, 'assistant')),
+                       ('held-out chats', pick(base, 'held_out'), pick(sft, 'held_out'))):
+        if b.get('loss') and a.get('loss') is not None: break
+    else: return []
+    change = a['loss'] / b['loss'] - 1
+    if change <= -NO_CHANGE: return []
+    steps = pick(ft, 'training').get('steps')
+    return [f"fine-tuning changed nothing measurable: loss on {what} went from {b['loss']:.3f} to {a['loss']:.3f} "
+            f"({change:+.1%}; a change is a fall of {NO_CHANGE:.0%} or more): fine-tune longer, with more --sft-steps"
+            + (f" (it ran {steps:,})" if steps else '') + " or more --minutes"]
+
+# %% ../nbs/09a_report.ipynb #e8241fd4
+# Alignment changed nothing measurable when its held-out preference accuracy is within two standard errors of a coin
+# toss: on n pairs a coin is right on 50% of them, give or take sqrt(0.25 / n); an unchanged model scores 0 (all ties).
+CHANCE_SE = 2
+
+def _align_verdict(
+    al:dict|None, # The align stage's measurement (`eval/align.json`)
+) -> list[str]:
+    "One line if the aligned model prefers the chosen replies of held-out pairs no more than chance; else none."
+    p = ((al or {}).get('after') or {}).get('preferences') or {}
+    n, acc = p.get('pairs'), p.get('accuracy')
+    if not n or acc is None: return []
+    bar = 0.5 + CHANCE_SE * (0.25 / n) ** 0.5
+    if acc > bar: return []
+    return [f"alignment changed nothing measurable: the aligned model prefers the chosen reply on {acc:.0%} of {n:,} "
+            f"held-out pairs (reward margin {p.get('margin') or 0:.3f}), within a coin's noise (a change is over "
+            f"{bar:.0%}): give alignment more time with more --minutes"]
+
+# %% ../nbs/09a_report.ipynb #57c0cc62
+def verdicts(
+    run:str|Path, # The run folder
+) -> list[str]:
+    "What is wrong with a run's models, one line each with what to do (none if nothing): what summary and report say."
+    root = run_path(run)
+    ev = {k: r for k in ('base', 'sft', 'aligned') if (r := read_input(root, f'eval/{k}.json'))}
+    pre, ft = read_input(root, 'base/args.json'), read_input(root, 'eval/finetune.json')
+    return (_bigram_verdict(ev, pre and pre['args']) + _finetune_verdict(ft, ev.get('base'), ev.get('sft'))
+            + _align_verdict(read_input(root, 'eval/align.json')))
+
+def _verdict_section(root:Path) -> str:
+    return '\n'.join(['## Verdict\n', *(f'- **{v}**' for v in lines)]) if (lines := verdicts(root)) else ''
 
 # %% ../nbs/09a_report.ipynb #8fdfef12
 def write_report(
@@ -299,14 +384,26 @@ def write_report(
             f"{__version__}: the numbers of "
             f"every stage of `{root}`, written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} from the files the "
             "stages left.")
-    parts = [head, _data_section(root), _tokenizer_section(root), _model_section(root), _curves_section(root),
-             _eval_section(root), _replies_section(root), _align_section(root), _samples_section(root),
-             _time_section(root)]
+    parts = [head, _verdict_section(root), _data_section(root), _tokenizer_section(root), _model_section(root),
+             _curves_section(root), _eval_section(root), _replies_section(root), _align_section(root),
+             _samples_section(root), _time_section(root)]
     path = root/'report.md'
     with atomic_path(path) as t: t.write_text('\n\n'.join(p for p in parts if p) + '\n', encoding='utf-8')
     return path
 
 # %% ../nbs/09a_report.ipynb #58caf372
+def _steps_table(stamps:dict, states:dict) -> list[str]:
+    "Lines of the step table: status, minutes taken, and minutes planned when `pipeline.json` has a `budget`."
+    w = max([15, *(len(n) + 2 for n in states)])  # "evaluate aligned" is longer than the rest
+    planned = any('budget' in stamps.get(n, {}) for n in states)
+    lines = [f"  {'step':<{w}}{'status':<9}{'minutes':>8}" + (f"{'planned':>9}" if planned else '')]
+    for name, state in states.items():
+        s = stamps.get(name, {})
+        plan = '' if not planned else f"{s['budget'] / 60:>9.1f}" if s.get('budget') is not None else ' ' * 9
+        lines.append(f"  {name:<{w}}{state:<9}{s.get('seconds', 0) / 60:>8.1f}{plan}"
+                     + ('  (up to date)' if state == 'skipped' else ''))
+    return lines
+
 def _eval_line(name:str, r:dict) -> str:
     return f"  {name:<15}{r['perplexity']:>10,.2f}{r['bits_per_byte']:>10.3f}"
 
@@ -314,15 +411,10 @@ def summary_lines(
     run:str|Path,  # The run folder
     states:dict,   # Step name: what `run_all` did with it ("ran", "resumed", "skipped")
 ) -> list[str]:
-    "The summary `run_all` prints: what each step did and took, and the held-out numbers beside the baselines."
+    ("The summary `run_all` prints: what each step did and took (and was planned to take), the held-out numbers "
+     "beside the baselines, and the `verdicts`.")
     root = run_path(run)
-    stamps = load_pipeline(root/PIPELINE_FILE)
-    w = max([15, *(len(n) + 2 for n in states)])  # "evaluate aligned" is longer than the rest
-    lines = [f"  {'step':<{w}}{'status':<9}{'minutes':>8}"]
-    for name, state in states.items():
-        s = stamps.get(name, {})
-        lines.append(f"  {name:<{w}}{state:<9}{s.get('seconds', 0) / 60:>8.1f}" + ('' if state != 'skipped'
-                                                                                   else '  (up to date)'))
+    lines = _steps_table(load_pipeline(root/PIPELINE_FILE), states)
     ev = {k: v for k in ('base', 'sft', 'aligned') if (v := read_input(root, f'eval/{k}.json'))}
     if ev:
         first = next(iter(ev.values()))
@@ -330,4 +422,4 @@ def summary_lines(
         lines.append(f"  {'model':<15}{'perplexity':>10}{'bits/byte':>10}")
         lines += [_eval_line(k, v['held_out']) for k, v in ev.items()]
         lines += [_eval_line(k, v) for k, v in first['baselines'].items() if k != 'uniform']
-    return lines
+    return lines + [f"warning: {v}" for v in verdicts(root)]

@@ -64,7 +64,7 @@ STAGES = (
           'base/model.safetensors', resumable=True),
     Stage('evaluate', 'evaluate', 'run_evaluate', 'perplexity and bits per byte beside baselines, and sample replies, into RUN/eval/',
           ('eval/{name}.json',), 'eval/{name}.json'),
-    Stage('finetune', 'finetune', 'run_finetune', "fine-tune a model for chat, the loss on the assistant's replies, into RUN/sft/",
+    Stage('finetune', 'finetune', 'run_finetune', "fine-tune a model for chat (--data's assistant replies, and the run's own conversations) into RUN/sft/",
           ('sft/', 'eval/finetune.json'), 'sft/model.safetensors', resumable=True),
     Stage('align', 'align', 'run_align', 'train the chat model on preferences between replies (DPO) into RUN/aligned/',
           ('aligned/', 'eval/align.json'), 'aligned/model.safetensors', resumable=True),

@@ -538,6 +538,7 @@ def run_serve(
     read_timeout:float=ServeLimits.read_timeout, # Seconds a client may take to send a request's head, and its body
     max_connections:int=ServeLimits.max_connections, # Most open connections; past it, the longest waiting one is closed
     repetition_penalty:float=SamplingConfig.repetition_penalty, # Make tokens already in the text less likely (1: off)
+    threads:int|None=None,       # CPU threads for each reply (default: the count measured fastest for the model)
     safety:bool=True,            # Check replies with the clean stage's content filter (--no-safety: off)
     refusal:str=REFUSAL,         # What a withdrawn reply reads as
     block:str=','.join(SEVERE),  # Content categories whose replies are withdrawn, comma-separated
@@ -550,6 +551,7 @@ def run_serve(
                        max_messages=max_messages, max_body=max_body, max_connections=max_connections),
                   dict(timeout=timeout, read_timeout=read_timeout))
     blocked = block_categories(block)
+    sampling = SamplingConfig(repetition_penalty=repetition_penalty, threads=threads)  # checked before the model loads
     _room_for(max_connections)
     hosts = _host_names(host, allowed_hosts)
     api_key = api_key or os.environ.get('CHATGPT_TRAIN_API_KEY') or None
@@ -559,8 +561,7 @@ def run_serve(
     name = model.split('@')[0] if model and (model in MODEL_DIRS or is_hub_id(model)) else lm.folder.name
     limits = ServeLimits(max_tokens, min(default_tokens, max_tokens), max_messages, max_body, timeout=timeout,
                          read_timeout=read_timeout, max_connections=max_connections)
-    app = make_app(lm, name, limits, api_key, workers, SamplingConfig(repetition_penalty=repetition_penalty), safety,
-                   refusal, blocked, hosts)
+    app = make_app(lm, name, limits, api_key, workers, sampling, safety, refusal, blocked, hosts)
     if not _loopback(host) and api_key is None:
         log.warning('listening on %s without an API key: anyone who can reach this address can use the model; '
                     'set --api-key', host)

@@ -318,7 +318,7 @@ def evaluate(self:Trainer) -> float|None:
 @patch
 def plan_state(self:Trainer) -> dict:
     "The plan's part of a checkpoint."
-    return dict(max_steps=self.plan.max_steps, warmup=self.plan.warmup)
+    return dict(max_steps=self.plan.max_steps, warmup=self.plan.warmup, by_steps=self.plan.by_steps)
 
 # %% ../nbs/06_train.ipynb #97d32ebc
 @patch
@@ -354,6 +354,7 @@ def load_checkpoint(self:Trainer) -> int:
     self.scaler.load_state_dict(s['scaler']) if s['scaler'] else None
     self.step, self.elapsed, self.tokens, self.saved_step = s['step'], s['elapsed'], s['tokens'], s['step']
     self.plan.max_steps, self.plan.warmup = s['max_steps'], s['warmup']
+    self.plan.by_steps = s.get('by_steps', self.plan.cap is not None)  # older checkpoints: as the plan was made
     if s['data'] is not None:
         if not hasattr(self.train_batches, 'load_state_dict'):
             raise UserError("the checkpoint has a data position but the batch source cannot restore one")
@@ -449,7 +450,7 @@ def _probe_step_time(self:Trainer, T:int) -> float:
 def _plan(self:Trainer, T:int):
     "Fix the plan: from the speed measured now, if a time budget sets the steps."
     # steps asked for, or a resumed plan
-    if self.plan.steps_given or self.plan.warmup is not None: return self.plan.estimate_steps()
+    if self.plan.budget is None or self.plan.warmup is not None: return self.plan.estimate_steps()
     t = self._probe_step_time(T)
     ev = (self.cfg.eval_batches * t / 3) if self.val_batches is not None else 0.
     self.plan.estimate_steps(self.accum_steps(T) * t, ev, self.cfg.eval_every)
@@ -515,10 +516,10 @@ def _timed_step(self:Trainer, T:int) -> dict:
 
 # %% ../nbs/06_train.ipynb #93c42eb6
 @patch
-def _log_step(self:Trainer, stats:dict, counted:dict, bar:Progress) -> dict|None:
-    "The metrics line of this step, if it is one to log; `counted` holds the tokens and time since the last one."
+def _log_step(self:Trainer, stats:dict, counted:dict, bar:Progress, final:bool=False) -> dict|None:
+    "The metrics line of this step, if it is one to log (the last always is); `counted`: tokens and time since the last."
     counted['tokens'] += stats['tokens']
-    if not (self.step % self.cfg.log_every == 0 or self.step == self.max_steps): return None
+    if not (self.step % self.cfg.log_every == 0 or final): return None
     now = time.perf_counter()
     rec = dict(step=self.step, loss=round(stats['loss'], 5), lr=stats['lr'], grad_norm=round(stats['grad_norm'], 4),
                tokens_per_s=round(counted['tokens'] / (now - counted['since']), 1), tokens=self.tokens,
@@ -566,8 +567,8 @@ def _fit(self:Trainer, resume:bool) -> dict:
         while not self.plan.done(self.step, self.elapsed):
             stats = self._timed_step(T)
             final = self.plan.done(self.step, self.elapsed)
-            if final and not self.plan.steps_given: self.plan.max_steps = self.step  # under a budget: the steps it held
-            last = self._log_step(stats, counted, bar) or last
+            if final: self.plan.max_steps = self.step  # the steps it held (the clock may end it before the steps)
+            last = self._log_step(stats, counted, bar, final) or last
             val = self._evaluate_and_save(final, bar)
             if val is not None: last = {**last, 'val_loss': round(val, 5)}
             bar.update(1)

@@ -10,7 +10,7 @@ from chatgpt_train.chat import ChatSession, ChatWidget, chat_loop
 from chatgpt_train.generate import (GREEDY, GPT2Decoder, SamplingConfig, generate_text, generate_tokens, random_chat_model,
                                     stream_text)
 from chatgpt_train.model import load_model
-from chatgpt_train.cli import main
+from toy_run import run_cli
 from chatgpt_train.jsonio import save_json
 
 
@@ -32,16 +32,6 @@ def chatgpt_train_command() -> list[str]:
     "The installed `chatgpt-train` console script, or the same entry point through this Python."
     exe = Path(sys.executable).parent/'chatgpt-train'
     return [str(exe)] if exe.exists() else [sys.executable, '-c', 'import sys; from chatgpt_train.cli import main; sys.exit(main())']
-
-
-def run_cli(*argv, stdin=''):
-    "Exit status, stdout and stderr of `chatgpt-train ARGV` run in this process with `stdin` piped in."
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), out, err
-    try: rc = main(list(argv))
-    finally: sys.stdin, sys.stdout, sys.stderr = old
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_terminal_chat_answers_piped_lines_in_a_subprocess(folder):

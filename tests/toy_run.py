@@ -155,3 +155,15 @@ def never_ending_model(folder: Path) -> Path:
         model.transformer.wte.weight[:len(SPECIAL_TOKENS)] = -v / v.norm()
     model.save_pretrained(folder)
     return folder
+
+
+def run_cli(*argv, stdin=''):
+    "Exit status, stdout and stderr of `chatgpt-train ARGV` run in this process with `stdin` piped in (not a terminal)."
+    import io
+    from chatgpt_train.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), out, err
+    try: rc = main(list(argv))
+    finally: sys.stdin, sys.stdout, sys.stderr = old
+    return rc, out.getvalue(), err.getvalue()
