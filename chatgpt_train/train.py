@@ -517,7 +517,7 @@ def _timed_step(self:Trainer, T:int) -> dict:
 # %% ../nbs/06_train.ipynb #93c42eb6
 @patch
 def _log_step(self:Trainer, stats:dict, counted:dict, bar:Progress, final:bool=False) -> dict|None:
-    "The metrics line of this step, if it is one to log (the last always is); `counted`: tokens and time since the last."
+    "The metrics line of this step, if it is one to log (the last always is); `counted`: tokens and time since then."
     counted['tokens'] += stats['tokens']
     if not (self.step % self.cfg.log_every == 0 or final): return None
     now = time.perf_counter()
@@ -562,16 +562,18 @@ def fit(self:Trainer,
 def _fit(self:Trainer, resume:bool) -> dict:
     T = self._begin(resume)
     bar = Progress(self.max_steps, self.out.name, 'step', initial=self.step, disable=self.rank != 0, log=self.log)
-    last, counted = {}, dict(tokens=0, since=time.perf_counter())
+    last, counted, final = {}, dict(tokens=0, since=time.perf_counter()), True
     try:
         while not self.plan.done(self.step, self.elapsed):
             stats = self._timed_step(T)
-            final = self.plan.done(self.step, self.elapsed)
+            due = (self.plan.eval_secs or 0.) if self.step % self.cfg.eval_every == 0 else 0.  # an evaluation due now
+            final = self.plan.done(self.step, self.elapsed + due)  # the budget is spent, or will be once it is done
             if final: self.plan.max_steps = self.step  # the steps it held (the clock may end it before the steps)
             last = self._log_step(stats, counted, bar, final) or last
             val = self._evaluate_and_save(final, bar)
             if val is not None: last = {**last, 'val_loss': round(val, 5)}
             bar.update(1)
+        if not final: self.save_checkpoint()  # an evaluation ran longer than foreseen and ended the budget
         if self.plan.budget is not None: self.log.info(f"time budget reached after step {self.step}")
     except KeyboardInterrupt:
         if self.world == 1:
