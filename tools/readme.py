@@ -13,10 +13,10 @@ from pathlib import Path
 root = Path(__file__).resolve().parent.parent
 INDEX = root/'nbs'/'index.ipynb'
 
-def shown(src:str) -> str:
+def shown(src:str, ns:dict) -> str:
     "The markdown an `#| echo: false` cell shows: its last expression's, the cell run from nbs/ as the notebook runs it."
     tree = ast.parse(src)
-    last, ns, cwd = tree.body.pop(), {}, os.getcwd()
+    last, cwd = tree.body.pop(), os.getcwd()
     os.chdir(root/'nbs')
     try:
         exec(compile(tree, str(INDEX), 'exec'), ns)
@@ -26,12 +26,16 @@ def shown(src:str) -> str:
 
 def render(nb:dict) -> str:
     "README text: the markdown cells of index.ipynb, the sources of its code cells and what its tables show, in order."
-    parts = []
+    parts, ns = [], {}
     for c in nb['cells']:
         src = ''.join(c['source']).strip()
+        lines = src.splitlines()[1:]
+        imports = all(l.startswith(('import ', 'from ')) for l in lines)
+        # the imports the tables use, in a cell of their own: the docs build runs a cell that mixes imports and code
+        if c['cell_type'] == 'code' and src.startswith('#| hide') and imports: exec('\n'.join(lines), ns)
         if not src or src.startswith('#| hide'): continue
         if c['cell_type'] == 'code' and src.startswith('#| echo: false'):
-            md = shown(src)
+            md = shown(src, ns)
             c['outputs'] = [dict(data={'text/markdown': md.splitlines(True)}, metadata={}, output_type='display_data')]
             parts.append(md)
         else: parts.append(src if c['cell_type'] == 'markdown' else f"```python\n{src}\n```")
