@@ -16,11 +16,11 @@ from .jsonio import load_json, load_pipeline, save_json
 from .conversation import SPLITS
 
 # %% auto #0
-__all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_SHARE', 'FINETUNE_SHARE', 'ALIGN_SHARE',
-           'PRETRAIN_EVAL_BATCHES', 'SMALL_FILE', 'CHECKS', 'PLAN_FILE', 'DATA_STEPS', 'BUDGETED', 'available_commands',
-           'finite_float', 'StageParser', 'stage_parser', 'missing_package', 'main', 'Step', 'pipeline_steps',
-           'fingerprint', 'step_problem', 'step_state', 'sample_chat', 'timed_steps', 'make_run_plan', 'within',
-           'budget_step', 'plan_lines', 'kept_values', 'run_all']
+__all__ = ['RUN_ABOUT', 'COMMANDS', 'ABOUT', 'PIP_NAMES', 'PRETRAIN_EVAL_BATCHES', 'SMALL_FILE', 'CHECKS', 'PLAN_FILE',
+           'DATA_STEPS', 'BUDGETED', 'available_commands', 'finite_float', 'StageParser', 'stage_parser',
+           'missing_package', 'main', 'Step', 'pipeline_steps', 'fingerprint', 'step_problem', 'step_state',
+           'sample_chat', 'timed_steps', 'make_run_plan', 'within', 'budget_step', 'plan_lines', 'kept_values',
+           'run_all']
 
 # %% ../nbs/10_cli.ipynb #c67544b5
 RUN_ABOUT = 'all of the above, from nothing to a chat model and RUN/report.md'
@@ -138,10 +138,6 @@ def main(
     return 0
 
 # %% ../nbs/10_cli.ipynb #1fcf8544
-PRETRAIN_SHARE = 0.62  # of `--minutes`, for pretraining
-FINETUNE_SHARE = 0.1  # of `--minutes`, for fine-tuning at most
-# of `--minutes`, for preference training at most; data preparation, the pairs and the evaluations take the rest
-ALIGN_SHARE = 0.05
 # held-out batches per evaluation during pretraining: enough for the curve, a few % of the time
 PRETRAIN_EVAL_BATCHES = 8
 
@@ -177,13 +173,14 @@ def pipeline_steps(
     "The steps `run_all` takes, in order, with the arguments each stage gets."
     a, m, src = args, args['minutes'], args.get('from_')
     ev = dict(max_tokens=a['eval_tokens'], device=a['device'])
-    minutes = None if a['max_steps'] else round(PRETRAIN_SHARE * m, 2)
+    from chatgpt_train.budget import TRAIN_WEIGHTS as W  # shares of --minutes until the run plans on measured speeds
+    minutes = None if a['max_steps'] else round(W['pretrain'] * m, 2)
     start = Step('pretrain', 'pretrain', dict(preset=a['preset'], max_steps=a['max_steps'], minutes=minutes,
                                               batch_size=a['batch_size'], eval_batches=PRETRAIN_EVAL_BATCHES,
                                               device=a['device'], seed=a['seed']),
                  ('encode',))
     # a model from elsewhere: fine-tuning has pretraining's time too
-    share = FINETUNE_SHARE + (PRETRAIN_SHARE if src else 0)
+    share = W['finetune'] + (W['pretrain'] if src else 0)
     return [
         Step('collect', 'collect', dict(source=a['source'], limit=a['limit'])),
         Step('clean', 'clean', dict(seed=a['seed']), ('collect',)),
@@ -198,7 +195,7 @@ def pipeline_steps(
                                           device=a['device'], seed=a['seed']),
              ('clean',) if src else ('pretrain',)),
         Step('evaluate sft', 'evaluate', dict(model='sft', name='sft', **ev), ('finetune',)),
-        *([Step('align', 'align', dict(from_='sft', minutes=round(ALIGN_SHARE * m, 2), lora=a['lora'],
+        *([Step('align', 'align', dict(from_='sft', minutes=round(W['align'] * m, 2), lora=a['lora'],
                                        device=a['device'], seed=a['seed']),
                 ('finetune',)),
            Step('evaluate aligned', 'evaluate', dict(model='aligned', name='aligned', **ev), ('align',))]
