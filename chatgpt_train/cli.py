@@ -399,7 +399,8 @@ def budget_step(
         if all(k in kept and within(kept[k], plan['cap'][k]) for k in plan['eval']):
             plan['eval'] = {k: kept[k] for k in plan['eval']}
         step.kwargs.update(plan['eval']); return plan['eval_seconds']
-    work = {'finetune': dict(selection_items=plan['eval']['selection_items']), 'align': dict(self_play=plan['self_play'])}
+    work = {'finetune': dict(selection_items=plan['eval']['selection_items']),
+            'align': dict(self_play=plan['self_play'])}
     step.kwargs.update({k: kept.get(k, v) for k, v in work.get(step.stage, {}).items()})
     if step.name not in plan['train']: return None
     if step.name not in plan['minutes']:
