@@ -391,10 +391,11 @@ def budget_step(
     plan:dict,      # `make_run_plan`'s plan: a training step's minutes are added to it when decided
     left:float,     # Seconds left in the whole budget now
     later:list,     # The names of the steps after it
-    kept:dict={},   # What of `BUDGETED` it ran with before, on the same budget and settings (`kept_values`)
+    kept:dict|None=None, # What of `BUDGETED` it ran with before, on the same budget and settings (`kept_values`)
 ) -> float|None:
     "Put `step`'s share of `plan` in its arguments (sizes of its work, minutes of its loop); the seconds it is given."
     from chatgpt_train.budget import loop_minutes, STAGE_OVERHEAD, step_seconds
+    kept = kept or {}
     if step.stage == 'evaluate':
         if all(k in kept and within(kept[k], plan['cap'][k]) for k in plan['eval']):
             plan['eval'] = {k: kept[k] for k in plan['eval']}
